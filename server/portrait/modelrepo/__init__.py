@@ -1,0 +1,1 @@
+"""Building the model repository: sources, conversion, Triton configs, manifest."""

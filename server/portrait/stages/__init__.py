@@ -1,0 +1,2 @@
+"""Pipeline stages: pure functions over arrays. No I/O, no batching, no model calls here
+beyond what the caller passes in."""

@@ -1,0 +1,69 @@
+"""Face detection with YuNet: tensor preparation and output decoding.
+
+YuNet is anchor-free: every cell of the stride-8/16/32 grids predicts a class and an
+objectness score, a box (centre offset, log size) and five landmarks. Decoding follows
+OpenCV's FaceDetectorYN so the two agree on the same input.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+STRIDES = (8, 16, 32)
+# One detection row: x, y, w, h, 5 landmarks (x, y) (right eye, left eye, nose, mouth corners), score.
+ROW = 15
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """YuNet needs H and W to be multiples of 32; frames are padded at the bottom/right."""
+    return (-(-height // 32) * 32, -(-width // 32) * 32)
+
+
+def to_input(frames_bgr: np.ndarray) -> np.ndarray:
+    """uint8 [N,H,W,3] BGR frames of one size -> float32 [N,3,H',W'] zero-padded to /32."""
+    n, h, w, _ = frames_bgr.shape
+    ph, pw = padded_size(h, w)
+    batch = np.zeros((n, 3, ph, pw), np.float32)
+    batch[:, :, :h, :w] = frames_bgr.transpose(0, 3, 1, 2)
+    return batch
+
+
+def _grid(height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = height // stride, width // stride
+    r, c = np.divmod(np.arange(rows * cols, dtype=np.float32), cols)
+    return c, r
+
+
+def decode(outputs: dict[str, np.ndarray], input_hw: tuple[int, int], score_threshold: float = 0.7,
+           nms_threshold: float = 0.3, top_k: int = 50) -> list[np.ndarray]:
+    """Raw YuNet outputs for a batch -> one [K, 15] array of faces per image, best first."""
+    height, width = input_hw
+    per_stride = []
+    for stride in STRIDES:
+        cls, obj = outputs[f"cls_{stride}"][..., 0], outputs[f"obj_{stride}"][..., 0]
+        bbox, kps = outputs[f"bbox_{stride}"], outputs[f"kps_{stride}"]
+        cx, cy = _grid(height, width, stride)
+        score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+        centre_x = (cx + bbox[..., 0]) * stride
+        centre_y = (cy + bbox[..., 1]) * stride
+        w = np.exp(bbox[..., 2]) * stride
+        h = np.exp(bbox[..., 3]) * stride
+        points = np.empty_like(kps)
+        points[..., 0::2] = (kps[..., 0::2] + cx[:, None]) * stride
+        points[..., 1::2] = (kps[..., 1::2] + cy[:, None]) * stride
+        per_stride.append(np.concatenate(
+            [np.stack([centre_x - w / 2, centre_y - h / 2, w, h], -1), points, score[..., None]], -1
+        ))
+    candidates = np.concatenate(per_stride, axis=1)  # [N, anchors, 15]
+    return [_nms(rows, score_threshold, nms_threshold, top_k) for rows in candidates]
+
+
+def _nms(rows: np.ndarray, score_threshold: float, nms_threshold: float, top_k: int) -> np.ndarray:
+    rows = rows[rows[:, -1] >= score_threshold]
+    if len(rows) == 0:
+        return np.zeros((0, ROW), np.float32)
+    keep = cv2.dnn.NMSBoxes(rows[:, :4].tolist(), rows[:, -1].tolist(), score_threshold,
+                            nms_threshold, top_k=top_k)
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    return rows[keep].astype(np.float32)

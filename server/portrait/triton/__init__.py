@@ -1,0 +1,1 @@
+"""Serving the model repository from a real Triton Inference Server."""
