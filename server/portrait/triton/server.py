@@ -64,6 +64,13 @@ def _environment(root: Path) -> dict[str, str]:
     return env
 
 
+def _last_error(log_path: Path) -> str:
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    errors = [line.strip() for line in lines if line.startswith("E") or "error" in line.lower()
+              and "NVML" not in line and "DCGM" not in line]
+    return errors[-1] if errors else "no error in its log"
+
+
 class TritonServer:
     def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, model_config_name: str | None = None,
@@ -106,15 +113,17 @@ class TritonServer:
         root = _pytriton_root()
         self._workdir = tempfile.TemporaryDirectory(prefix="portrait-triton-")
         backends = _backend_directory(root, Path(self._workdir.name) / "backends")
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self._process = subprocess.Popen(self.command(backends), env=_environment(root),
-                                         stdout=out, stderr=subprocess.STDOUT)
+        log_path = self.log_file or Path(self._workdir.name) / "tritonserver.log"
+        with open(log_path, "ab") as out:
+            self._process = subprocess.Popen(self.command(backends), env=_environment(root),
+                                             stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code = self._process.returncode
+                reason = _last_error(log_path)
                 self._cleanup()
-                raise TritonStartError(f"tritonserver exited with code {code} while starting")
+                raise TritonStartError(f"tritonserver exited with code {code} while starting: {reason}")
             if self.ready():
                 return
             time.sleep(0.25)
