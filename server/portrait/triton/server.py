@@ -65,9 +65,12 @@ def _environment(root: Path) -> dict[str, str]:
 
 
 def _last_error(log_path: Path) -> str:
+    """The most telling line of a failed start: a model that did not load, else the last error."""
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-    errors = [line.strip() for line in lines if line.startswith("E") or "error" in line.lower()
-              and "NVML" not in line and "DCGM" not in line]
+    unavailable = [" ".join(line.strip(" |").split()) for line in lines if "UNAVAILABLE" in line]
+    if unavailable:
+        return "; ".join(unavailable)
+    errors = [line.strip() for line in lines if line.startswith("E") or line.startswith("error")]
     return errors[-1] if errors else "no error in its log"
 
 
