@@ -117,24 +117,42 @@ def test_embedder_is_sensitive_to_channel_order(model_repository, faces):
     assert bgr @ rgb / np.linalg.norm(bgr) / np.linalg.norm(rgb) < 0.99
 
 
-def test_landmarks_match_tflite_interpreter(model_repository, mirror, faces):
+def _eye_crop(image, face):
+    """64x64 crop around the subject's right eye, as the iris model takes."""
+    eye = face[4:6]
+    side = 0.8 * np.linalg.norm(face[6:8] - face[4:6])
+    k = 64 / side
+    matrix = np.array([[k, 0, 32 - k * eye[0]], [0, k, 32 - k * eye[1]]], np.float32)
+    return cv2.warpAffine(image, matrix, (64, 64), flags=cv2.INTER_LINEAR)
+
+
+def _tflite_crops(spec, faces):
+    if spec is specs.EYES:
+        crops = [_eye_crop(i, f) for i, f in faces]
+    else:
+        crops = [_box_crop(i, f, 1.5, 192) for i, f in faces]
+    return np.stack(crops)[..., ::-1].astype(np.float32) / 255.0  # NHWC RGB 0..1
+
+
+@pytest.mark.parametrize("spec", [specs.LANDMARKS, specs.EYES], ids=lambda s: s.name)
+def test_landmark_models_match_tflite_interpreter(model_repository, mirror, faces, spec):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(str(_source(specs.LANDMARKS, mirror)))
+    interpreter = Interpreter(str(_source(spec, mirror)))
     interpreter.allocate_tensors()
     (inp,) = interpreter.get_input_details()
     outs = {o["name"]: o["index"] for o in interpreter.get_output_details()}
-    session = _session(model_repository, specs.LANDMARKS)
-    for image, face in faces:
-        crop = _box_crop(image, face, 1.5, 192)[:, :, ::-1].astype(np.float32) / 255.0
+    session = _session(model_repository, spec)
+    names = [o.name for o in session.get_outputs()]
+    for crop in _tflite_crops(spec, faces):
         interpreter.set_tensor(inp["index"], crop[None])
         interpreter.invoke()
-        mesh, logit = session.run(None, {"input_1": crop.transpose(2, 0, 1)[None]})
-        np.testing.assert_allclose(mesh.reshape(-1), interpreter.get_tensor(outs["conv2d_20"]).reshape(-1),
-                                   atol=LANDMARK_TOL_PX)
-        np.testing.assert_allclose(logit.reshape(-1), interpreter.get_tensor(outs["conv2d_30"]).reshape(-1),
-                                   atol=LOGIT_TOL)
-        assert logit.item() > 0  # a face is present in every crop
+        got = dict(zip(names, session.run(None, {spec.input.name: crop.transpose(2, 0, 1)[None]})))
+        for name, value in got.items():
+            expected = interpreter.get_tensor(outs[name])
+            np.testing.assert_allclose(value.reshape(-1), expected.reshape(-1), atol=LANDMARK_TOL_PX)
+        if spec is specs.LANDMARKS:
+            assert got["conv2d_30"].item() > 0  # a face is present in every crop
 
 
 @pytest.mark.parametrize("spec,scale", [(specs.PAD_V2, 2.7), (specs.PAD_V1SE, 4.0)])
@@ -151,10 +169,10 @@ def _real_batch(spec, faces):
     if spec is specs.DETECTOR:
         frames = np.stack([cv2.resize(i, (480, 640)) for i, _ in faces[:8]])
         return detect.to_input(frames)
-    size, scale = {"facemesh": (192, 1.5), "sface": (112, 1.0)}.get(spec.name, (80, 2.7))
+    if spec in (specs.LANDMARKS, specs.EYES):
+        return np.ascontiguousarray(_tflite_crops(spec, faces[:8]).transpose(0, 3, 1, 2))
+    size, scale = (112, 1.0) if spec is specs.EMBEDDER else (80, 2.7)
     crops = np.stack([_box_crop(i, f, scale, size) for i, f in faces[:8]]).astype(np.float32)
-    if spec is specs.LANDMARKS:
-        crops = crops[..., ::-1] / 255.0
     return np.ascontiguousarray(crops.transpose(0, 3, 1, 2))
 
 

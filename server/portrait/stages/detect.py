@@ -67,3 +67,48 @@ def _nms(rows: np.ndarray, score_threshold: float, nms_threshold: float, top_k: 
                             nms_threshold, top_k=top_k)
     keep = np.asarray(keep, dtype=np.int64).reshape(-1)
     return rows[keep].astype(np.float32)
+
+
+def letterbox(frames_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Scale frames so the longer side is `size`, pad bottom/right to a size x size square.
+
+    A fixed square lets frames of different requests share one detector batch. Returns the
+    float32 NCHW batch and the scale (original = detected / scale).
+    """
+    n, h, w, _ = frames_bgr.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    batch = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        batch[i, :nh, :nw] = cv2.resize(frames_bgr[i], (nw, nh), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32), scale
+
+
+def rescale(faces: np.ndarray, scale: float) -> np.ndarray:
+    """Map detections on a letterboxed frame back to the original frame."""
+    out = faces.copy()
+    out[:, :14] /= scale
+    return out
+
+
+def prominence(faces: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """How much each face looks like *the* subject: its size, discounted by its distance
+    from the image centre (a customer fills and centres the frame; bystanders and the
+    document's small "ghost" portrait do not)."""
+    h, w = image_hw
+    size = np.sqrt(faces[:, 2] * faces[:, 3])
+    cx = (faces[:, 0] + faces[:, 2] / 2) / w - 0.5
+    cy = (faces[:, 1] + faces[:, 3] / 2) / h - 0.5
+    off_centre = np.sqrt(cx**2 + cy**2) / np.sqrt(0.5)
+    return size * (1.0 - 0.5 * off_centre)
+
+
+def primary_face(faces: np.ndarray, image_hw: tuple[int, int], dominance: float = 1.6) -> int | None:
+    """Index of the face that clearly wins on prominence, or None when none does
+    (a group photo). Faces under 1/dominance of the winner's prominence are ignored."""
+    if len(faces) == 0:
+        return None
+    ranked = np.sort(prominence(faces, image_hw))[::-1]
+    if len(ranked) > 1 and ranked[1] * dominance > ranked[0]:
+        return None
+    return int(np.argmax(prominence(faces, image_hw)))

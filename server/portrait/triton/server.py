@@ -59,8 +59,9 @@ def _environment(root: Path) -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = ":".join(
         p for p in (libdir, str(wheel_libs), env.get("LD_LIBRARY_PATH")) if p
     )
-    paths = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
-    env["PYTHONPATH"] = ":".join([*sorted(paths), *filter(None, [env.get("PYTHONPATH")])])
+    # The stub's embedded interpreter finds its prefix (and so this virtual environment's
+    # site-packages) by looking for `python3` on PATH; PYTHONPATH alone does not reach it.
+    env["PATH"] = ":".join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
     return env
 
 

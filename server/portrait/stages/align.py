@@ -1,0 +1,50 @@
+"""Five-point similarity alignment to the embedder's 112x112 template.
+
+The similarity (rotation, uniform scale, translation) is the least-squares fit of Umeyama
+(1991), the same estimate OpenCV's FaceRecognizerSF.alignCrop makes, solved for all faces
+at once.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# SFace/ArcFace template: right eye, left eye, nose tip, right and left mouth corners.
+TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    np.float32,
+)
+
+
+def similarity_transforms(points: np.ndarray, template: np.ndarray = TEMPLATE_112) -> np.ndarray:
+    """[N,5,2] source landmarks -> [N,2,3] matrices mapping them onto the template."""
+    src = points.astype(np.float64)
+    dst = template.astype(np.float64)[None]
+    src_mean, dst_mean = src.mean(1, keepdims=True), dst.mean(1, keepdims=True)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    covariance = np.einsum("nki,nkj->nij", dst_c, src_c) / src.shape[1]
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.ones((len(src), 2))
+    sign[np.linalg.det(u) * np.linalg.det(vt) < 0, 1] = -1
+    rotation = np.einsum("nij,nj,njk->nik", u, sign, vt)
+    variance = (src_c**2).sum((1, 2)) / src.shape[1]
+    scale = (singular * sign).sum(1) / variance
+    linear = rotation * scale[:, None, None]
+    translation = dst_mean[:, 0] - np.einsum("nij,nj->ni", linear, src_mean[:, 0])
+    return np.concatenate([linear, translation[:, :, None]], axis=2).astype(np.float32)
+
+
+def warp(images: list[np.ndarray], matrices: np.ndarray, size: int) -> np.ndarray:
+    """One crop per (image, matrix) pair -> uint8 [N,size,size,3]. On GPU the batched
+    affine-warp kernel does this; here each crop is one OpenCV call."""
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, (image, matrix) in enumerate(zip(images, matrices)):
+        out[i] = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT)
+    return out
+
+
+def landmarks5(faces: np.ndarray) -> np.ndarray:
+    """YuNet rows [N,15] -> [N,5,2] landmarks."""
+    return faces[:, 4:14].reshape(-1, 5, 2)
