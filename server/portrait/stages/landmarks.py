@@ -12,9 +12,13 @@ import numpy as np
 CROP = 192
 CONTEXT = 1.5  # the crop side is 1.5x the face box, as MediaPipe crops for FaceMesh
 
-# MediaPipe FaceMesh indices. "Right" is the subject's right (the image's left).
-RIGHT_EYE = (33, 160, 158, 133, 153, 144)  # outer corner, upper x2, inner corner, lower x2
-LEFT_EYE = (263, 387, 385, 362, 380, 373)
+EYE_CROP = 64
+EYE_CONTEXT = 2.3  # the eye crop side is 2.3x the corner-to-corner distance, as MediaPipe's
+
+# MediaPipe FaceMesh indices. "Right" is the subject's right (the image's left). Corners
+# are listed image-left first.
+RIGHT_EYE_CORNERS = (33, 133)
+LEFT_EYE_CORNERS = (362, 263)
 CHEEK_RIGHT, CHEEK_LEFT = 234, 454
 FOREHEAD, CHIN = 10, 152
 
@@ -45,16 +49,47 @@ def mesh_points(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     return points, presence
 
 
-def _eye_ratio(points: np.ndarray, eye: tuple[int, ...]) -> np.ndarray:
-    p = points[:, list(eye), :2]
-    vertical = np.linalg.norm(p[:, 1] - p[:, 5], axis=1) + np.linalg.norm(p[:, 2] - p[:, 4], axis=1)
-    horizontal = np.linalg.norm(p[:, 0] - p[:, 3], axis=1)
-    return vertical / (2.0 * np.maximum(horizontal, 1e-6))
+def _as3x3(matrices: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(matrices), 3, 3), np.float64)
+    out[:, :2] = matrices
+    out[:, 2, 2] = 1.0
+    return out
 
 
-def eye_openness(points: np.ndarray) -> np.ndarray:
-    """[N,468,3] -> [N,2] eye aspect ratios (right, left): ~0.25-0.35 open, <0.15 closed."""
-    return np.stack([_eye_ratio(points, RIGHT_EYE), _eye_ratio(points, LEFT_EYE)], axis=1)
+def eye_transforms(points: np.ndarray, face_crops: np.ndarray) -> np.ndarray:
+    """Face-crop landmarks [N,468,3] and the frame->crop matrices [N,2,3] -> [2N,2,3]
+    frame->eye-crop matrices (right eye of every face, then left eye of every face).
+
+    Eye crops are cut from the frame, not the face crop, to keep the eyelids sharp. The
+    left eye is mirrored, as MediaPipe feeds it, so both look like one eye to the model.
+    """
+    matrices = []
+    for (start, end), mirror in ((RIGHT_EYE_CORNERS, False), (LEFT_EYE_CORNERS, True)):
+        a, b = points[:, start, :2], points[:, end, :2]
+        centre, delta = (a + b) / 2, b - a
+        angle = np.arctan2(delta[:, 1], delta[:, 0])
+        k = EYE_CROP / (EYE_CONTEXT * np.maximum(np.linalg.norm(delta, axis=1), 1e-3))
+        cos, sin = np.cos(-angle) * k, np.sin(-angle) * k
+        flip = -1.0 if mirror else 1.0
+        rows = np.zeros((len(points), 3, 3))
+        rows[:, 0] = np.stack([flip * cos, -flip * sin, np.zeros_like(cos)], 1)
+        rows[:, 1] = np.stack([sin, cos, np.zeros_like(cos)], 1)
+        rows[:, 0, 2] = EYE_CROP / 2 - (rows[:, 0, 0] * centre[:, 0] + rows[:, 0, 1] * centre[:, 1])
+        rows[:, 1, 2] = EYE_CROP / 2 - (rows[:, 1, 0] * centre[:, 0] + rows[:, 1, 1] * centre[:, 1])
+        rows[:, 2, 2] = 1.0
+        matrices.append(rows @ _as3x3(face_crops))
+    return np.concatenate(matrices)[:, :2].astype(np.float32)
+
+
+def eye_openness(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Iris-model outputs for [2N] eye crops -> [N,2] openness (right, left): the mean
+    lid-to-lid distance over the corner-to-corner distance; ~0.3 open, <0.1 closed."""
+    contour = outputs["output_eyes_contours_and_brows"].reshape(-1, 71, 3)[:, :16, :2]
+    lower, upper = contour[:, 1:8], contour[:, 9:16]  # paired inner points, corner to corner
+    gap = np.linalg.norm(upper[:, 1:6] - lower[:, 1:6], axis=2).mean(1)
+    width = np.linalg.norm(contour[:, 0] - contour[:, 8], axis=1)
+    ratio = gap / np.maximum(width, 1e-6)
+    return ratio.reshape(2, -1).T
 
 
 def head_angles(points: np.ndarray) -> np.ndarray:

@@ -1,0 +1,252 @@
+"""The verification pipeline: stages in order over an inference backend.
+
+Within one request every stage runs as one batch over all frames (and the ID image); the
+backend (or the cross-request batcher in front of it) decides how calls are grouped
+further. Stages stay pure; this module only moves arrays between them and times them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from portrait.backends.base import InferenceBackend
+from portrait.media.video import Video
+from portrait.modelrepo.specs import BY_NAME
+from portrait.stages import align, decide, detect, embed, landmarks, liveness, pad, quality
+from portrait.stages.liveness import ActionEvent
+from portrait.stages.track import Track, track_primary
+
+CALIBRATION = Path(__file__).with_name("calibration.json")
+
+
+def shipped_match_threshold() -> float:
+    return float(json.loads(CALIBRATION.read_text())["match_threshold"])
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    image_detector_size: int = 640
+    video_detector_size: int = 320
+    detection_score: float = 0.7
+    match_threshold: float = field(default_factory=shipped_match_threshold)
+    continuity_threshold: float = field(default_factory=shipped_match_threshold)
+    pad_threshold: float = 0.5
+    match_frames: int = 3
+    pad_frames: int = 4
+    continuity_frames: int = 6
+    liveness: liveness.LivenessThresholds = field(default_factory=liveness.LivenessThresholds)
+
+
+@dataclass
+class Timings:
+    ms: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = round(self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000, 2)
+
+
+@dataclass(frozen=True)
+class ImageFace:
+    face: np.ndarray | None  # [15] detection row
+    reason: str | None  # "no_face" or "multiple_faces"
+
+
+@dataclass(frozen=True)
+class VideoAnalysis:
+    track: Track
+    times: np.ndarray
+    openness: np.ndarray  # [M,2] for present frames
+    angles: np.ndarray  # [M,2] yaw, pitch
+    events: list[ActionEvent]
+    passive_score: float | None
+    continuity: float | None  # lowest similarity between two frames sampled across the clip
+    embeddings: np.ndarray | None  # [K,128] best frames, normalised
+
+
+class Pipeline:
+    def __init__(self, backend: InferenceBackend, config: PipelineConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or PipelineConfig()
+
+    def run(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One model over a batch of any length, in chunks of the model's max batch."""
+        limit = BY_NAME[model].max_batch_size
+        if len(batch) <= limit:
+            return self.backend.infer(model, batch)
+        parts = [self.backend.infer(model, batch[i : i + limit]) for i in range(0, len(batch), limit)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def detect(self, frames: np.ndarray, size: int) -> list[np.ndarray]:
+        """Same-size BGR frames [N,H,W,3] -> faces per frame in frame coordinates."""
+        batch, scale = detect.letterbox(frames, size)
+        found = detect.decode(self.run("yunet", batch), (size, size), self.config.detection_score)
+        return [detect.rescale(f, scale) for f in found]
+
+    def image_faces(self, images: Sequence[np.ndarray]) -> list[ImageFace]:
+        """The primary face of each image (ID photos, photos to compare), one detector batch."""
+        size = self.config.image_detector_size
+        batch = np.concatenate([detect.letterbox(i[None], size)[0] for i in images]) if images else None
+        if batch is None:
+            return []
+        scales = [size / max(i.shape[:2]) for i in images]
+        found = detect.decode(self.run("yunet", batch), (size, size), self.config.detection_score)
+        results = []
+        for image, faces, scale in zip(images, found, scales):
+            faces = detect.rescale(faces, scale)
+            index = detect.primary_face(faces, image.shape[:2])
+            if index is None:
+                results.append(ImageFace(None, "multiple_faces" if len(faces) else "no_face"))
+            else:
+                results.append(ImageFace(faces[index], None))
+        return results
+
+    def embed(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
+        """One aligned crop per (image, face) -> normalised embeddings [K,128]."""
+        matrices = align.similarity_transforms(align.landmarks5(faces))
+        crops = align.warp(list(images), matrices, 112)
+        return embed.normalise(self.run("sface", embed.to_input(crops))["fc1"])
+
+    def passive_scores(self, frames: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Live probability per (frame, face), both MiniFASNet models."""
+        logits = {}
+        for model, scale in pad.SCALES.items():
+            matrices = pad.crop_transforms(faces, frames.shape[1:3], scale)
+            crops = align.warp(list(frames), matrices, pad.SIZE)
+            logits[model] = self.run(model, pad.to_input(crops))["logits"]
+        return pad.live_scores(logits)
+
+    def face_geometry(self, frames: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """FaceMesh and iris models on one face per frame -> (openness [N,2], angles [N,2])."""
+        crop_matrices = landmarks.crop_transforms(faces)
+        crops = align.warp(list(frames), crop_matrices, landmarks.CROP)
+        points, _ = landmarks.mesh_points(self.run("facemesh", landmarks.to_input(crops)))
+        eye_matrices = landmarks.eye_transforms(points, crop_matrices)
+        eyes = align.warp([*frames, *frames], eye_matrices, landmarks.EYE_CROP)
+        openness = landmarks.eye_openness(self.run("iris_landmark", landmarks.to_input(eyes)))
+        return openness, landmarks.head_angles(points)
+
+    def analyse_video(self, video: Video, timings: Timings, mirrored: bool = False,
+                      need_embeddings: bool = True) -> VideoAnalysis:
+        cfg = self.config
+        frames = video.frames
+        with timings.stage("detect"):
+            detections = self.detect(frames, cfg.video_detector_size)
+        with timings.stage("track"):
+            track = track_primary(detections, frames.shape[1:3])
+        if track.reason is not None:
+            return VideoAnalysis(track, video.timestamps, np.zeros((0, 2)), np.zeros((0, 2)), [], None, None, None)
+        kept = np.flatnonzero(track.present)
+        frames, faces, times = frames[kept], track.faces[kept], video.timestamps[kept]
+        with timings.stage("landmarks"):
+            openness, angles = self.face_geometry(frames, faces)
+        with timings.stage("active_liveness"):
+            events = [*liveness.blinks(openness, angles[:, 1], times, cfg.liveness),
+                      *liveness.head_moves(angles[:, 0], angles[:, 1], times, mirrored, cfg.liveness)]
+            events.sort(key=lambda e: e.start_s)
+        with timings.stage("quality"):
+            matrices = align.similarity_transforms(align.landmarks5(faces))
+            sharp = quality.sharpness(align.warp(list(frames), matrices, 112))
+            score = quality.frame_quality(angles[:, 0], angles[:, 1], openness, sharp, float(np.median(angles[:, 1])))
+            best = np.argsort(score)[::-1]
+            frontal = np.flatnonzero(np.abs(angles[:, 0]) < 25)
+            spread = frontal[np.linspace(0, len(frontal) - 1, min(cfg.continuity_frames, len(frontal))).astype(int)]
+        with timings.stage("passive_liveness"):
+            chosen = best[: cfg.pad_frames]
+            passive = float(np.mean(self.passive_scores(frames[chosen], faces[chosen])))
+        embeddings, continuity = None, None
+        if need_embeddings:
+            with timings.stage("embed"):
+                picked = np.concatenate([best[: cfg.match_frames], spread])
+                vectors = self.embed(list(frames[picked]), faces[picked])
+                embeddings = vectors[: cfg.match_frames]
+                sampled = vectors[cfg.match_frames :]
+                if len(sampled) > 1:
+                    similarity = sampled @ sampled.T
+                    continuity = float(similarity[np.triu_indices(len(sampled), 1)].min())
+        return VideoAnalysis(track, times, openness, angles, events, passive, continuity, embeddings)
+
+    def verify(self, id_image: np.ndarray, video: Video, required: Sequence[str] = (),
+               ordered: bool = False, mirrored: bool = False, timings: Timings | None = None) -> dict:
+        """The whole verification: is a live person in the video, and are they the person
+        on the document? Returns the answer in the shape the API and CLI print."""
+        cfg = self.config
+        timings = timings or Timings()
+        with timings.stage("detect"):
+            id_face = self.image_faces([id_image])[0]
+        analysis = self.analyse_video(video, timings, mirrored)
+        match = None
+        if id_face.face is not None and analysis.embeddings is not None:
+            with timings.stage("embed"):
+                id_vector = self.embed([id_image], id_face.face[None])[0]
+                template = embed.normalise(analysis.embeddings.mean(0, keepdims=True))[0]
+                match = float(template @ id_vector)
+        missing = liveness.unmet(required, analysis.events, ordered) if analysis.track.reason is None else list(required)
+        with timings.stage("decide"):
+            decision, reasons = decide.decide(decide.Evidence(
+                id_face_problem=id_face.reason,
+                video_face_problem=analysis.track.reason,
+                passive_score=analysis.passive_score,
+                passive_threshold=cfg.pad_threshold,
+                continuity=analysis.continuity,
+                continuity_threshold=cfg.continuity_threshold,
+                missing_actions=missing,
+                match_score=match,
+                match_threshold=cfg.match_threshold,
+            ))
+        return {
+            "decision": decision,
+            "reasons": reasons,
+            "match": {"score": _round(match), "threshold": cfg.match_threshold},
+            "liveness": {
+                "active": {
+                    "required": list(required),
+                    "ordered": ordered,
+                    "observed": [vars(e) for e in analysis.events],
+                    "missing": missing,
+                },
+                "passive": {"score": _round(analysis.passive_score), "threshold": cfg.pad_threshold},
+                "continuity": {"score": _round(analysis.continuity), "threshold": cfg.continuity_threshold},
+            },
+            "video": {
+                "frames": int(len(video.frames)),
+                "frames_with_face": int(analysis.track.present.sum()),
+                "duration_s": round(float(video.duration_s), 3),
+                "codec": video.codec,
+            },
+            "timings_ms": timings.ms,
+        }
+
+    def compare(self, first: np.ndarray, second: np.ndarray) -> dict:
+        """Photo against photo: the similarity of the two primary faces."""
+        timings = Timings()
+        with timings.stage("detect"):
+            faces = self.image_faces([first, second])
+        problems = [f"{which}_{f.reason}" for which, f in zip(("first", "second"), faces) if f.reason]
+        score = None
+        if not problems:
+            with timings.stage("embed"):
+                vectors = self.embed([first, second], np.stack([f.face for f in faces]))
+                score = float(vectors[0] @ vectors[1])
+        same = None if score is None else score >= self.config.match_threshold
+        return {
+            "decision": "retry" if problems else ("match" if same else "no_match"),
+            "reasons": problems,
+            "match": {"score": _round(score), "threshold": self.config.match_threshold},
+            "timings_ms": timings.ms,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
