@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from portrait.settings import get_settings
+from portrait.stages.liveness import ACTIONS
 
 
 def _models_build(args: argparse.Namespace) -> int:
@@ -39,6 +41,45 @@ def _triton(args: argparse.Namespace) -> int:
     return server.wait()
 
 
+def _actions(text: str) -> list[str]:
+    actions = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown action(s) {', '.join(unknown)}; choose from {', '.join(ACTIONS)}")
+    return actions
+
+
+def _offline():
+    from portrait.offline import Offline
+
+    return Offline(get_settings())
+
+
+def _emit(result: dict, as_json: bool) -> int:
+    print(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    return _emit(_offline().verify(args.id_image, args.video, args.require, mirrored=args.mirrored), args.json)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    return _emit(_offline().compare(args.first, args.second), args.json)
+
+
+def _eval_pairs(args: argparse.Namespace) -> int:
+    return _emit(_offline().eval_pairs(args.pairs, args.root), args.json)
+
+
+def _eval_liveness(args: argparse.Namespace) -> int:
+    return _emit(_offline().eval_liveness(args.list, args.root, args.require), args.json)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portrait", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -51,6 +92,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     triton = commands.add_parser("triton", help="serve the model repository from the bundled Triton server")
     triton.set_defaults(func=_triton)
+
+    verify = commands.add_parser("verify", help="ID photo + selfie video -> decision")
+    verify.add_argument("--id-image", type=Path, required=True)
+    verify.add_argument("--video", type=Path, required=True)
+    verify.add_argument("--require", type=_actions, default=[],
+                        help=f"comma-separated actions the video must show, any order ({', '.join(ACTIONS)})")
+    verify.add_argument("--mirrored", action="store_true", help="the video was flipped (front camera preview)")
+    verify.add_argument("--json", action="store_true", help="one line of JSON")
+    verify.set_defaults(func=_verify)
+
+    compare = commands.add_parser("compare", help="photo vs photo similarity")
+    compare.add_argument("first", type=Path)
+    compare.add_argument("second", type=Path)
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=_compare)
+
+    evaluate = commands.add_parser("eval", help="accuracy on labelled data").add_subparsers(dest="what", required=True)
+    pairs = evaluate.add_parser("pairs", help="CSV img_a,img_b,same_person[,fold]: accuracy, TAR at FAR")
+    pairs.add_argument("--pairs", type=Path, required=True)
+    pairs.add_argument("--root", type=Path, required=True)
+    pairs.add_argument("--json", action="store_true")
+    pairs.set_defaults(func=_eval_pairs)
+    live = evaluate.add_parser("liveness", help="CSV path,label[,attack]: APCER, BPCER")
+    live.add_argument("--list", type=Path, required=True)
+    live.add_argument("--root", type=Path, required=True)
+    live.add_argument("--require", type=_actions, default=[])
+    live.add_argument("--json", action="store_true")
+    live.set_defaults(func=_eval_liveness)
+
+    calibrate = commands.add_parser("calibrate", help="set the match threshold for a target false-match rate")
+    calibrate.add_argument("--pairs", type=Path, required=True)
+    calibrate.add_argument("--root", type=Path, required=True)
+    calibrate.add_argument("--far", type=float, default=1e-3)
+    calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")
+    calibrate.add_argument("--json", action="store_true")
+    calibrate.set_defaults(func=_calibrate)
     return parser
 
 
@@ -58,7 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    from portrait.backends.base import BackendError
+    from portrait.media.errors import MediaError
+    from portrait.modelrepo.repository import ModelRepositoryError
+
+    try:
+        return args.func(args)
+    except MediaError as error:
+        print(f"portrait {args.command}: {error.code}: {error}", file=sys.stderr)
+    except (ModelRepositoryError, BackendError, ValueError, OSError) as error:
+        print(f"portrait {args.command}: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    backend: str = Field(default="embedded", description="`embedded` (ONNX Runtime) or `triton`.")
+    triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address for the triton backend.")
+    decoder: str = Field(default="pyav", description="Media decoder: `pyav` or `dali`.")
+    video_fps: float = Field(default=15.0, description="Frames sampled per second of video.")
+    video_max_frames: int = Field(default=96, description="Frames kept per video at most.")
+    video_max_seconds: float = Field(default=12.0, description="Longer videos are refused.")
+    max_image_pixels: int = Field(default=40_000_000, description="Larger images are refused.")
+    max_video_pixels: int = Field(default=1920 * 1088, description="Larger video frames are refused.")
+
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002

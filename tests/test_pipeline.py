@@ -1,0 +1,184 @@
+"""The verification pipeline on real faces and videos, through both backends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from portrait.backends.onnxruntime import OnnxRuntimeBackend
+from portrait.media import decode_image, decode_video
+from portrait.media.video import Video
+from portrait.pipeline import Pipeline, Timings
+from portrait.settings import Settings
+
+SETTINGS = Settings()
+
+
+def _video(testdata, name):
+    return decode_video((testdata / "videos" / name).read_bytes(), target_fps=SETTINGS.video_fps,
+                        max_frames=SETTINGS.video_max_frames, max_duration_s=SETTINGS.video_max_seconds)
+
+
+def _image(testdata, name):
+    return decode_image((testdata / "images" / name).read_bytes())
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_repository):
+    return Pipeline(OnnxRuntimeBackend(model_repository))
+
+
+def _events(pipeline, video, mirrored=False):
+    return pipeline.analyse_video(video, Timings(), mirrored=mirrored).events
+
+
+def _actions(events, action):
+    return [e for e in events if e.action == action]
+
+
+@pytest.mark.parametrize("clip", ["liveportrait/d0.mp4", "retalking/4.mp4"])
+def test_blinks_are_found(pipeline, testdata, clip):
+    assert _actions(_events(pipeline, _video(testdata, clip)), "blink")
+
+
+def test_d0_blink_is_where_the_eyes_close(pipeline, testdata):
+    """The eyes of d0 are shut in frames 65-67 of 78 at 25 fps (2.6-2.7 s)."""
+    (blink,) = _actions(_events(pipeline, _video(testdata, "liveportrait/d0.mp4")), "blink")
+    assert 2.4 <= blink.start_s <= 2.8
+
+
+def test_d18_shows_only_the_blink_during_its_yawn(pipeline, testdata):
+    """d18 is frontal with large mouth movements. Its eyes are fully shut in frames 94-97
+    at 30 fps (3.1-3.2 s, mid-yawn): that is a real blink and the only one; the mouth
+    movements elsewhere must not read as blinks or head moves."""
+    events = _events(pipeline, _video(testdata, "liveportrait/d18.mp4"))
+    blinks = _actions(events, "blink")
+    assert len(blinks) == 1 and 3.0 <= blinks[0].start_s <= 3.3
+    assert not [e for e in events if e.action in ("turn_left", "turn_right")]
+
+
+def test_head_turns_left_and_right_in_d12(pipeline, testdata):
+    events = _events(pipeline, _video(testdata, "liveportrait/d12.mp4"))
+    assert _actions(events, "turn_left") and _actions(events, "turn_right")
+
+
+def test_mirrored_video_swaps_left_and_right(pipeline, testdata):
+    video = _video(testdata, "liveportrait/d12.mp4")
+    plain = _events(pipeline, video)
+    flipped = Video(video.frames[:, :, ::-1].copy(), video.timestamps, video.fps, video.codec,
+                    video.duration_s, video.rotation)
+    mirrored = _events(pipeline, flipped, mirrored=True)
+    first = lambda events: next(e.action for e in events if e.action.startswith("turn"))  # noqa: E731
+    assert first(plain) == first(mirrored)
+    assert first(_events(pipeline, flipped)) != first(plain)
+
+
+def test_replay_attack_is_rejected_as_spoof_and_live_video_is_not(pipeline, testdata):
+    id_image = _image(testdata, "face_recognition/examples/obama.jpg")
+    fake = pipeline.verify(id_image, _video(testdata, "replay_pair/fake.mp4"))
+    real = pipeline.verify(id_image, _video(testdata, "replay_pair/real.mp4"))
+    assert fake["decision"] == "reject_spoof" and "passive_spoof" in fake["reasons"]
+    assert real["decision"] != "reject_spoof"
+    assert real["liveness"]["passive"]["score"] > fake["liveness"]["passive"]["score"]
+
+
+def test_group_photo_as_id_gives_retry(pipeline, testdata):
+    result = pipeline.verify(_image(testdata, "face_recognition/examples/two_people.jpg"),
+                             _video(testdata, "liveportrait/d0.mp4"))
+    assert result["decision"] == "retry" and result["reasons"] == ["id_multiple_faces"]
+
+
+def test_video_without_a_face_gives_retry(pipeline, testdata):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (20, 240, 320, 3), dtype=np.uint8)
+    blank = Video(frames, np.arange(20) / 10.0, 10.0, "synthetic", 2.0, 0)
+    result = pipeline.verify(_image(testdata, "deepface/img1.jpg"), blank)
+    assert result["decision"] == "retry" and result["reasons"] == ["video_no_face"]
+
+
+def test_spliced_identity_is_caught(pipeline, testdata):
+    """Half the clip is one person, half another, at the same place in the frame."""
+    first, second = _video(testdata, "liveportrait/d0.mp4"), _video(testdata, "liveportrait/d18.mp4")
+    size = (480, 480)
+    frames = np.stack([cv2.resize(f, size) for f in [*first.frames[:24], *second.frames[:24]]])
+    spliced = Video(frames, np.arange(48) / 15.0, 15.0, "synthetic", 3.2, 0)
+    result = pipeline.verify(_image(testdata, "deepface/img1.jpg"), spliced)
+    assert result["decision"] in ("reject_spoof", "retry")
+    assert "identity_changed" in result["reasons"] or "video_face_lost" in result["reasons"]
+
+
+def test_required_actions_decide_between_retry_and_a_match_decision(pipeline, testdata):
+    video = _video(testdata, "liveportrait/d12.mp4")
+    id_image = cv2.resize(video.frames[0], None, fx=1.0, fy=1.0)  # the subject's own face
+    done = pipeline.verify(id_image, video, ["turn_left", "turn_right"])
+    missing = pipeline.verify(id_image, video, ["look_up", "blink", "turn_left"])
+    assert done["decision"] == "accept", done["reasons"]
+    assert done["match"]["score"] > done["match"]["threshold"]
+    assert missing["decision"] == "retry" and missing["reasons"] == ["challenge_incomplete"]
+    assert "turn_left" not in missing["liveness"]["active"]["missing"]
+
+
+def test_same_and_different_people(pipeline, testdata):
+    obama = _image(testdata, "face_recognition/examples/obama.jpg")
+    assert pipeline.compare(obama, _image(testdata, "face_recognition/examples/obama2.jpg"))["decision"] == "match"
+    assert pipeline.compare(obama, _image(testdata, "face_recognition/examples/biden.jpg"))["decision"] == "no_match"
+
+
+def test_both_backends_give_the_same_decisions(model_repository, pipeline, testdata):
+    pytest.importorskip("pytriton", reason="the Triton extra is not installed")
+    from portrait.backends.triton import TritonBackend
+    from portrait.triton.server import TritonServer
+
+    from conftest import free_port
+
+    server = TritonServer(model_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server.start(timeout_s=180)
+    backend = TritonBackend(server.urls()["grpc"])
+    try:
+        via_triton = Pipeline(backend)
+        id_image = _image(testdata, "face_recognition/examples/obama.jpg")
+        for clip in ("replay_pair/fake.mp4", "liveportrait/d12.mp4"):
+            video = _video(testdata, clip)
+            a = pipeline.verify(id_image, video, ["turn_left"])
+            b = via_triton.verify(id_image, video, ["turn_left"])
+            assert a["decision"] == b["decision"] and a["reasons"] == b["reasons"]
+            assert a["match"]["score"] == pytest.approx(b["match"]["score"], abs=1e-3)
+            assert a["liveness"]["passive"]["score"] == pytest.approx(b["liveness"]["passive"]["score"], abs=1e-3)
+    finally:
+        backend.close()
+        server.stop()
+
+
+def test_cli_eval_pairs_reports_accuracy_and_tar(model_repository, testdata, mirror):
+    env = {**dict(__import__("os").environ), "PORTRAIT_MODEL_REPOSITORY": str(model_repository)}
+    result = subprocess.run([sys.executable, "-m", "portrait.cli", "eval", "pairs", "--pairs",
+                             str(testdata / "pairs.csv"), "--root", str(testdata), "--json"],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["pairs"] == 1848
+    assert report["accuracy_at_threshold"] > 0.97
+    assert [t["far_target"] for t in report["tar_at_far"]] == [1e-3, 1e-4]
+    assert report["tar_at_far"][0]["tar"] > 0.9
+
+
+def test_cli_verify_and_compare_print_one_json_object(model_repository, testdata):
+    env = {**dict(__import__("os").environ), "PORTRAIT_MODEL_REPOSITORY": str(model_repository)}
+    verify = subprocess.run([sys.executable, "-m", "portrait.cli", "verify", "--id-image",
+                             str(testdata / "images/face_recognition/examples/obama.jpg"), "--video",
+                             str(testdata / "videos/replay_pair/fake.mp4"), "--require", "blink", "--json"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert verify.returncode == 0, verify.stderr
+    answer = json.loads(verify.stdout)
+    assert answer["decision"] == "reject_spoof"
+    assert {m["name"] for m in answer["models"]} >= {"yunet", "sface", "minifasnet_v2"}
+    assert set(answer["timings_ms"]) >= {"decode", "detect", "landmarks", "embed"}
+    bad = subprocess.run([sys.executable, "-m", "portrait.cli", "verify", "--id-image",
+                          str(testdata / "README.md"), "--video", str(testdata / "videos/replay_pair/fake.mp4")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("portrait verify:")
