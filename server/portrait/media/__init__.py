@@ -1,0 +1,40 @@
+"""Media decoding: uploads (bytes) to uint8 BGR arrays, refusing what we do not read.
+
+`decoder(name)` picks the implementation: "pyav" (FFmpeg on CPU, the default) or "dali"
+(NVIDIA DALI, optional: imported only when asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from portrait.media.errors import MediaError
+from portrait.media.image import decode_image
+from portrait.media.video import Video, decode_video
+
+__all__ = ["Decoder", "MediaError", "Video", "decode_image", "decode_video", "decoder"]
+
+DECODERS = ("pyav", "dali")
+
+
+class Decoder(NamedTuple):
+    name: str
+    image: Callable[..., np.ndarray]
+    video: Callable[..., Video]
+
+
+def decoder(name: str = "pyav") -> Decoder:
+    """The image and video decoders called `name`; "dali" needs the nvidia-dali wheel."""
+    if name == "pyav":
+        return Decoder(name, decode_image, decode_video)
+    if name == "dali":
+        try:
+            from portrait.media.dali import decode_image_dali, decode_video_dali
+        except ImportError as error:
+            message = f"the dali decoder needs NVIDIA DALI (nvidia-dali-cuda120): {error}"
+            raise ImportError(message) from error
+        return Decoder(name, decode_image_dali, decode_video_dali)
+    raise ValueError(f"unknown media decoder {name!r}; choose one of {', '.join(DECODERS)}")

@@ -1,0 +1,91 @@
+"""Still images (the identity document photo): JPEG, PNG and WebP to uint8 BGR."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+from portrait.media.errors import MediaError
+
+# JPEG start-of-frame markers (SOF0..SOF15 less DHT, JPG and DAC): they carry the image size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG markers without a length field.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode an upload to uint8 BGR [H, W, 3], upright (EXIF orientation applied).
+
+    BGR because OpenCV and the face detector work in BGR. The size is read from the header
+    and checked first, so a decompression bomb is refused before anything is allocated.
+    Grayscale, alpha and 16-bit images come out as 8-bit BGR (alpha is dropped).
+    """
+    check_image_size(data, max_pixels)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:
+        raise MediaError("corrupt_media", f"image does not decode: {error}") from error
+    if image is None:
+        raise MediaError("corrupt_media", "image does not decode")
+    return image
+
+
+def check_image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header, refusing unknown formats and images over max_pixels."""
+    width, height = image_size(data)
+    if width * height == 0:
+        raise MediaError("corrupt_media", "image header gives an empty size")
+    if width * height > max_pixels:
+        raise MediaError("media_too_large", f"image is {width}x{height}, over {max_pixels} pixels")
+    return width, height
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as stored, from the file header alone (no pixel is decoded)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_size(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    raise MediaError("unsupported_media_type", "not a JPEG, PNG or WebP image")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise MediaError("corrupt_media", "PNG without an IHDR header")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk the marker segments to the frame header; a file with no EOI after it is truncated."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF or marker in _JPEG_STANDALONE:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_SOF and pos + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            if data.find(b"\xff\xd9", pos + 2 + length) < 0:
+                raise MediaError("corrupt_media", "JPEG is truncated (no end-of-image marker)")
+            return width, height
+        pos += 2 + length
+    raise MediaError("corrupt_media", "JPEG without a frame header")
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a" and len(data) >= 30:
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    raise MediaError("corrupt_media", "WebP without a readable frame header")

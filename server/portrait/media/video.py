@@ -1,0 +1,271 @@
+"""Selfie videos to a few evenly spaced, upright uint8 BGR frames, with PyAV (FFmpeg) on CPU.
+
+Everything is read from memory; nothing is written to disk. The work is bounded: limits
+are checked on the header first, and decoding stops past max_duration_s of timestamps or
+past a frame budget, so a hostile file cannot take unbounded time or memory.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import av
+import av.logging
+import numpy as np
+from av.container import InputContainer
+from av.video.stream import VideoStream
+
+from portrait.media.errors import MediaError
+
+# Codecs we decode; anything else is refused rather than handed to a rarely used FFmpeg decoder.
+CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg"})
+# Most frames per second of stream time we decode (phones' slow motion tops out at 240).
+MAX_DECODE_RATE = 240
+# MP4/QuickTime top-level boxes a file may start with (bytes 4..8).
+_MP4_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"})
+# How much shorter than its header says a video may decode before we call it truncated
+# (plus one frame): audio and video tracks rarely end together.
+TRUNCATION_SLACK_S = 0.5
+# Slack when comparing a frame time with a sample time (float rounding of rational timestamps).
+_EPS = 1e-6
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class Video:
+    """Sampled frames of one video.
+
+    frames: uint8 BGR [N, H, W, 3] (OpenCV's and the detector's order), upright;
+    timestamps: seconds from the first frame [N]; fps: the source frame rate;
+    duration_s: from the header, else the last frame's time;
+    rotation: degrees counter-clockwise applied to make the frames upright.
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    fps: float
+    codec: str
+    duration_s: float
+    rotation: int
+
+
+class EvenSampler(Generic[T]):
+    """Keeps items at evenly spaced times, at most `limit` of them, spanning the whole stream.
+
+    A time is wanted once it reaches the next point of a grid of `period` seconds from 0.
+    When more than `limit` are kept, every other one is dropped and the period doubles, so
+    memory stays bounded even when the stream is longer than its header said.
+    """
+
+    def __init__(self, period: float, limit: int) -> None:
+        self.period = period
+        self.limit = limit
+        self.kept: list[tuple[float, T]] = []
+        self._next = -math.inf
+
+    def wants(self, time: float) -> bool:
+        return time >= self._next - _EPS
+
+    def add(self, time: float, item: T) -> None:
+        self.kept.append((time, item))
+        if len(self.kept) > self.limit:
+            self.kept = self.kept[::2]
+            self.period *= 2
+        self._next = (math.floor((time + _EPS) / self.period) + 1) * self.period
+
+
+def sample_period(target_fps: float, max_frames: int, duration_s: float | None) -> float:
+    """Seconds between samples: 1/target_fps, widened so max_frames cover a known duration."""
+    period = 1.0 / target_fps
+    return max(period, duration_s / max_frames) if duration_s else period
+
+
+def decode_video(
+    data: bytes,
+    target_fps: float = 12.0,
+    max_frames: int = 48,
+    max_duration_s: float = 15.0,
+    max_pixels: int = 1920 * 1088,
+) -> Video:
+    """Decode an upload to at most max_frames upright BGR frames, evenly spaced in time.
+
+    Frames are taken at ~target_fps; when the whole video at that rate would exceed
+    max_frames, the rate drops so the frames still span the whole video (the challenge
+    actions can happen at any time in it).
+    """
+    with open_video(data) as (container, stream):
+        duration = header_duration(container, stream)
+        check_header(stream, duration, max_duration_s, max_pixels)
+        fps = source_fps(stream)
+        sampler: EvenSampler[np.ndarray] = EvenSampler(
+            sample_period(target_fps, max_frames, duration), max_frames
+        )
+        last, rotation = _sample(
+            container, stream, sampler, fps or target_fps, max_duration_s, max_pixels
+        )
+        codec = stream.codec_context.name
+    check_complete(duration, last, fps)
+    return assemble(sampler.kept, fps, codec, duration or last, rotation)
+
+
+def _sample(
+    container: InputContainer,
+    stream: VideoStream,
+    sampler: EvenSampler[np.ndarray],
+    fps: float,
+    max_duration_s: float,
+    max_pixels: int,
+) -> tuple[float, int]:
+    """Decode every frame, converting only the wanted ones; returns (last frame time, rotation)."""
+    stream.thread_type = thread_type()
+    start = last = None
+    rotation = 0
+    for index, frame in enumerate(_frames(container, stream, max_duration_s)):
+        time = frame.time if frame.time is not None else index / fps
+        if start is None:
+            start, rotation = time, upright_rotation(frame.rotation)
+        last = time - start
+        check_pixels(frame.width, frame.height, max_pixels)
+        check_time(last, max_duration_s)
+        if sampler.wants(last):
+            image = frame.to_ndarray(format="bgr24")
+            sampler.add(last, np.rot90(image, rotation // 90))
+    if last is None:
+        raise MediaError("no_frames", "the video has no decodable frame")
+    return last, rotation
+
+
+@contextmanager
+def open_video(data: bytes) -> Iterator[tuple[InputContainer, VideoStream]]:
+    """Open data with the demuxer its magic bytes name, and yield its first video stream.
+
+    Naming the demuxer means FFmpeg never probes, so it can never pick one that opens
+    other files or URLs (HLS playlists, concat lists).
+    """
+    demuxer = sniff_container(data)
+    try:
+        container = av.open(io.BytesIO(data), format=demuxer)
+    except av.FFmpegError as error:
+        message = f"cannot read the {demuxer} container: {error}"
+        raise MediaError("corrupt_media", message) from error
+    with container:
+        if not container.streams.video:
+            raise MediaError("unsupported_media_type", "the file has no video stream")
+        stream = container.streams.video[0]
+        if stream.codec_context.name not in CODECS:
+            raise MediaError("unsupported_media_type", f"video codec {stream.codec_context.name}")
+        yield container, stream
+
+
+def sniff_container(data: bytes) -> str:
+    """The FFmpeg demuxer for MP4/MOV, Matroska/WebM or AVI data; anything else is refused."""
+    if data[4:8] in _MP4_BOXES:
+        return "mov"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    raise MediaError("unsupported_media_type", "not an MP4, MOV, WebM, MKV or AVI video")
+
+
+def header_duration(container: InputContainer, stream: VideoStream) -> float | None:
+    """The video's duration in seconds as the header states it, if it does."""
+    if stream.duration is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def source_fps(stream: VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else 0.0
+
+
+def check_header(
+    stream: VideoStream, duration: float | None, max_duration_s: float, max_pixels: int
+) -> None:
+    """Refuse from the header alone, before decoding anything."""
+    check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
+    if duration is not None and duration > max_duration_s:
+        raise MediaError("video_too_long", f"video is {duration:.1f} s, over {max_duration_s} s")
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        message = f"frames are {width}x{height}, over {max_pixels} pixels"
+        raise MediaError("media_too_large", message)
+
+
+def check_time(time: float, max_duration_s: float) -> None:
+    """Refuse a frame later than max_duration_s: the header's duration may lie or be missing."""
+    if time > max_duration_s:
+        raise MediaError("video_too_long", f"video runs past {max_duration_s} s")
+
+
+def check_complete(duration: float | None, last: float, fps: float) -> None:
+    """Refuse a video whose frames stop well before its header's duration: a truncated upload
+    (an MP4 with its index first plays its first part without any decoding error)."""
+    if duration is not None and duration - last > TRUNCATION_SLACK_S + (1.0 / fps if fps else 0.0):
+        message = f"frames stop at {last:.2f} s of {duration:.2f} s: the file is truncated"
+        raise MediaError("corrupt_media", message)
+
+
+def thread_type() -> str:
+    """FFmpeg's own threads (frame and slice), unless PyAV's Python logging is on: then its
+    frame threads can log while the GIL is held to free the decoder, and deadlock (PyAV #751)."""
+    return "AUTO" if av.logging.get_level() is None else "NONE"
+
+
+def upright_rotation(display_rotation: float) -> int:
+    """The counter-clockwise turn, in 0/90/180/270, that shows a frame upright.
+
+    FFmpeg's display matrix angle is counter-clockwise (a phone's portrait video says -90).
+    """
+    return round(display_rotation / 90) % 4 * 90
+
+
+def frame_budget(max_duration_s: float) -> int:
+    """The most packets or frames we decode: MAX_DECODE_RATE per second of allowed video."""
+    return math.ceil(max_duration_s * MAX_DECODE_RATE)
+
+
+def _frames(
+    container: InputContainer, stream: VideoStream, max_duration_s: float
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames; refuses a stream that passes the frame budget, maps FFmpeg errors."""
+    budget = frame_budget(max_duration_s)
+    packets = frames = 0
+    try:
+        for packet in container.demux(stream):
+            packets += 1
+            for frame in packet.decode():
+                frames += 1
+                yield frame
+            if max(packets, frames) > budget:
+                raise MediaError("video_too_long", f"more than {budget} frames")
+    except av.FFmpegError as error:
+        raise MediaError("corrupt_media", f"video does not decode: {error}") from error
+
+
+def assemble(
+    kept: list[tuple[float, np.ndarray]], fps: float, codec: str, duration_s: float, rotation: int
+) -> Video:
+    """Stack the kept frames; a stream whose frame size changes midway is refused."""
+    shapes = {image.shape for _, image in kept}
+    if len(shapes) != 1:
+        raise MediaError("corrupt_media", f"frame size changes within the video: {sorted(shapes)}")
+    return Video(
+        frames=np.ascontiguousarray(np.stack([image for _, image in kept])),
+        timestamps=np.array([time for time, _ in kept], dtype=np.float64),
+        fps=fps,
+        codec=codec,
+        duration_s=float(duration_s),
+        rotation=rotation,
+    )
