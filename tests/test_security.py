@@ -1,0 +1,648 @@
+"""The security building blocks: API keys, challenge tokens, nonces, limits, receipts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from portrait.security import keys as keys_module
+from portrait.security.keys import ApiKeys, KeyConfigError, key_id
+from portrait.security.limits import InFlightLimiter, RateLimiter
+from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore
+from portrait.security.receipts import (
+    ReceiptError, ReceiptSigner, generate_key, receipt_key_id, seed_from_passphrase, verify_receipt,
+)
+from portrait.security.tokens import (
+    ACTIONS, MAX_TOKEN_LENGTH, Challenge, ChallengeSigner, TokenError, parse_actions, random_actions,
+)
+
+KEY_A = "alpha-key-0123456789"
+KEY_A2 = "alpha-rotated-key-9876"
+KEY_B = "bravo-key-0123456789"
+SECRET = b"s" * 32
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_threads(n: int, target: Callable[[], object]) -> list[object]:
+    """Run `target` on n threads released together; return their results."""
+    barrier = threading.Barrier(n)
+    results: list[object] = [None] * n
+
+    def work(i: int) -> None:
+        barrier.wait()
+        results[i] = target()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+# API keys ----------------------------------------------------------------------------
+
+
+def test_keys_from_string() -> None:
+    keys = ApiKeys.from_string(f" alpha:{KEY_A} , bravo:{KEY_B},alpha:{KEY_A2}, ")
+    assert keys.tenant_for(KEY_A) == "alpha"
+    assert keys.tenant_for(KEY_A2) == "alpha"
+    assert keys.tenant_for(KEY_B) == "bravo"
+    assert keys.tenants == {"alpha", "bravo"} and len(keys) == 3
+
+
+def test_keys_unknown_or_odd_presented_keys_match_nothing() -> None:
+    keys = ApiKeys.from_string(f"alpha:{KEY_A}")
+    for presented in ("", KEY_A[:-1], KEY_A + "x", KEY_A.upper(), "x" * 5000, "\udcff" * 20, None, b"bytes"):
+        assert keys.tenant_for(presented) is None  # type: ignore[arg-type]
+    assert ApiKeys().tenant_for(KEY_A) is None
+
+
+def test_keys_compared_against_every_configured_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = ApiKeys.from_string(f"alpha:{KEY_A},bravo:{KEY_B},alpha:{KEY_A2}")
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
+    for presented, tenant in ((KEY_A, "alpha"), (KEY_B, "bravo"), ("not-a-key-at-all-123", None)):
+        calls.clear()
+        assert keys.tenant_for(presented) == tenant
+        assert len(calls) == 3  # no early exit, whichever key matched
+        assert all(len(a) == len(b) == 32 for a, b in calls)  # digests, not keys
+
+
+def test_keys_hold_digests_only_and_repr_hides_them() -> None:
+    keys = ApiKeys.from_string(f"alpha:{KEY_A},bravo:{KEY_B}")
+    text = repr(keys) + str(keys) + repr(vars(keys))
+    for key in (KEY_A, KEY_B):
+        assert key not in text
+    assert "alpha" in repr(keys) and "keys=2" in repr(keys)
+    assert hashlib.sha256(KEY_A.encode()).digest() in {d for d, _ in keys._entries}
+
+
+@pytest.mark.parametrize("value, message", [
+    ("alpha:short-key", "too short"),
+    ("alpha:" + "k" * 15, "too short"),
+    (f"alpha{KEY_A}", "expected tenant:key"),
+    (f":{KEY_A}", "tenant name"),
+    (f"al pha:{KEY_A}", "tenant name"),
+    (f"alpha:{KEY_A[:8]} {KEY_A[8:]}", "printable ASCII"),
+    (f"alpha:{'k' * 1025}", "printable ASCII"),
+    (f"alpha:{KEY_A},bravo:{KEY_A}", "same key is configured for tenants 'alpha' and 'bravo'"),
+])
+def test_keys_bad_config_rejected_without_revealing_the_key(value: str, message: str) -> None:
+    with pytest.raises(KeyConfigError, match=message) as info:
+        ApiKeys.from_string(value)
+    secret_part = value.partition(":")[2]
+    assert not secret_part or secret_part not in str(info.value)
+
+
+def test_keys_same_key_twice_for_one_tenant_is_kept_once() -> None:
+    assert len(ApiKeys.from_string(f"alpha:{KEY_A},alpha:{KEY_A}")) == 1
+
+
+def test_keys_from_file_and_load(tmp_path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text(f"# carriers\n\nalpha:{KEY_A}\n  # rotated key below\nalpha:{KEY_A2}\n")
+    keys = ApiKeys.from_file(path)
+    assert keys.tenant_for(KEY_A2) == "alpha" and len(keys) == 2
+    merged = ApiKeys.load(f"bravo:{KEY_B}", path)
+    assert {merged.tenant_for(k) for k in (KEY_A, KEY_A2, KEY_B)} == {"alpha", "bravo"}
+    assert len(ApiKeys.load("", None)) == 0
+    assert len(ApiKeys.load(None, path)) == 2
+    path.write_text(f"alpha:{KEY_A}\nbravo:tiny\n")
+    with pytest.raises(KeyConfigError, match=r"keys.txt line 2: the key of tenant 'bravo' is too short"):
+        ApiKeys.from_file(path)
+    with pytest.raises(KeyConfigError, match="cannot read API keys file"):
+        ApiKeys.load(None, tmp_path / "missing.txt")
+    path.write_text(f"alpha:{KEY_A}\n")
+    with pytest.raises(KeyConfigError, match="same key"):
+        ApiKeys.load(f"bravo:{KEY_A}", path)
+
+
+def test_key_id_is_a_short_fingerprint() -> None:
+    assert key_id(KEY_A) == hashlib.sha256(KEY_A.encode()).hexdigest()[:8]
+    assert len(key_id("anything")) == 8 and key_id(KEY_A) != key_id(KEY_B)
+    assert KEY_A not in key_id(KEY_A)
+
+
+# Challenge tokens --------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def signer(clock: Clock) -> ChallengeSigner:
+    return ChallengeSigner(SECRET, ttl_s=120, clock=clock)
+
+
+def sign_payload(payload: object, secret: bytes = SECRET) -> str:
+    """A token over arbitrary payload bytes, correctly signed: to reach the checks that
+    run after the signature."""
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    body = b64e(raw)
+    return f"{body}.{b64e(hmac.new(secret, body.encode(), hashlib.sha256).digest())}"
+
+
+def good_payload(clock: Clock, **changes: object) -> dict:
+    payload = {"v": 1, "tenant": "alpha", "actions": ["blink", "turn_left"], "nonce": b64e(bytes(16)),
+               "iat": clock.now, "exp": clock.now + 120}
+    payload.update(changes)
+    return payload
+
+
+def test_issue_and_verify(signer: ChallengeSigner, clock: Clock) -> None:
+    issued = signer.issue("alpha", ["turn_left", "blink"])
+    assert isinstance(issued, Challenge)
+    assert issued.actions == ["turn_left", "blink"] and issued.tenant == "alpha"
+    assert issued.issued_at == clock.now and issued.expires_at == clock.now + 120
+    assert len(b64d(issued.nonce)) == 16
+    body, signature = issued.token.split(".")
+    payload = json.loads(b64d(body))
+    assert payload == {"v": 1, "tenant": "alpha", "actions": ["turn_left", "blink"], "nonce": issued.nonce,
+                       "iat": clock.now, "exp": clock.now + 120}
+    assert b64d(signature) == hmac.new(SECRET, body.encode(), hashlib.sha256).digest()
+    clock.now += 119.9
+    assert signer.verify(issued.token, "alpha") == issued
+    assert ChallengeSigner(SECRET, clock=clock).verify(issued.token, "alpha") == issued  # another replica
+    assert signer.issue("alpha", ["blink"]).nonce != issued.nonce
+
+
+def test_expired(signer: ChallengeSigner, clock: Clock) -> None:
+    token = signer.issue("alpha", ["blink"]).token
+    clock.now += 120
+    with pytest.raises(TokenError) as info:
+        signer.verify(token, "alpha")
+    assert info.value.code == "expired_challenge" and "expired" in str(info.value)
+
+
+def test_wrong_tenant(signer: ChallengeSigner) -> None:
+    token = signer.issue("alpha", ["blink"]).token
+    with pytest.raises(TokenError) as info:
+        signer.verify(token, "bravo")
+    assert info.value.code == "wrong_tenant"
+
+
+def forged_variants(token: str) -> Iterator[str]:
+    body, signature = token.split(".")
+    payload = json.loads(b64d(body))
+    yield f"{b64e(json.dumps({**payload, 'tenant': 'bravo'}).encode())}.{signature}"
+    yield f"{b64e(json.dumps({**payload, 'exp': payload['exp'] + 3600}).encode())}.{signature}"
+    yield f"{b64e(json.dumps({**payload, 'actions': ['blink']}).encode())}.{signature}"
+    yield f"{b64e(b'{not json')}.{signature}"  # garbage with a bad signature: not parsed
+    mac = bytearray(b64d(signature))
+    mac[0] ^= 1
+    yield f"{body}.{b64e(bytes(mac))}"
+    yield f"{body}.{b64e(bytes(mac[:16]))}"
+    yield f"{body}."
+    yield sign_payload(payload, secret=b"t" * 32)
+
+
+def test_forged(signer: ChallengeSigner) -> None:
+    token = signer.issue("alpha", ["blink", "look_up"]).token
+    for forged in forged_variants(token):
+        with pytest.raises(TokenError) as info:
+            signer.verify(forged, "bravo")
+        assert info.value.code == "forged_challenge", forged
+
+
+def test_malformed_structure(signer: ChallengeSigner) -> None:
+    token = signer.issue("alpha", ["blink"]).token
+    body, signature = token.split(".")
+    noncanonical = signature[:-1] + chr(ord(signature[-1]) + 1)  # same bytes, other spelling
+    assert b64d(noncanonical) == b64d(signature)
+    for bad in ("", "nodot", body, f"{token}.x", f"{body}..{signature}", f"!!{body}.{signature}",
+                f"{body}.{signature}=", f"{body} .{signature}", f"{body}.{signature[:-1]}ä",
+                f"{body}.a", f"{body}.{noncanonical}", "a" * (MAX_TOKEN_LENGTH + 1),
+                f"{body}.{signature}{'A' * MAX_TOKEN_LENGTH}", None, 42, b"bytes"):
+        with pytest.raises(TokenError) as info:
+            signer.verify(bad, "alpha")  # type: ignore[arg-type]
+        assert info.value.code == "malformed_challenge", bad
+
+
+def test_malformed_payload_even_when_signed(signer: ChallengeSigner, clock: Clock) -> None:
+    assert signer.verify(sign_payload(good_payload(clock)), "alpha").actions == ["blink", "turn_left"]
+    bad_payloads: list[object] = [
+        b"{not json", b"\xff\xfe", b"[]", b'"string"', b"null",
+        good_payload(clock, v=2), good_payload(clock, v=True), good_payload(clock, v="1"),
+        good_payload(clock, tenant=""), good_payload(clock, tenant=7),
+        good_payload(clock, actions=["blink", "smile"]), good_payload(clock, actions=[]),
+        good_payload(clock, actions=["blink", "blink"]), good_payload(clock, actions="blink"),
+        good_payload(clock, nonce=""), good_payload(clock, nonce=5), good_payload(clock, nonce="n" * 65),
+        good_payload(clock, iat="now"), good_payload(clock, exp=None), good_payload(clock, exp=True),
+        good_payload(clock, exp=clock.now - 1), good_payload(clock, extra=1),
+        json.dumps(good_payload(clock)).replace(str(clock.now + 120), "Infinity").encode(),
+    ]
+    without_nonce = good_payload(clock)
+    del without_nonce["nonce"]
+    bad_payloads.append(without_nonce)
+    for payload in bad_payloads:
+        with pytest.raises(TokenError) as info:
+            signer.verify(sign_payload(payload), "alpha")
+        assert info.value.code == "malformed_challenge", payload
+
+
+def test_issue_validates(signer: ChallengeSigner) -> None:
+    for actions in ([], ["smile"], ["blink", "blink"], list(ACTIONS) + ["blink"]):
+        with pytest.raises(TokenError) as info:
+            signer.issue("alpha", actions)
+        assert info.value.code == "invalid_actions"
+    with pytest.raises(ValueError):
+        signer.issue("", ["blink"])
+    with pytest.raises(ValueError, match="tenant name too long"):
+        signer.issue("t" * 2000, ["blink"])
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        ChallengeSigner(b"short")
+    with pytest.raises(ValueError):
+        ChallengeSigner(SECRET, ttl_s=0)
+    assert ChallengeSigner("x" * 32).issue("a", ["blink"]).token  # str secrets are UTF-8 encoded
+    assert "sss" not in repr(signer)
+
+
+def test_redeem_spends_the_nonce(signer: ChallengeSigner, clock: Clock) -> None:
+    store = MemoryNonceStore(clock=clock)
+    token = signer.issue("alpha", ["blink"]).token
+    assert signer.redeem(token, "alpha", store).tenant == "alpha"
+    with pytest.raises(TokenError) as info:
+        signer.redeem(token, "alpha", store)
+    assert info.value.code == "replayed_challenge"
+
+
+def test_parse_actions() -> None:
+    assert parse_actions(["look_down", "blink"]) == ["look_down", "blink"]
+    assert parse_actions(tuple(ACTIONS)) == list(ACTIONS)
+    for bad in ([], None, "blink", ["blink", "blink"], ["Blink"], ["blink", 1], [["blink"]],
+                list(ACTIONS) + ["blink"], {"blink": 1}):
+        with pytest.raises(TokenError) as info:
+            parse_actions(bad)
+        assert info.value.code == "invalid_actions" and "blink" in str(info.value)
+
+
+def test_random_actions() -> None:
+    seen_orders, seen_lengths = set(), set()
+    rng = random.Random(7)
+    for _ in range(500):
+        actions = random_actions(rng)
+        assert parse_actions(actions) == actions
+        assert "blink" in actions and len(actions) in (2, 3)
+        assert not {"turn_left", "turn_right"} <= set(actions)
+        assert not {"look_up", "look_down"} <= set(actions)
+        seen_orders.add(actions.index("blink"))
+        seen_lengths.add(len(actions))
+    assert seen_orders == {0, 1, 2} and seen_lengths == {2, 3}
+    assert set(random_actions()) <= set(ACTIONS)  # the default, system randomness
+
+
+# Nonces ------------------------------------------------------------------------------
+
+
+def test_memory_nonce_store_single_use_and_expiry() -> None:
+    clock = Clock(1000.0)
+    store = MemoryNonceStore(clock=clock)
+    assert isinstance(store, NonceStore)
+    assert store.claim("n1", 1100.0) is True
+    assert store.claim("n1", 1100.0) is False
+    assert store.claim("n2", 1050.0) is True
+    assert store.claim("late", 1000.0) is False  # already expired: never claimable
+    clock.now = 1060.0
+    assert store.claim("n3", 1200.0) is True and len(store) == 2  # n2 evicted on expiry
+    assert store.claim("n1", 1100.0) is False
+    with pytest.raises(ValueError):
+        store.claim("", 2000.0)
+    with pytest.raises(ValueError):
+        store.claim("x" * 129, 2000.0)
+
+
+def test_memory_nonce_store_is_bounded() -> None:
+    clock = Clock(0.0)
+    store = MemoryNonceStore(max_entries=3, clock=clock)
+    for nonce, exp in (("a", 30.0), ("b", 10.0), ("c", 20.0)):
+        assert store.claim(nonce, exp)
+    assert store.claim("d", 40.0) is True
+    assert len(store) == 3 and store.evicted == 1
+    assert store.claim("a", 30.0) is False and store.claim("c", 20.0) is False
+    assert store.claim("b", 10.0) is True  # the soonest-expiring entry made room
+    with pytest.raises(ValueError):
+        MemoryNonceStore(max_entries=0)
+
+
+def test_memory_nonce_store_concurrent_claims() -> None:
+    store = MemoryNonceStore()
+    for round_ in range(5):
+        results = run_threads(16, lambda: store.claim(f"race-{round_}", time.time() + 60))
+        assert results.count(True) == 1 and results.count(False) == 15
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    pytest.importorskip("redis", reason="the redis package is not installed (pip install redis)")
+    import redis
+
+    port = _free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_redis_nonce_store(redis_url: str) -> None:
+    import redis
+
+    store = RedisNonceStore(redis_url, prefix="test:a:")
+    assert isinstance(store, NonceStore) and store.ping()
+    expires_at = time.time() + 60
+    assert store.claim("n1", expires_at) is True
+    assert store.claim("n1", expires_at) is False
+    assert RedisNonceStore(redis_url, prefix="test:a:").claim("n1", expires_at) is False  # another replica
+    assert store.claim("old", time.time() - 1) is False
+    client = redis.Redis.from_url(redis_url)
+    assert client.get("test:a:n1") == b"1"
+    assert 55 <= client.ttl("test:a:n1") <= 61  # expires with the token
+    assert client.expiretime("test:a:n1") == int(expires_at) + 1
+    assert "127.0.0.1" not in repr(store)
+    client.close()
+    store.close()
+
+
+def test_redis_nonce_store_concurrent_claims(redis_url: str) -> None:
+    stores = [RedisNonceStore(redis_url, prefix="test:race:") for _ in range(16)]
+    for round_ in range(3):
+        it = iter(stores)
+        lock = threading.Lock()
+
+        def claim() -> bool:
+            with lock:
+                store = next(it)
+            return store.claim(f"r{round_}", time.time() + 60)
+
+        results = run_threads(16, claim)
+        assert results.count(True) == 1 and results.count(False) == 15
+
+
+def test_redis_nonce_store_unreachable_fails_closed() -> None:
+    pytest.importorskip("redis", reason="the redis package is not installed (pip install redis)")
+    store = RedisNonceStore(f"redis://127.0.0.1:{_free_port()}/0", timeout_s=0.5)
+    with pytest.raises(NonceStoreError, match="unavailable"):
+        store.claim("n", time.time() + 60)
+    assert store.ping() is False
+
+
+def test_redis_nonce_store_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(RuntimeError, match="pip install redis"):
+        RedisNonceStore("redis://127.0.0.1:6379/0")
+
+
+# Limits ------------------------------------------------------------------------------
+
+
+def test_rate_limiter_burst_refill_and_isolation() -> None:
+    clock = Clock(0.0)
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock)
+    assert [limiter.try_acquire("alpha") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.try_acquire("alpha") == pytest.approx(0.5)
+    assert limiter.try_acquire("bravo") == 0.0  # another tenant's bucket is full
+    clock.now = 0.25
+    assert limiter.try_acquire("alpha") == pytest.approx(0.25)  # refusals spend nothing
+    clock.now = 0.5
+    assert limiter.try_acquire("alpha") == 0.0
+    assert limiter.try_acquire("alpha") == pytest.approx(0.5)
+    clock.now = 1000.0  # a long idle refills to the burst, no more
+    assert [limiter.try_acquire("alpha") > 0 for _ in range(4)] == [False, False, False, True]
+
+
+def test_rate_limiter_concurrent() -> None:
+    limiter = RateLimiter(rate=1.0, burst=10, clock=Clock(0.0))
+    results = run_threads(16, lambda: [limiter.try_acquire("alpha") for _ in range(10)])
+    granted = sum(wait == 0.0 for batch in results for wait in batch)  # type: ignore[union-attr]
+    assert granted == 10
+
+
+def test_rate_limiter_validates() -> None:
+    for rate, burst in ((0, 1), (-1, 1), (float("nan"), 1), (float("inf"), 1), (1, 0)):
+        with pytest.raises(ValueError):
+            RateLimiter(rate, burst)
+    assert RateLimiter(5, 1).try_acquire("x") == 0.0  # the real monotonic clock
+
+
+def test_in_flight_limiter() -> None:
+    limiter = InFlightLimiter(2)
+    assert limiter.acquire("alpha") and limiter.acquire("alpha")
+    assert limiter.acquire("alpha") is False
+    assert limiter.acquire("bravo") is True  # per tenant
+    assert limiter.in_flight("alpha") == 2
+    limiter.release("alpha")
+    assert limiter.acquire("alpha") is True
+    limiter.release("alpha")
+    limiter.release("alpha")
+    limiter.release("bravo")
+    assert limiter.in_flight("alpha") == 0
+    with pytest.raises(RuntimeError, match="release without acquire"):
+        limiter.release("alpha")
+    with pytest.raises(ValueError):
+        InFlightLimiter(0)
+
+
+def test_in_flight_limiter_slot() -> None:
+    limiter = InFlightLimiter(1)
+    with limiter.slot("alpha") as ok:
+        assert ok
+        with limiter.slot("alpha") as second:
+            assert second is False
+        assert limiter.in_flight("alpha") == 1  # a refused slot released nothing
+    assert limiter.in_flight("alpha") == 0
+    with pytest.raises(ZeroDivisionError):
+        with limiter.slot("alpha"):
+            1 / 0
+    assert limiter.in_flight("alpha") == 0  # released on error too
+
+
+def test_in_flight_limiter_concurrent() -> None:
+    limiter = InFlightLimiter(4)
+    results = run_threads(16, lambda: limiter.acquire("alpha"))
+    assert results.count(True) == 4 and limiter.in_flight("alpha") == 4
+
+
+# Receipts ----------------------------------------------------------------------------
+
+CLAIMS = {"rid": "r-1", "tenant": "alpha", "iat": 1_700_000_000, "decision": "accept", "reasons": [],
+          "inputs": {"id_image_sha256": "ab" * 32, "video_sha256": "cd" * 32},
+          "scores": {"match": {"score": 0.71, "threshold": 0.36}}, "models": {"sface": "2021dec"}}
+
+
+@pytest.fixture(scope="module")
+def receipt_signer() -> ReceiptSigner:
+    return ReceiptSigner(generate_key())
+
+
+def test_receipt_round_trip(receipt_signer: ReceiptSigner) -> None:
+    token = receipt_signer.sign(CLAIMS)
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    raw_public = receipt_signer.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert json.loads(b64d(header_b64)) == {"alg": "EdDSA", "typ": "portrait-receipt+jws",
+                                             "kid": hashlib.sha256(raw_public).hexdigest()[:16]}
+    assert json.loads(b64d(payload_b64)) == CLAIMS and len(b64d(signature_b64)) == 64
+    pem = receipt_signer.public_key_pem()
+    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert verify_receipt(token, pem) == CLAIMS
+    assert verify_receipt(token, pem.decode()) == CLAIMS
+    jwk = receipt_signer.public_jwk()
+    assert jwk["kty"] == "OKP" and b64d(jwk["x"]) == raw_public and jwk["kid"] == receipt_signer.kid
+
+
+def test_receipt_tampered(receipt_signer: ReceiptSigner) -> None:
+    token = receipt_signer.sign(CLAIMS)
+    pem = receipt_signer.public_key_pem()
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    signature = bytearray(b64d(signature_b64))
+    signature[5] ^= 1
+    tampered = [
+        f"{header_b64}.{b64e(json.dumps({**CLAIMS, 'decision': 'reject'}).encode())}.{signature_b64}",
+        f"{header_b64}.{payload_b64}.{b64e(bytes(signature))}",
+        f"{header_b64}.{payload_b64}.{b64e(bytes(signature[:32]))}",
+        f"{header_b64}.{payload_b64}.",
+    ]
+    for bad in tampered:
+        with pytest.raises(ReceiptError) as info:
+            verify_receipt(bad, pem)
+        assert info.value.code == "bad_signature"
+
+
+def test_receipt_wrong_key(receipt_signer: ReceiptSigner) -> None:
+    token = receipt_signer.sign(CLAIMS)
+    other = ReceiptSigner(generate_key())
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(token, other.public_key_pem())
+    assert info.value.code == "wrong_key"
+    # the kid is only a hint: relabelled for the other key, the signature still fails
+    _, payload_b64, signature_b64 = token.split(".")
+    header = b64e(json.dumps({"alg": "EdDSA", "typ": "portrait-receipt+jws", "kid": other.kid}).encode())
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(f"{header}.{payload_b64}.{signature_b64}", other.public_key_pem())
+    assert info.value.code == "bad_signature"
+
+
+def test_receipt_malformed(receipt_signer: ReceiptSigner) -> None:
+    pem = receipt_signer.public_key_pem()
+    token = receipt_signer.sign(CLAIMS)
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    seed = bytes(range(32))
+    signer = ReceiptSigner(seed)
+    raw_key = Ed25519PrivateKey.from_private_bytes(seed)
+
+    def signed(header: dict, payload: bytes) -> str:
+        text = f"{b64e(json.dumps(header).encode())}.{b64e(payload)}"
+        return f"{text}.{b64e(raw_key.sign(text.encode()))}"
+
+    good_header = {"alg": "EdDSA", "typ": "portrait-receipt+jws", "kid": signer.kid}
+    cases = [
+        (pem, ""), (pem, "a.b"), (pem, token + ".x"), (pem, f"!{token}"), (pem, "x" * 70_000), (pem, None),
+        (pem, f"{b64e(b'not json')}.{payload_b64}.{signature_b64}"),
+        (pem, f"{b64e(b'[]')}.{payload_b64}.{signature_b64}"),
+        (signer.public_key_pem(), signed({**good_header, "alg": "none"}, b"{}")),
+        (signer.public_key_pem(), signed({**good_header, "alg": "HS256"}, b"{}")),
+        (signer.public_key_pem(), signed({**good_header, "typ": "JWT"}, b"{}")),
+        (signer.public_key_pem(), signed(good_header, b"[1, 2]")),
+        (signer.public_key_pem(), signed(good_header, b"{oops")),
+    ]
+    for key, bad in cases:
+        with pytest.raises(ReceiptError) as info:
+            verify_receipt(bad, key)  # type: ignore[arg-type]
+        assert info.value.code == "malformed_receipt", bad
+    assert verify_receipt(signed(good_header, b'{"ok": true}'), signer.public_key_pem()) == {"ok": True}
+
+
+def test_receipt_bad_public_key(receipt_signer: ReceiptSigner) -> None:
+    token = receipt_signer.sign(CLAIMS)
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for key in (b"not a key", "", ec_public, generate_key()):
+        with pytest.raises(ReceiptError) as info:
+            verify_receipt(token, key)
+        assert info.value.code == "bad_key"
+
+
+def test_receipt_keys() -> None:
+    pem = generate_key()
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert ReceiptSigner(pem).kid == ReceiptSigner(pem.decode()).kid
+    assert ReceiptSigner(generate_key()).kid != ReceiptSigner(pem).kid
+    assert ReceiptSigner.from_seed("dev").kid == ReceiptSigner.from_seed(b"dev").kid
+    assert ReceiptSigner.from_seed("dev").kid != ReceiptSigner.from_seed("prod").kid
+    assert len(seed_from_passphrase("dev")) == 32
+    assert ReceiptSigner.random().kid != ReceiptSigner.random().kid
+    signer = ReceiptSigner(seed_from_passphrase("dev"))
+    assert receipt_key_id(signer.public_key) == signer.kid and signer.kid in repr(signer)
+    ec_private = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ValueError, match="must be an Ed25519 key"):
+        ReceiptSigner(ec_private)
+    with pytest.raises(ValueError, match="neither"):
+        ReceiptSigner(b"short")
+    with pytest.raises(ValueError):
+        signer.sign({"score": float("nan")})
+    with pytest.raises(TypeError):
+        signer.sign(["not", "a", "dict"])  # type: ignore[arg-type]
