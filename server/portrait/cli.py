@@ -41,6 +41,20 @@ def _triton(args: argparse.Namespace) -> int:
     return server.wait()
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from portrait.service import logs
+    from portrait.service.app import create_app
+
+    settings = get_settings()
+    logs.configure(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                timeout_graceful_shutdown=int(settings.request_timeout_s), access_log=False)
+    return 0
+
+
 def _actions(text: str) -> list[str]:
     actions = [a.strip() for a in text.split(",") if a.strip()]
     unknown = [a for a in actions if a not in ACTIONS]
@@ -92,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     triton = commands.add_parser("triton", help="serve the model repository from the bundled Triton server")
     triton.set_defaults(func=_triton)
+
+    serve = commands.add_parser("serve", help="the HTTP service (PORTRAIT_HOST, PORTRAIT_PORT, PORTRAIT_API_KEYS)")
+    serve.set_defaults(func=_serve)
 
     verify = commands.add_parser("verify", help="ID photo + selfie video -> decision")
     verify.add_argument("--id-image", type=Path, required=True)

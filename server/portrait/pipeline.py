@@ -181,7 +181,6 @@ class Pipeline:
                ordered: bool = False, mirrored: bool = False, timings: Timings | None = None) -> dict:
         """The whole verification: is a live person in the video, and are they the person
         on the document? Returns the answer in the shape the API and CLI print."""
-        cfg = self.config
         timings = timings or Timings()
         with timings.stage("detect"):
             id_face = self.image_faces([id_image])[0]
@@ -192,10 +191,25 @@ class Pipeline:
                 id_vector = self.embed([id_image], id_face.face[None])[0]
                 template = embed.normalise(analysis.embeddings.mean(0, keepdims=True))[0]
                 match = float(template @ id_vector)
-        missing = liveness.unmet(required, analysis.events, ordered) if analysis.track.reason is None else list(required)
+        return self._answer(analysis, video, required, ordered, timings, id_face.reason, match)
+
+    def liveness(self, video: Video, required: Sequence[str] = (), ordered: bool = False,
+                 mirrored: bool = False, timings: Timings | None = None) -> dict:
+        """Is a live person in the video? The verification without an ID photo."""
+        timings = timings or Timings()
+        analysis = self.analyse_video(video, timings, mirrored)
+        answer = self._answer(analysis, video, required, ordered, timings, None, None)
+        answer.pop("match")
+        return answer
+
+    def _answer(self, analysis: VideoAnalysis, video: Video, required: Sequence[str], ordered: bool,
+                timings: Timings, id_problem: str | None, match: float | None) -> dict:
+        cfg = self.config
+        tracked = analysis.track.reason is None
+        missing = liveness.unmet(required, analysis.events, ordered) if tracked else list(required)
         with timings.stage("decide"):
             decision, reasons = decide.decide(decide.Evidence(
-                id_face_problem=id_face.reason,
+                id_face_problem=id_problem,
                 video_face_problem=analysis.track.reason,
                 passive_score=analysis.passive_score,
                 passive_threshold=cfg.pad_threshold,

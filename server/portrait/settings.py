@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     )
     ort_threads: int = Field(default=0, description="ONNX Runtime intra-op threads; 0 lets ORT choose.")
 
-    @field_validator("model_mirror", mode="before")
+    @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -44,6 +44,28 @@ class Settings(BaseSettings):
     video_max_seconds: float = Field(default=12.0, description="Longer videos are refused.")
     max_image_pixels: int = Field(default=40_000_000, description="Larger images are refused.")
     max_video_pixels: int = Field(default=1920 * 1088, description="Larger video frames are refused.")
+
+    # The HTTP service
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    api_keys: str = Field(default="", description="tenant:key,tenant2:key2 (keys of 16+ characters).")
+    api_keys_file: Path | None = Field(default=None, description="A file of tenant:key lines.")
+    challenge_secret: str = Field(default="", description="HMAC secret for challenge tokens; random per "
+                                  "process when empty (set it when several replicas share traffic).")
+    challenge_ttl_s: float = 120.0
+    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions.")
+    receipt_key_file: Path | None = Field(default=None, description="Ed25519 private key (PEM) signing "
+                                          "receipts; generated per process when unset.")
+    redis_url: str = Field(default="", description="Single-use challenge nonces in Redis (several replicas).")
+    max_upload_bytes: int = 32 * 1024 * 1024
+    rate_limit_per_s: float = Field(default=20.0, description="Requests per second per tenant.")
+    rate_limit_burst: int = 40
+    max_in_flight_per_tenant: int = 32
+    workers: int = Field(default=8, description="Requests processed at once (pipeline threads).")
+    request_timeout_s: float = 60.0
+    batch_max_delay_ms: float = 5.0
+    batch_max_rows: int = Field(default=0, description="Cap on rows per model call; 0 uses each model's maximum.")
 
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001

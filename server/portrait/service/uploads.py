@@ -1,0 +1,99 @@
+"""Multipart uploads parsed in memory under a size cap.
+
+Starlette spools file parts over 1 MB to a temporary file; biometric media must never
+touch the disk, so the body is read here, counting bytes as they arrive (Content-Length
+is not trusted), and parsed into memory with python-multipart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from portrait.service.problems import Problem
+
+MAX_PARTS = 8
+MAX_FIELD_BYTES = 8192  # text fields (the challenge token, flags)
+
+
+@dataclass
+class Upload:
+    files: dict[str, bytes] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+    content_types: dict[str, str] = field(default_factory=dict)
+
+    def file(self, name: str) -> bytes:
+        data = self.files.get(name)
+        if not data:
+            raise Problem(422, "missing_field", f"the multipart field {name!r} (a file) is required")
+        return data
+
+    def field(self, name: str, required: bool = True) -> str | None:
+        value = self.fields.get(name)
+        if value is None and required:
+            raise Problem(422, "missing_field", f"the multipart field {name!r} is required")
+        return value
+
+
+async def read_multipart(request: Request, max_bytes: int) -> Upload:
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise Problem(415, "unsupported_content_type", "send multipart/form-data")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise Problem(413, "upload_too_large", f"uploads are limited to {max_bytes} bytes")
+    upload = Upload()
+    state: dict = {"name": None, "filename": None, "type": None, "chunks": [], "header": b"", "headers": {}}
+    sizes = {"total": 0}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["headers"][state["header"].lower()] = state["headers"].get(state["header"].lower(), b"") + data[start:end]
+
+    def on_header_end() -> None:
+        state["header"] = b""
+
+    def on_headers_finished() -> None:
+        _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        state["name"] = disposition.get(b"name", b"").decode("utf-8", "replace")
+        state["filename"] = disposition.get(b"filename")
+        state["type"] = state["headers"].get(b"content-type", b"").decode("latin-1")
+        state["chunks"] = []
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["chunks"].append(data[start:end])
+        if state["filename"] is None and sum(map(len, state["chunks"])) > MAX_FIELD_BYTES:
+            raise Problem(413, "field_too_large", f"field {state['name']!r} is over {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end() -> None:
+        if len(upload.files) + len(upload.fields) >= MAX_PARTS:
+            raise Problem(422, "too_many_parts", f"at most {MAX_PARTS} multipart fields")
+        value = b"".join(state["chunks"])
+        if state["filename"] is not None:
+            upload.files[state["name"]] = value
+            upload.content_types[state["name"]] = state["type"]
+        else:
+            upload.fields[state["name"]] = value.decode("utf-8", "replace")
+        state["headers"], state["chunks"] = {}, []
+
+    parser = MultipartParser(options[b"boundary"], {
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+    try:
+        async for chunk in request.stream():
+            sizes["total"] += len(chunk)
+            if sizes["total"] > max_bytes:
+                raise Problem(413, "upload_too_large", f"uploads are limited to {max_bytes} bytes")
+            parser.write(chunk)
+        parser.finalize()
+    except Problem:
+        raise
+    except Exception as error:  # python-multipart raises several error types for bad bodies
+        raise Problem(400, "malformed_multipart", f"the multipart body could not be parsed: {error}") from None
+    return upload

@@ -1,0 +1,260 @@
+"""The real service: `portrait serve` (uvicorn) in a subprocess on a loopback port, real
+media from the test data over HTTP, then /metrics, the logs and the temp folder."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import pytest
+
+from portrait.security.receipts import ReceiptSigner, generate_key, verify_receipt
+from portrait.security.tokens import ChallengeSigner
+
+from conftest import free_port
+
+KEY_A = "carrier-a-key-0123456789abcdef"
+KEY_B = "carrier-b-key-0123456789abcdef"
+SECRET = "test-challenge-secret-0123456789abcdef0123"
+MAX_UPLOAD = 12 * 1024 * 1024
+
+
+def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None = None) -> dict:
+    port = free_port()
+    tmpdir = tmp / "tmpdir"
+    tmpdir.mkdir()
+    key_file = tmp / "receipt.pem"
+    key_file.write_bytes(generate_key())
+    log_path = tmp / "service.log"
+    env = {
+        **os.environ,
+        "PORTRAIT_MODEL_REPOSITORY": str(repository),
+        "PORTRAIT_PORT": str(port),
+        "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A},carrier-b:{KEY_B}",
+        "PORTRAIT_CHALLENGE_SECRET": SECRET,
+        "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1",
+        "PORTRAIT_RECEIPT_KEY_FILE": str(key_file),
+        "PORTRAIT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "PORTRAIT_BATCH_MAX_DELAY_MS": "20",
+        "TMPDIR": str(tmpdir),
+        **(extra_env or {}),
+    }
+    log = open(log_path, "wb")
+    process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()[-2000:]
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    else:
+        process.kill()
+        raise AssertionError("service not ready: " + log_path.read_text()[-2000:])
+    # ONNX Runtime leaves a session-id file (.ses) in the temp folder at import; what must
+    # not appear is anything created while serving requests.
+    at_start = sorted(p.name for p in tmpdir.iterdir())
+    return {"process": process, "url": url, "tmpdir": tmpdir, "tmp_at_start": at_start, "log": log_path,
+            "key_file": key_file}
+
+
+def stop_service(service: dict) -> int:
+    service["process"].send_signal(signal.SIGTERM)
+    return service["process"].wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, model_repository, testdata):
+    running = start_service(tmp_path_factory.mktemp("service"), model_repository)
+    yield running
+    if running["process"].poll() is None:
+        stop_service(running)
+
+
+def _auth(key=KEY_A):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _challenge(service, actions, key=KEY_A):
+    response = httpx.post(f"{service['url']}/v1/challenges", json={"actions": actions}, headers=_auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()["token"]
+
+
+@pytest.fixture(scope="module")
+def media(testdata):
+    """In memory only: a JPEG of the d12 subject (the ID stand-in) and the clips' bytes."""
+    import av
+
+    with av.open(str(testdata / "videos/liveportrait/d12.mp4")) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="bgr24")
+    ok, jpeg = cv2.imencode(".jpg", frame)
+    return {
+        "id_d12": jpeg.tobytes(),
+        "d12": (testdata / "videos/liveportrait/d12.mp4").read_bytes(),
+        "fake": (testdata / "videos/replay_pair/fake.mp4").read_bytes(),
+        "obama": (testdata / "images/face_recognition/examples/obama.jpg").read_bytes(),
+        "obama2": (testdata / "images/face_recognition/examples/obama2.jpg").read_bytes(),
+        "biden": (testdata / "images/face_recognition/examples/biden.jpg").read_bytes(),
+    }
+
+
+def _verify(service, token, id_image, video, key=KEY_A, timeout=120):
+    files = {"id_image": ("id.jpg", id_image, "image/jpeg"), "video": ("v.mp4", video, "video/mp4")}
+    return httpx.post(f"{service['url']}/v1/verifications", data={"challenge": token}, files=files,
+                      headers=_auth(key), timeout=timeout)
+
+
+def test_health_readiness_and_openapi(service):
+    assert httpx.get(f"{service['url']}/healthz").json() == {"status": "ok", "detail": None}
+    assert httpx.get(f"{service['url']}/readyz").status_code == 200
+    spec = httpx.get(f"{service['url']}/openapi.json").json()
+    assert {"/v1/challenges", "/v1/verifications", "/v1/compare", "/v1/liveness"} <= set(spec["paths"])
+
+
+def test_challenge_then_verification_accepts_the_live_subject(service, media):
+    token = _challenge(service, ["turn_left", "turn_right"])
+    response = _verify(service, token, media["id_d12"], media["d12"])
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["decision"] == "accept", answer["reasons"]
+    assert answer["liveness"]["active"]["missing"] == []
+    assert answer["match"]["score"] > answer["match"]["threshold"]
+    assert {m["name"] for m in answer["models"]} >= {"yunet", "facemesh", "iris_landmark", "sface"}
+    public = ReceiptSigner(service["key_file"].read_bytes()).public_key_pem()
+    claims = verify_receipt(answer["receipt"], public)
+    assert claims["decision"] == "accept" and claims["tenant"] == "carrier-a"
+    assert claims["inputs"]["video_sha256"] == __import__("hashlib").sha256(media["d12"]).hexdigest()
+
+
+def test_replay_video_is_a_spoof(service, media):
+    token = _challenge(service, ["blink"])
+    answer = _verify(service, token, media["obama"], media["fake"]).json()
+    assert answer["decision"] == "reject_spoof"
+
+
+def test_actions_in_the_wrong_order_are_not_enough(service, media):
+    """d12 turns left first, then right: a challenge asking right then left... also ends
+    with a left turn, so ask for something the clip never does after its turns."""
+    token = _challenge(service, ["turn_right", "turn_left", "look_down"])
+    answer = _verify(service, token, media["id_d12"], media["d12"]).json()
+    assert answer["decision"] == "retry" and "look_down" in answer["liveness"]["active"]["missing"]
+
+
+def test_compare_and_liveness_building_blocks(service, media):
+    files = {"image_a": ("a.jpg", media["obama"], "image/jpeg"), "image_b": ("b.jpg", media["obama2"], "image/jpeg")}
+    assert httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(), timeout=60).json()["decision"] == "match"
+    token = _challenge(service, ["turn_left"])
+    live = httpx.post(f"{service['url']}/v1/liveness", data={"challenge": token},
+                      files={"video": ("v.mp4", media["d12"], "video/mp4")}, headers=_auth(), timeout=120)
+    assert live.status_code == 200 and live.json()["decision"] == "accept"
+
+
+def _metric_sum(text: str, name: str, label: str = "") -> float:
+    pattern = rf"^{name}{{[^}}]*{label}[^}}]*}} ([0-9.e+]+)$"
+    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_concurrent_requests_share_model_batches(service, media):
+    def one(_):
+        files = {"image_a": ("a.jpg", media["obama"], "image/jpeg"), "image_b": ("b.jpg", media["biden"], "image/jpeg")}
+        return httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(KEY_B), timeout=120).status_code
+
+    before = httpx.get(f"{service['url']}/metrics").text
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(16))) == {200}
+    after = httpx.get(f"{service['url']}/metrics").text
+    calls = _metric_sum(after, "portrait_batch_requests_count", 'model="sface"') - _metric_sum(
+        before, "portrait_batch_requests_count", 'model="sface"')
+    callers = _metric_sum(after, "portrait_batch_requests_sum", 'model="sface"') - _metric_sum(
+        before, "portrait_batch_requests_sum", 'model="sface"')
+    assert callers == 16 and calls < callers, f"{callers} callers in {calls} calls: no cross-request batching"
+    assert _metric_sum(after, "portrait_request_duration_seconds_count", 'endpoint="/v1/compare"') >= 16
+    assert 'portrait_model_info{' in after and "portrait_decisions_total" in after
+
+
+def test_wrong_or_missing_key_is_401(service):
+    for headers in ({}, _auth("not-a-real-key-0123456789"), {"Authorization": "Basic abc"}):
+        response = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "invalid_api_key"
+
+
+def test_token_of_another_tenant_is_403(service, media):
+    token = _challenge(service, ["blink"], key=KEY_B)
+    response = _verify(service, token, media["obama"], media["fake"])
+    assert response.status_code == 403 and response.json()["code"] == "wrong_tenant"
+
+
+def test_replayed_token_is_409(service, media):
+    token = _challenge(service, ["blink"])
+    assert _verify(service, token, media["obama"], media["fake"]).status_code == 200
+    again = _verify(service, token, media["obama"], media["fake"])
+    assert again.status_code == 409 and again.json()["code"] == "replayed_challenge"
+
+
+def test_expired_and_forged_tokens(service, media):
+    expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue("carrier-a", ["blink"]).token
+    response = _verify(service, expired, media["obama"], media["fake"])
+    assert response.status_code == 410 and response.json()["code"] == "expired_challenge"
+    forged = ChallengeSigner("another-secret-0123456789abcdef-0123456").issue("carrier-a", ["blink"]).token
+    assert _verify(service, forged, media["obama"], media["fake"]).json()["code"] == "forged_challenge"
+    assert _verify(service, "garbage", media["obama"], media["fake"]).json()["code"] == "malformed_challenge"
+
+
+def test_oversized_upload_is_413(service, media):
+    token = _challenge(service, ["blink"])
+    response = _verify(service, token, media["obama"], b"\0" * (MAX_UPLOAD + 1))
+    assert response.status_code == 413 and response.json()["code"] == "upload_too_large"
+
+
+@pytest.mark.parametrize("video,status,code", [
+    (b"this is not a video at all", 415, "unsupported_media_type"),
+    ("truncated", 422, "corrupt_media"),
+])
+def test_unsupported_or_corrupt_media(service, media, video, status, code):
+    if video == "truncated":
+        video = media["d12"][: len(media["d12"]) // 3]
+    token = _challenge(service, ["blink"])
+    response = _verify(service, token, media["obama"], video)
+    assert (response.status_code, response.json()["code"]) == (status, code)
+
+
+def test_not_an_image_is_a_clear_4xx(service, media):
+    token = _challenge(service, ["blink"])
+    response = _verify(service, token, b"GIF89a-not-really", media["d12"])
+    assert 400 <= response.status_code < 500 and response.json()["code"] in ("unsupported_media_type", "corrupt_media")
+
+
+def test_missing_field_and_wrong_content_type(service, media):
+    response = httpx.post(f"{service['url']}/v1/verifications", json={"x": 1}, headers=_auth())
+    assert response.status_code == 415
+    token = _challenge(service, ["blink"])
+    response = httpx.post(f"{service['url']}/v1/verifications", data={"challenge": token},
+                          files={"video": ("v.mp4", media["d12"], "video/mp4")}, headers=_auth())
+    assert response.status_code == 422 and response.json()["code"] == "missing_field"
+
+
+def test_no_temp_files_and_no_keys_in_logs(service):
+    """Runs last in this module: after every request above."""
+    assert sorted(p.name for p in service["tmpdir"].iterdir()) == service["tmp_at_start"]
+    logs = service["log"].read_text()
+    assert KEY_A not in logs and KEY_B not in logs and SECRET not in logs
+    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert any(line.get("msg") == "decision" for line in lines)
+    assert all(line["request_id"] for line in lines if line.get("msg") == "request")
