@@ -258,3 +258,73 @@ def test_no_temp_files_and_no_keys_in_logs(service):
     lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     assert any(line.get("msg") == "decision" for line in lines)
     assert all(line["request_id"] for line in lines if line.get("msg") == "request")
+
+
+def test_receipt_verify_command(service, media, tmp_path):
+    token = _challenge(service, ["blink"])
+    receipt = _verify(service, token, media["obama"], media["fake"]).json()["receipt"]
+    env = {**os.environ, "PORTRAIT_RECEIPT_KEY_FILE": str(service["key_file"])}
+    public = subprocess.run([sys.executable, "-m", "portrait.cli", "receipt", "public-key"], env=env,
+                            capture_output=True, check=True).stdout
+    (tmp_path / "public.pem").write_bytes(public)
+    ok = subprocess.run([sys.executable, "-m", "portrait.cli", "receipt", "verify", receipt, "--public-key",
+                         str(tmp_path / "public.pem")], capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["claims"]["decision"] == "reject_spoof"
+    head, payload, signature = receipt.split(".")
+    tampered = ".".join([head, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1], signature])
+    bad = subprocess.run([sys.executable, "-m", "portrait.cli", "receipt", "verify", tampered, "--public-key",
+                          str(tmp_path / "public.pem")], capture_output=True, text=True)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["valid"] is False
+
+
+def test_graceful_shutdown_finishes_in_flight_work(tmp_path, model_repository, media):
+    service = start_service(tmp_path, model_repository)
+    token = _challenge(service, ["turn_left"])
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_verify, service, token, media["id_d12"], media["d12"])
+        time.sleep(1.0)  # the request is in progress
+        service["process"].send_signal(signal.SIGTERM)
+        response = pending.result(timeout=120)
+    assert response.status_code == 200 and response.json()["decision"] == "accept"
+    # uvicorn re-raises the signal once shutdown is complete, so the exit status says SIGTERM.
+    assert service["process"].wait(timeout=120) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in service["log"].read_text()
+
+
+@pytest.fixture(scope="module")
+def triton_service(tmp_path_factory, model_repository):
+    pytest.importorskip("pytriton", reason="the Triton extra is not installed")
+    from portrait.triton.server import TritonServer
+
+    triton = TritonServer(model_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    triton.start(timeout_s=180)
+    running = start_service(tmp_path_factory.mktemp("triton-service"), model_repository,
+                            {"PORTRAIT_BACKEND": "triton", "PORTRAIT_TRITON_URL": triton.urls()["grpc"]})
+    yield {**running, "triton": triton}
+    if running["process"].poll() is None:
+        stop_service(running)
+    triton.stop()
+
+
+def test_verification_through_a_real_triton_server(triton_service, media):
+    token = _challenge(triton_service, ["turn_left", "turn_right"])
+    answer = _verify(triton_service, token, media["id_d12"], media["d12"]).json()
+    assert answer["decision"] == "accept", answer["reasons"]
+    token = _challenge(triton_service, ["blink"])
+    assert _verify(triton_service, token, media["obama"], media["fake"]).json()["decision"] == "reject_spoof"
+    metrics = httpx.get(f"{triton_service['url']}/metrics").text
+    assert "portrait_backend_up 1.0" in metrics
+
+
+def test_readiness_follows_triton(triton_service, media):
+    assert httpx.get(f"{triton_service['url']}/readyz").status_code == 200
+    triton_service["triton"].stop()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{triton_service['url']}/readyz").status_code != 503:
+        assert time.monotonic() < deadline, "readiness did not follow Triton going away"
+        time.sleep(0.5)
+    assert httpx.get(f"{triton_service['url']}/healthz").status_code == 200  # the process is still up
+    token = _challenge(triton_service, ["blink"])
+    response = _verify(triton_service, token, media["obama"], media["fake"])
+    assert response.status_code == 503 and response.json()["code"] == "backend_unavailable"
+    assert "Retry-After" in response.headers

@@ -55,6 +55,30 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _receipt_verify(args: argparse.Namespace) -> int:
+    from portrait.security.receipts import ReceiptError, verify_receipt
+
+    token = sys.stdin.read().strip() if args.receipt == "-" else args.receipt
+    try:
+        claims = verify_receipt(token, args.public_key.read_bytes())
+    except ReceiptError as error:
+        print(json.dumps({"valid": False, "code": error.code, "detail": str(error)}))
+        return 1
+    print(json.dumps({"valid": True, "claims": claims}))
+    return 0
+
+
+def _receipt_public_key(args: argparse.Namespace) -> int:
+    from portrait.security.receipts import ReceiptSigner
+
+    key_file = get_settings().receipt_key_file
+    if key_file is None:
+        print("portrait receipt public-key: set PORTRAIT_RECEIPT_KEY_FILE", file=sys.stderr)
+        return 2
+    sys.stdout.write(ReceiptSigner(key_file.read_bytes()).public_key_pem().decode())
+    return 0
+
+
 def _actions(text: str) -> list[str]:
     actions = [a.strip() for a in text.split(",") if a.strip()]
     unknown = [a for a in actions if a not in ACTIONS]
@@ -109,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="the HTTP service (PORTRAIT_HOST, PORTRAIT_PORT, PORTRAIT_API_KEYS)")
     serve.set_defaults(func=_serve)
+
+    receipt = commands.add_parser("receipt", help="signed receipts").add_subparsers(dest="action", required=True)
+    check = receipt.add_parser("verify", help="check a receipt's signature; print its claims (exit 1 if invalid)")
+    check.add_argument("receipt", help="the receipt token, or - to read it from standard input")
+    check.add_argument("--public-key", type=Path, required=True, help="the service's Ed25519 public key (PEM)")
+    check.set_defaults(func=_receipt_verify)
+    public = receipt.add_parser("public-key", help="print the public key of PORTRAIT_RECEIPT_KEY_FILE")
+    public.set_defaults(func=_receipt_public_key)
 
     verify = commands.add_parser("verify", help="ID photo + selfie video -> decision")
     verify.add_argument("--id-image", type=Path, required=True)
