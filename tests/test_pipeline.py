@@ -182,3 +182,20 @@ def test_cli_verify_and_compare_print_one_json_object(model_repository, testdata
                           str(testdata / "README.md"), "--video", str(testdata / "videos/replay_pair/fake.mp4")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("portrait verify:")
+
+
+def test_eval_liveness_on_the_dev_attacks(model_repository, testdata, tmp_path):
+    from portrait.offline import Offline
+
+    listing = tmp_path / "liveness.csv"
+    listing.write_text("path,label,attack\n"
+                       "images/silent_face/image_T1.jpg,live,\n"
+                       "images/silent_face/image_F1.jpg,spoof,print\n"
+                       "images/silent_face/image_F2.jpg,spoof,replay\n"
+                       "videos/replay_pair/real.mp4,live,\n"
+                       "videos/replay_pair/fake.mp4,spoof,replay\n"
+                       "images/face_recognition/examples/two_people.jpg,live,\n")
+    report = Offline(Settings(model_repository=model_repository)).eval_liveness(listing, testdata, [])
+    assert report["attacks"] == 3 and report["bona_fide"] == 2 and report["failures_to_acquire"] == 1
+    assert report["apcer"] == 0.0 and report["apcer_per_type"] == {"print": 0.0, "replay": 0.0}
+    assert report["bpcer"] == 0.0

@@ -137,13 +137,18 @@ class Offline:
                 else:
                     outcome.update(self._image_liveness(path))
             except (MediaError, OSError) as error:
-                outcome.update(live=False, reasons=[getattr(error, "code", "unreadable")])
+                outcome.update(live=None, reasons=[getattr(error, "code", "unreadable")])
             accepted.append(outcome["live"])
             outcomes.append(outcome)
-        is_attack = np.array([r["label"].strip() == "spoof" for r in rows])
-        kinds = np.array([(r.get("attack") or "unspecified").strip() for r in rows])
+        # Samples that could not be judged (unreadable, no face) are failures to acquire,
+        # reported apart from the error rates as ISO/IEC 30107-3 does.
+        acquired = np.array([a is not None for a in accepted])
+        is_attack = np.array([r["label"].strip() == "spoof" for r in rows])[acquired]
+        kinds = np.array([(r.get("attack") or "unspecified").strip() for r in rows])[acquired]
+        live = np.array([bool(a) for a in accepted])[acquired]
         return {
-            **evaluation.pad_error_rates(is_attack, np.array(accepted, bool), kinds),
+            **evaluation.pad_error_rates(is_attack, live, kinds),
+            "failures_to_acquire": int((~acquired).sum()),
             "passive_threshold": cfg.pad_threshold,
             "required_actions": list(required),
             "samples": outcomes,
@@ -154,7 +159,7 @@ class Offline:
         image = self.image(path)
         face = self.pipeline.image_faces([image])[0]
         if face.face is None:
-            return {"live": False, "reasons": [f"image_{face.reason}"]}
+            return {"live": None, "reasons": [f"image_{face.reason}"]}
         score = float(self.pipeline.passive_scores(image[None], face.face[None])[0])
         live = score >= self.pipeline.config.pad_threshold
         return {"live": live, "passive_score": round(score, 4), "reasons": [] if live else ["passive_spoof"]}
@@ -163,7 +168,7 @@ class Offline:
         cfg = self.pipeline.config
         analysis = self.pipeline.analyse_video(self.video(path), Timings())
         if analysis.track.reason:
-            return {"live": False, "reasons": [f"video_{analysis.track.reason}"]}
+            return {"live": None, "reasons": [f"video_{analysis.track.reason}"]}
         reasons = []
         if analysis.passive_score < cfg.pad_threshold:
             reasons.append("passive_spoof")

@@ -1,0 +1,426 @@
+"""One GPU check, self-contained: kernels against their references, kernel against reference
+speed, and FP16 throughput of every model, printed as one table naming the card.
+
+    python benchmarks/gpu_check.py --models model_repository        # on a CUDA machine
+    python benchmarks/gpu_check.py --models model_repository --cpu  # smoke test, no GPU
+
+Needs only PyTorch, Triton, onnx, onnxruntime and numpy: no TensorRT, DALI, Triton server
+or network. The project need not be installed (the `server/` folder beside this one is put
+on the path). The models come from a repository built beforehand with `portrait models
+build`. They run as PyTorch modules made by the small ONNX-to-PyTorch converter below, which
+covers exactly the ops these six models use (onnx2torch 1.5.15 lacks Resize-19 and
+Constant-21 and imports torchvision); each is checked against ONNX Runtime on the CPU.
+
+Model rows time CUDA-graph replays (what a serving loop with fixed batch shapes would do)
+beside plain eager calls; neither is TensorRT, so these are floors for the GPU target.
+Benchmarks are not tests: nothing here asserts a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+
+from portrait import ort  # noqa: E402
+from portrait.modelrepo import specs  # noqa: E402
+
+DETECTOR_SIZE = 320  # the video detector's letterbox (PipelineConfig.video_detector_size)
+
+# --- ONNX -> PyTorch -------------------------------------------------------------------
+
+Op = Callable[[list[Any], dict[str, Any]], torch.Tensor]
+
+
+def _conv_padding(x: torch.Tensor, pads: list[int], value: float) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """ONNX pads [begin..., end...] -> (input, padding for the torch op); TFLite's SAME
+    padding with stride 2 is asymmetric, which torch's ops cannot take, so pad explicitly."""
+    rank = len(pads) // 2
+    begin, end = pads[:rank], pads[rank:]
+    if begin == end:
+        return x, tuple(begin)
+    flat = [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)]
+    return F.pad(x, flat, value=value), (0,) * rank
+
+
+def _conv(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    x, weight = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    x, padding = _conv_padding(x, attrs.get("pads", [0] * 2 * (weight.dim() - 2)), 0.0)
+    return F.conv2d(x, weight, bias, attrs.get("strides", 1), padding, attrs.get("dilations", 1),
+                    attrs.get("group", 1))
+
+
+def _max_pool(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    kernel = attrs["kernel_shape"]
+    pads = [0] * 2 * len(kernel) if attrs.get("auto_pad") == "VALID" else attrs.get("pads", [0] * 2 * len(kernel))
+    x, padding = _conv_padding(inputs[0], pads, float("-inf"))
+    return F.max_pool2d(x, kernel, attrs.get("strides", kernel), padding, ceil_mode=bool(attrs.get("ceil_mode", 0)))
+
+
+def _prelu(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    x, slope = inputs
+    if slope.numel() != x.shape[1] or slope.shape[-(x.dim() - 1):] != (x.shape[1],) + (1,) * (x.dim() - 2):
+        raise NotImplementedError(f"PRelu slope {tuple(slope.shape)} is not per channel of {tuple(x.shape)}")
+    return F.prelu(x, slope.reshape(-1))
+
+
+def _pad(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    if attrs.get("mode", "constant") != "constant":
+        raise NotImplementedError(f"Pad mode {attrs['mode']}")
+    x, pads = inputs[0], inputs[1].tolist()
+    value = float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else 0.0
+    rank = x.dim()
+    flat = [p for d in reversed(range(rank)) for p in (pads[d], pads[d + rank])]
+    return F.pad(x, flat, value=value)
+
+
+def _resize(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    setting = (attrs.get("mode"), attrs.get("coordinate_transformation_mode"), attrs.get("nearest_mode"))
+    if setting != ("nearest", "asymmetric", "floor") or len(inputs) < 3 or inputs[2] is None:
+        raise NotImplementedError(f"Resize {setting} (only nearest/asymmetric/floor with scales)")
+    scales = inputs[2].tolist()
+    if scales[:2] != [1.0, 1.0]:
+        raise NotImplementedError("Resize over batch or channels")
+    # torch's nearest is floor(dst / scale): ONNX's asymmetric + floor.
+    return F.interpolate(inputs[0], scale_factor=scales[2:], mode="nearest")
+
+
+def _reshape(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    x, shape = inputs[0], inputs[1].tolist()
+    if not attrs.get("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _gemm(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    a, b = inputs[0], inputs[1]
+    a = a.t() if attrs.get("transA", 0) else a
+    b = b.t() if attrs.get("transB", 0) else b
+    out = attrs.get("alpha", 1.0) * (a @ b)
+    return out + attrs.get("beta", 1.0) * inputs[2] if len(inputs) > 2 else out
+
+
+def _unsqueeze(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    x = inputs[0]
+    axes = inputs[1].tolist() if len(inputs) > 1 else attrs["axes"]
+    rank = x.dim() + len(axes)
+    for axis in sorted(a % rank for a in axes):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def _gather(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    data, index = inputs
+    return data[(slice(None),) * attrs.get("axis", 0) + (index,)]
+
+
+def _flatten(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    x, axis = inputs[0], attrs.get("axis", 1)
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+OPS: dict[str, Op] = {
+    "Conv": _conv,
+    "MaxPool": _max_pool,
+    "PRelu": _prelu,
+    "Pad": _pad,
+    "Resize": _resize,
+    "Reshape": _reshape,
+    "Gemm": _gemm,
+    "Unsqueeze": _unsqueeze,
+    "Gather": _gather,
+    "Flatten": _flatten,
+    "Relu": lambda i, a: F.relu(i[0]),
+    "Sigmoid": lambda i, a: torch.sigmoid(i[0]),
+    "Add": lambda i, a: i[0] + i[1],
+    "Sub": lambda i, a: i[0] - i[1],
+    "Mul": lambda i, a: i[0] * i[1],
+    "MatMul": lambda i, a: torch.matmul(i[0], i[1]),
+    "Transpose": lambda i, a: i[0].permute(a["perm"]),
+    "Concat": lambda i, a: torch.cat(i, a["axis"]),
+    "GlobalAveragePool": lambda i, a: i[0].mean(tuple(range(2, i[0].dim())), keepdim=True),
+    "BatchNormalization": lambda i, a: F.batch_norm(i[0], i[3], i[4], i[1], i[2], False, 0.0, a.get("epsilon", 1e-5)),
+    "Shape": lambda i, a: torch.tensor(i[0].shape, dtype=torch.int64),
+    "Dropout": lambda i, a: i[0],  # inference: identity
+}
+# Inputs that are sizes, axes or indices, not data: they stay on the host as CPU tensors, so
+# reading them never syncs with the GPU and CUDA graphs can capture the forward pass.
+HOST_INPUTS: dict[str, tuple[int, ...]] = {
+    "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Reshape": (1,), "Unsqueeze": (1,), "Gather": (1,), "Dropout": (1, 2),
+}
+
+
+def _attribute(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX graph run node by node with torch ops. Float weights are buffers (so `.to()`
+    and `.half()` move and cast them); integer and host-side constants stay on the CPU."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        graph = onnx.load(str(path)).graph
+        host = {node.input[i] for node in graph.node for i in HOST_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+        self._buffers_by_name: dict[str, str] = {}
+        self._host: dict[str, torch.Tensor] = {}
+        for init in graph.initializer:
+            self._add_constant(init.name, numpy_helper.to_array(init), init.name in host)
+        self._nodes: list[tuple[Op, list[str], str, dict[str, Any]]] = []
+        for node in graph.node:
+            attrs = {a.name: _attribute(helper.get_attribute_value(a)) for a in node.attribute}
+            if node.op_type == "Constant":
+                self._add_constant(node.output[0], numpy_helper.to_array(attrs["value"]), node.output[0] in host)
+            elif node.op_type in OPS:
+                self._nodes.append((OPS[node.op_type], list(node.input), node.output[0], attrs))
+            else:
+                raise NotImplementedError(f"{path}: ONNX op {node.op_type} is not converted")
+        known = {init.name for init in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in known]
+        self.output_names = [o.name for o in graph.output]
+
+    def _add_constant(self, name: str, array: np.ndarray, on_host: bool) -> None:
+        tensor = torch.from_numpy(np.array(array))
+        if on_host or not tensor.is_floating_point():
+            self._host[name] = tensor
+        else:
+            key = f"constant_{len(self._buffers_by_name)}"
+            self.register_buffer(key, tensor)
+            self._buffers_by_name[name] = key
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values: dict[str, Any] = {name: getattr(self, key) for name, key in self._buffers_by_name.items()}
+        values.update(self._host)
+        values.update(zip(self.input_names, inputs))
+        for op, names, output, attrs in self._nodes:
+            values[output] = op([values[n] if n else None for n in names], attrs)
+        return tuple(values[name] for name in self.output_names)
+
+
+def model_input(spec: specs.ModelSpec, batch: int, detector_size: int, seed: int = 0) -> np.ndarray:
+    """A random input in the model's value range (0..1 for the TFLite models, else 0..255)."""
+    dims = tuple(detector_size if d == -1 else d for d in spec.input.dims)
+    scale = 1.0 if spec.conversion is specs.Conversion.TFLITE else 255.0
+    return np.random.default_rng(seed).random((batch, *dims), dtype=np.float32) * scale
+
+
+def max_differences(outputs: tuple[torch.Tensor, ...], reference: list[np.ndarray]) -> tuple[float, float]:
+    """(max abs diff, max abs diff / max |reference|) over all outputs."""
+    absolute = relative = 0.0
+    for out, ref in zip(outputs, reference):
+        diff = float(np.abs(out.float().cpu().numpy().reshape(ref.shape) - ref).max())
+        absolute = max(absolute, diff)
+        relative = max(relative, diff / max(float(np.abs(ref).max()), 1e-12))
+    return absolute, relative
+
+
+# --- timing and the table ----------------------------------------------------------------
+
+@dataclass
+class Row:
+    check: str
+    batch: int
+    diff: str = "-"
+    relative: str = "-"
+    ms: float | None = None
+    baseline_ms: float | None = None
+    note: str = ""
+
+
+def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of `fn`, synchronising the device around each call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _graphed(fn: Callable[[], Any]) -> Callable[[], None]:
+    """Capture `fn` (fixed input tensors) in a CUDA graph and return its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the checks -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repeats: full on a GPU, tiny for the CPU smoke test (interpreted kernels)."""
+
+    device: torch.device
+    frames: int
+    frame_long_side: int
+    letterbox: int
+    crops: int
+    crop_size: int
+    batches: tuple[int, ...]
+    repeats: int
+    half: bool
+
+
+def _failed(row: Row, error: Exception) -> Row:
+    """One failing row (a kernel or graph capture the card refuses) must not cost the rest
+    of a run on a borrowed machine: its error goes into the table instead."""
+    row.note = f"FAILED: {type(error).__name__}: {str(error)[:80]}"
+    return row
+
+
+def _compare(plan: Plan, row: Row, kernel: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor],
+             unit: str) -> Row:
+    try:
+        row.diff = f"{(kernel().float() - reference().float()).abs().max().item():.2g}{unit}"
+        row.ms = median_ms(kernel, plan.device, plan.repeats)
+        row.baseline_ms = median_ms(reference, plan.device, plan.repeats)
+    except Exception as error:  # noqa: BLE001
+        return _failed(row, error)
+    return row
+
+
+def kernel_rows(plan: Plan) -> list[Row]:
+    from portrait.kernels import pack_frames
+    from portrait.kernels.letterbox import letterbox_normalise, letterbox_reference
+    from portrait.kernels.warp import warp_affine, warp_affine_reference
+
+    generator = torch.Generator().manual_seed(0)
+    long, short = plan.frame_long_side, plan.frame_long_side * 9 // 16
+    shapes = [(short, long) if i % 2 else (long, short) for i in range(plan.frames)]  # landscape and portrait
+    frames = pack_frames([torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator).to(plan.device)
+                          for h, w in shapes])
+    _log("kernel: letterbox")
+    rows = [_compare(plan, Row(f"letterbox {short}x{long} mixed -> {plan.letterbox}", plan.frames,
+                               note="baseline: interpolate per frame"),
+                     lambda: letterbox_normalise(frames, plan.letterbox)[0],
+                     lambda: letterbox_reference(frames, plan.letterbox)[0], "")]
+
+    # Similarity crops (as alignment makes) centred on random points of each crop's frame.
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, plan.frames, plan.crops)
+    angle = rng.uniform(-0.5, 0.5, plan.crops)
+    scale = rng.uniform(0.1, 0.5, plan.crops) * plan.crop_size / 112
+    cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+    linear = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1)
+    centres = rng.random((plan.crops, 2)) * np.array([shapes[i][::-1] for i in index])  # x, y
+    translation = plan.crop_size / 2 - np.einsum("kij,kj->ki", linear, centres)
+    matrices = torch.from_numpy(np.concatenate([linear, translation[:, :, None]], 2).astype(np.float32))
+    index_t, matrices_t = torch.from_numpy(index).to(plan.device), matrices.to(plan.device)
+    _log("kernel: warp")
+    rows.append(_compare(plan, Row(f"warp -> {plan.crop_size}x{plan.crop_size} uint8", plan.crops,
+                                   note="baseline: grid_sample per frame"),
+                         lambda: warp_affine(frames, index_t, matrices_t, plan.crop_size),
+                         lambda: warp_affine_reference(frames, index_t, matrices_t, plan.crop_size), " lvl"))
+    return rows
+
+
+def model_rows(plan: Plan, repository: Path) -> list[Row]:
+    rows = []
+    dtype = torch.float16 if plan.half else torch.float32
+    for spec in specs.MODELS:
+        path = repository / spec.name / "1" / "model.onnx"
+        module = OnnxModule(path).to(plan.device, dtype).eval()
+        session = ort.session(path)
+        size = DETECTOR_SIZE if spec.input.dims[1] == -1 else spec.input.dims[1]
+        for batch in (b for b in plan.batches if b <= spec.max_batch_size):
+            _log(f"model: {spec.name} batch {batch}")
+            x = model_input(spec, batch, DETECTOR_SIZE)
+            row = Row(f"{spec.name} {size}x{size} {'fp16' if plan.half else 'fp32'}", batch)
+            try:
+                with torch.inference_mode():
+                    forward = partial(module, torch.from_numpy(x).to(plan.device, dtype))
+                    if batch <= 8:
+                        reference = session.run(None, {spec.input.name: x})
+                        row.diff, row.relative = (f"{v:.2g}" for v in max_differences(forward(), reference))
+                    row.baseline_ms = median_ms(forward, plan.device, plan.repeats)
+                    if plan.device.type == "cuda":
+                        row.ms = median_ms(_graphed(forward), plan.device, plan.repeats)
+                        row.note = f"{batch / row.ms * 1000:,.0f} items/s (graph)"
+                    else:
+                        row.note = f"{batch / row.baseline_ms * 1000:,.0f} items/s (eager)"
+            except Exception as error:  # noqa: BLE001
+                _failed(row, error)
+            rows.append(row)
+    return rows
+
+
+def table(title: str, rows: list[Row]) -> str:
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    header = ("check", "batch", "max|diff|", "rel", "ms", "baseline ms", "x faster", "note")
+    body = [(r.check, str(r.batch), r.diff, r.relative, num(r.ms), num(r.baseline_ms),
+             f"{r.baseline_ms / r.ms:.1f}" if r.ms and r.baseline_ms else "-", r.note) for r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in body]
+    lines += ["ms: the kernel, or the model as a CUDA graph replay (median); baseline: the PyTorch reference,",
+              "or the model called eagerly. max|diff|: kernel vs reference in 0..255 units; model vs ONNX Runtime",
+              "fp32 on the CPU at batch <= 8, absolute and relative to the largest reference output."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=Path("model_repository"), help="built model repository")
+    parser.add_argument("--cpu", action="store_true", help="smoke test on CPU: kernels interpreted, tiny sizes")
+    args = parser.parse_args()
+    if not (args.models / "yunet" / "1" / "model.onnx").exists():
+        sys.exit(f"no built model repository at {args.models} (run `portrait models build` and pass --models)")
+    if args.cpu:
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels (and triton) are imported
+        plan = Plan(torch.device("cpu"), frames=4, frame_long_side=96, letterbox=32, crops=8, crop_size=24,
+                    batches=(1, 2), repeats=2, half=False)
+        card = "CPU (smoke test: Triton interpreter, fp32, tiny sizes; figures mean nothing)"
+    elif torch.cuda.is_available():
+        plan = Plan(torch.device("cuda"), frames=32, frame_long_side=1280, letterbox=320, crops=256, crop_size=112,
+                    batches=(1, 8, 32, 64), repeats=20, half=True)
+        card = torch.cuda.get_device_name()
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels, as TensorRT would
+    else:
+        sys.exit("no CUDA device: this check needs a GPU (torch.cuda.is_available() is False); "
+                 "use --cpu for a smoke test")
+    import triton
+
+    started = time.perf_counter()
+    rows = kernel_rows(plan) + model_rows(plan, args.models)
+    title = (f"{card} | torch {torch.__version__} | triton {triton.__version__} | "
+             f"{time.perf_counter() - started:.0f} s")
+    print(table(title, rows))
+
+
+if __name__ == "__main__":
+    main()
