@@ -1,0 +1,52 @@
+"""The GPU check's ONNX-to-PyTorch conversion, on CPU: every built model, converted, gives
+what ONNX Runtime gives on the same input (so GPU figures are for the real models), and the
+script refuses to run without a GPU unless asked for the CPU smoke test."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (the GPU check needs it)")
+
+from portrait import ort  # noqa: E402
+from portrait.modelrepo import specs  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up while being made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("spec", specs.MODELS, ids=lambda s: s.name)
+def test_converted_model_matches_onnxruntime(gpu_check, model_repository, spec):
+    path = model_repository / spec.name / "1" / "model.onnx"
+    module = gpu_check.OnnxModule(path).eval()
+    x = gpu_check.model_input(spec, 3, 160, seed=1)  # batch 3; the detector at 160x160
+    with torch.inference_mode():
+        outputs = module(torch.from_numpy(x))
+    reference = ort.session(path).run(None, {spec.input.name: x})
+    assert [tuple(o.shape) for o in outputs] == [r.shape for r in reference]
+    absolute, relative = gpu_check.max_differences(outputs, reference)
+    # fp32 summation order alone gives up to ~1e-4 of an output's range (YuNet's small
+    # score maps); a wrong op (padding side, resize rule, layout) gives errors of order 1.
+    assert relative < 1e-3, (spec.name, absolute, relative)
+
+
+def test_refuses_to_run_without_a_gpu(model_repository):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = subprocess.run([sys.executable, str(SCRIPT), "--models", str(model_repository)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "no CUDA device" in result.stderr and "--cpu" in result.stderr
