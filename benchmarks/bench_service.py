@@ -88,6 +88,7 @@ def _load(url: str, concurrency: int, per_client: int, id_image: bytes, video: b
     return {
         "requests": len(results),
         "ok": sum(1 for r in results if r[1] == 200),
+        "status_codes": {str(code): sum(1 for r in results if r[1] == code) for code in sorted({r[1] for r in results})},
         "verifications_per_s": round(len(results) / wall, 2),
         "p50_ms": round(float(np.percentile(latencies, 50))),
         "p95_ms": round(float(np.percentile(latencies, 95))),

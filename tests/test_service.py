@@ -328,3 +328,20 @@ def test_readiness_follows_triton(triton_service, media):
     response = _verify(triton_service, token, media["obama"], media["fake"])
     assert response.status_code == 503 and response.json()["code"] == "backend_unavailable"
     assert "Retry-After" in response.headers
+
+
+def test_overload_is_503_with_retry_after(tmp_path, model_repository, media):
+    service = start_service(tmp_path, model_repository, {"PORTRAIT_WORKERS": "1", "PORTRAIT_MAX_WAITING": "0"})
+    try:
+        def one(_):
+            files = {"image_a": ("a.jpg", media["obama"]), "image_b": ("b.jpg", media["biden"])}
+            return httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(), timeout=120)
+
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(one, range(4)))
+        refused = [r for r in responses if r.status_code == 503]
+        assert any(r.status_code == 200 for r in responses) and refused
+        assert all(r.json()["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1 for r in refused)
+        assert 'portrait_rejected_requests_total{reason="overloaded"}' in httpx.get(f"{service['url']}/metrics").text
+    finally:
+        stop_service(service)

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 40
     max_in_flight_per_tenant: int = 32
     workers: int = Field(default=8, description="Requests processed at once (pipeline threads).")
+    max_waiting: int = Field(default=16, description="Requests waiting for a worker; beyond it, 503 + Retry-After.")
     request_timeout_s: float = 60.0
     batch_max_delay_ms: float = 5.0
     batch_max_rows: int = Field(default=0, description="Cap on rows per model call; 0 uses each model's maximum.")

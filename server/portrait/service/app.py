@@ -257,10 +257,14 @@ def _decode(engine: Engine, kind: str, decode: Callable[[], Any], timings: Timin
 async def _process(request: Request, engine: Engine, work: Callable[[Pipeline, Timings], dict]) -> dict:
     """Run pipeline work on a worker thread under the request deadline, stopping it when
     the client goes away."""
+    if not engine.has_room():
+        raise Problem(503, "overloaded", "the service is at capacity; try again shortly", retry_after_s=2)
     deadline = time.monotonic() + engine.settings.request_timeout_s
     cancelled = threading.Event()
     timings = Timings()
+    engine.admitted += 1
     task = asyncio.ensure_future(engine.run(lambda: work(engine.pipeline(deadline, cancelled), timings)))
+    task.add_done_callback(lambda _: _release(engine))
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=0.2)
@@ -289,6 +293,10 @@ async def _process(request: Request, engine: Engine, work: Callable[[Pipeline, T
     for stage, ms in timings.ms.items():
         engine.metrics.stages.labels(stage).observe(ms / 1000)
     return answer
+
+
+def _release(engine: Engine) -> None:
+    engine.admitted -= 1
 
 
 def _respond(engine: Engine, endpoint: str, tenant: str, answer: dict, inputs: dict) -> JSONResponse:

@@ -104,12 +104,17 @@ class Engine:
         for model in self.models:
             self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"]})
         self.draining = False
+        self.admitted = 0  # requests running or waiting for a worker; touched only on the event loop
 
     def pipeline(self, deadline: float, cancelled: threading.Event) -> Pipeline:
         return Pipeline(RequestBackend(self.batcher, deadline, cancelled), self.config)
 
     async def run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+
+    def has_room(self) -> bool:
+        """Bounded admission: the executor's own queue is unbounded, so cap it here."""
+        return self.admitted < self.settings.workers + self.settings.max_waiting
 
     def ready(self) -> tuple[bool, str | None]:
         if self.draining:
@@ -140,9 +145,13 @@ def _backend(settings: Settings) -> InferenceBackend:
 
 
 def _policies(settings: Settings) -> dict[str, BatchPolicy]:
+    """Queues hold what every worker may submit at once (two eye crops per frame): queued
+    items are views of arrays the requests already hold, so the bound on memory is the
+    number of workers, and a queue fills only when work is piling up behind the model."""
     policies = {}
     for name, spec in BY_NAME.items():
         rows = min(spec.max_batch_size, settings.batch_max_rows or spec.max_batch_size)
+        per_request = 2 * (settings.video_max_frames + 1)
         policies[name] = BatchPolicy(max_batch=rows, max_delay_ms=settings.batch_max_delay_ms,
-                                     max_queue_rows=8 * spec.max_batch_size)
+                                     max_queue_rows=max(8 * spec.max_batch_size, settings.workers * per_request))
     return policies
