@@ -345,3 +345,23 @@ def test_overload_is_503_with_retry_after(tmp_path, model_repository, media):
         assert 'portrait_rejected_requests_total{reason="overloaded"}' in httpx.get(f"{service['url']}/metrics").text
     finally:
         stop_service(service)
+
+
+def test_a_client_that_disconnects_stops_costing_work(service, media):
+    def dropped(text):
+        return _metric_sum(text, "portrait_batch_dropped_total", 'reason="cancelled"') + _metric_sum(
+            text, "portrait_batch_dropped_total", 'reason="deadline"')
+
+    before = httpx.get(f"{service['url']}/metrics").text
+    token = _challenge(service, ["turn_left"])
+    with pytest.raises(httpx.TimeoutException):
+        _verify(service, token, media["id_d12"], media["d12"], timeout=0.8)  # the client gives up
+    deadline = time.monotonic() + 60
+    while True:
+        after = httpx.get(f"{service['url']}/metrics").text
+        closed = _metric_sum(after, "portrait_request_duration_seconds_count", 'status="499"')
+        if closed >= 1 and dropped(after) > dropped(before):
+            break
+        assert time.monotonic() < deadline, "the abandoned request was neither seen as closed nor dropped"
+        time.sleep(0.5)
+    assert httpx.get(f"{service['url']}/readyz").status_code == 200

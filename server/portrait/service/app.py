@@ -45,31 +45,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="Portrait", version="1.0", lifespan=lifespan,
                   description="Face verification: a live selfie video against an identity document photo.")
 
-    @app.middleware("http")
-    async def access(request: Request, call_next):
-        rid = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
-        token = request_id.set(rid)
-        started = time.perf_counter()
-        metrics = request.app.state.engine.metrics
-        metrics.in_flight.inc()
-        status, outcome = 500, "error"
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            outcome = response.headers.get("x-portrait-outcome", "ok" if status < 400 else "error")
-            response.headers["X-Request-ID"] = rid
-            return response
-        finally:
-            elapsed = time.perf_counter() - started
-            metrics.in_flight.dec()
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            metrics.requests.labels(endpoint, request.method, str(status), outcome).observe(elapsed)
-            if endpoint not in ("/metrics", "/healthz", "/readyz"):
-                log.info("request", extra={"method": request.method, "path": endpoint, "status": status,
-                                           "outcome": outcome, "ms": round(elapsed * 1000, 1),
-                                           "tenant": getattr(request.state, "tenant", None)})
-            request_id.reset(token)
+    app.add_middleware(AccessMiddleware)
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, problem: Problem):
@@ -197,6 +173,51 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     return app
 
 
+class AccessMiddleware:
+    """Request id, in-flight gauge, latency histogram and one access log line per request.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides the client's
+    disconnect from the route (and the route must see it to stop the work)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        token = request_id.set(rid)
+        metrics = scope["app"].state.engine.metrics
+        seen = {"status": 500, "outcome": "error"}
+        started = time.perf_counter()
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                response_headers = list(message.get("headers", []))
+                outcome = dict(response_headers).get(b"x-portrait-outcome")
+                seen["outcome"] = outcome.decode() if outcome else ("ok" if message["status"] < 400 else "error")
+                message = {**message, "headers": [*response_headers, (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.in_flight.dec()
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(endpoint, scope["method"], str(seen["status"]), seen["outcome"]).observe(elapsed)
+            if endpoint not in ("/metrics", "/healthz", "/readyz"):
+                state = scope.get("state") or {}
+                log.info("request", extra={"method": scope["method"], "path": endpoint, "status": seen["status"],
+                                           "outcome": seen["outcome"], "ms": round(elapsed * 1000, 1),
+                                           "tenant": state.get("tenant")})
+            request_id.reset(token)
+
+
 class _in_flight:
     """The tenant's concurrent-request cap, held for the whole request."""
 
@@ -264,7 +285,7 @@ async def _process(request: Request, engine: Engine, work: Callable[[Pipeline, T
     timings = Timings()
     engine.admitted += 1
     task = asyncio.ensure_future(engine.run(lambda: work(engine.pipeline(deadline, cancelled), timings)))
-    task.add_done_callback(lambda _: _release(engine))
+    task.add_done_callback(lambda done: _release(engine, done))
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=0.2)
@@ -295,8 +316,12 @@ async def _process(request: Request, engine: Engine, work: Callable[[Pipeline, T
     return answer
 
 
-def _release(engine: Engine) -> None:
+def _release(engine: Engine, task: asyncio.Future) -> None:
+    """The worker is done: free its admission slot. A request that was abandoned (client
+    gone, deadline passed) never awaits its task, so its outcome is read here."""
     engine.admitted -= 1
+    if not task.cancelled():
+        task.exception()
 
 
 def _respond(engine: Engine, endpoint: str, tenant: str, answer: dict, inputs: dict) -> JSONResponse:
