@@ -4,15 +4,23 @@ speed, and FP16 throughput of every model, printed as one table naming the card.
     python benchmarks/gpu_check.py --models model_repository        # on a CUDA machine
     python benchmarks/gpu_check.py --models model_repository --cpu  # smoke test, no GPU
 
-Needs only PyTorch, Triton, onnx, onnxruntime and numpy: no TensorRT, DALI, Triton server
-or network. The project need not be installed (the `server/` folder beside this one is put
-on the path). The models come from a repository built beforehand with `portrait models
-build`. They run as PyTorch modules made by the small ONNX-to-PyTorch converter below, which
-covers exactly the ops these six models use (onnx2torch 1.5.15 lacks Resize-19 and
-Constant-21 and imports torchvision); each is checked against ONNX Runtime on the CPU.
+Needs only PyTorch, Triton, onnx, onnxruntime and numpy (plus PyAV, OpenCV and DALI for the
+optional video rows): no TensorRT, Triton server or network. The project need not be
+installed (the `server/` folder beside this one is put on the path). The models come from
+a repository built beforehand with `portrait models build`. They run as PyTorch modules made
+by the small ONNX-to-PyTorch converter below, which covers exactly the ops these six models
+use (onnx2torch 1.5.15 lacks Resize-19 and Constant-21 and imports torchvision); each is
+checked against ONNX Runtime on the CPU.
 
 Model rows time CUDA-graph replays (what a serving loop with fixed batch shapes would do)
 beside plain eager calls; neither is TensorRT, so these are floors for the GPU target.
+
+The last rows, optional, time video decode on NVDEC (`portrait.media.dali_gpu`, DALI's mixed
+decoder, pipelines kept alive) against PyAV on the CPU, on a synthetic H.264 clip (HEVC when
+this PyAV lacks an H.264 encoder) made in memory, since the GPU machine may have neither
+network nor test data. They need DALI with CUDA and the driver's NVDEC library, and are one
+row saying why when those are missing.
+
 Benchmarks are not tests: nothing here asserts a figure.
 """
 
@@ -377,6 +385,101 @@ def model_rows(plan: Plan, repository: Path) -> list[Row]:
     return rows
 
 
+# The synthetic clip: 1280x720, 30 fps, 3 s, with B-frames (as phones write them).
+VIDEO_SIZE = (720, 1280)  # H, W
+VIDEO_FPS = 30
+VIDEO_SECONDS = 3
+VIDEO_CLIPS = 20  # clips through the live pool
+VIDEO_ENCODERS = (("libx264", "h264"), ("h264", "h264"), ("libx265", "hevc"))
+
+
+def synthetic_clip() -> tuple[bytes, str]:
+    """An MP4 made in memory with the first encoder this PyAV has, and what it is."""
+    import io
+
+    import av
+
+    height, width = VIDEO_SIZE
+    ramp = np.tile((np.arange(width) * 255 // width).astype(np.uint8), (height, 1))
+    errors = []
+    for encoder, codec in VIDEO_ENCODERS:
+        try:
+            buffer = io.BytesIO()
+            with av.open(buffer, "w", format="mp4") as output:
+                stream = output.add_stream(encoder, rate=VIDEO_FPS)
+                stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+                stream.options = {"preset": "veryfast"}
+                for index in range(VIDEO_FPS * VIDEO_SECONDS):
+                    image = np.stack([ramp, np.roll(ramp, 8 * index, axis=1),
+                                      np.roll(np.flipud(ramp), 4 * index, axis=0)], -1)
+                    image[:64] = (index * 53) % 200 + 28  # each frame's own grey band
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+                    for packet in stream.encode(frame):
+                        output.mux(packet)
+                for packet in stream.encode():
+                    output.mux(packet)
+            return buffer.getvalue(), f"{codec} ({encoder})"
+        except Exception as error:  # noqa: BLE001  (an encoder this build lacks or cannot open)
+            errors.append(f"{encoder}: {type(error).__name__}")
+    raise RuntimeError(f"no H.264/HEVC encoder in this PyAV ({'; '.join(errors)})")
+
+
+def video_rows(plan: Plan) -> list[Row]:
+    """NVDEC decode through a live pool vs a decoder per clip vs PyAV on the CPU; one row
+    saying why when GPU decode cannot run here."""
+    check = "video decode (DALI NVDEC)"
+    try:
+        from portrait.media.dali_gpu import GpuVideoDecoder, gpu_decode_unavailable
+        from portrait.media.video import decode_video
+    except ImportError as error:  # PyAV or OpenCV missing: the project's own dependencies
+        return [Row(check, 0, note=f"skipped: {error}")]
+    device_id = plan.device.index or 0
+    reason = gpu_decode_unavailable(device_id) or (None if plan.device.type == "cuda" else "a --cpu run")
+    if reason is not None:
+        return [Row(check, 0, note=f"skipped: {reason}")]
+    try:
+        _log("video: encoding a synthetic clip")
+        data, codec = synthetic_clip()
+        cpu = decode_video(data)
+        label = f"video {codec} {VIDEO_SIZE[1]}x{VIDEO_SIZE[0]} {VIDEO_SECONDS}s -> {len(cpu.frames)} frames"
+
+        _log("video: first decoder")
+        started = time.perf_counter()
+        pool = GpuVideoDecoder(device_id, max_clips_in_flight=1)
+        built = time.perf_counter()
+        first = pool.decode(data)
+        first_ms, build_ms = (time.perf_counter() - started) * 1000, (built - started) * 1000
+        gpu = first.to_video()
+        same = (gpu.frames.shape == cpu.frames.shape and np.array_equal(gpu.timestamps, cpu.timestamps))
+        diff = f"{np.abs(gpu.frames.astype(np.int16) - cpu.frames).mean():.2g} lvl" if same else "-"
+
+        _log(f"video: {VIDEO_CLIPS} clips through the live pool")
+        reused = median_ms(lambda: pool.decode(data), plan.device, VIDEO_CLIPS, warmup=1)
+        pool.close()
+
+        def fresh() -> None:
+            decoder = GpuVideoDecoder(device_id, max_clips_in_flight=1)
+            decoder.decode(data)
+            decoder.close()
+
+        _log("video: a new decoder per clip, and PyAV on the CPU")
+        per_clip = median_ms(fresh, plan.device, 3, warmup=0)
+        pyav = median_ms(lambda: decode_video(data), plan.device, 5, warmup=1)
+    except Exception as error:  # noqa: BLE001
+        return [_failed(Row(check, 0), error)]
+    frames = len(cpu.frames)
+    shapes = "same frames and times as PyAV" if same else (
+        f"MISMATCH: GPU {gpu.frames.shape} vs PyAV {cpu.frames.shape} or other timestamps")
+    return [
+        Row(f"{label}: NVDEC, live pool", frames, diff=diff, ms=reused, baseline_ms=pyav,
+            note=f"baseline: PyAV on CPU ({os.cpu_count()} cores); {shapes}"),
+        Row(f"{label}: NVDEC, live pool", frames, ms=reused, baseline_ms=per_clip,
+            note="baseline: a new decoder per clip (set-up + decode)"),
+        Row(f"{label}: NVDEC, first clip", frames, ms=first_ms,
+            note=f"process's first decoder: {build_ms:.0f} ms to build, then its first clip"),
+    ]
+
+
 def table(title: str, rows: list[Row]) -> str:
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -389,7 +492,9 @@ def table(title: str, rows: list[Row]) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in body]
     lines += ["ms: the kernel, or the model as a CUDA graph replay (median); baseline: the PyTorch reference,",
               "or the model called eagerly. max|diff|: kernel vs reference in 0..255 units; model vs ONNX Runtime",
-              "fp32 on the CPU at batch <= 8, absolute and relative to the largest reference output."]
+              "fp32 on the CPU at batch <= 8, absolute and relative to the largest reference output.",
+              "video rows: ms per clip (frames on the GPU, upright BGR), batch = frames kept; max|diff| there is",
+              "the mean |GPU - PyAV| in 0..255 units (their YUV->RGB conversions differ slightly)."]
     return "\n".join(lines)
 
 
@@ -416,7 +521,7 @@ def main() -> None:
     import triton
 
     started = time.perf_counter()
-    rows = kernel_rows(plan) + model_rows(plan, args.models)
+    rows = kernel_rows(plan) + model_rows(plan, args.models) + video_rows(plan)
     title = (f"{card} | torch {torch.__version__} | triton {triton.__version__} | "
              f"{time.perf_counter() - started:.0f} s")
     print(table(title, rows))
