@@ -3,7 +3,6 @@ media from the test data over HTTP, then /metrics, the logs and the temp folder.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re

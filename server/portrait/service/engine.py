@@ -13,7 +13,6 @@ import hashlib
 import logging
 import secrets
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -45,7 +44,9 @@ class BatcherObserver:
         self.metrics = metrics
 
     def batch(self, model: str, rows: int, items: int, seconds: float) -> None:
-        self.metrics.batch(model, rows, items, seconds)
+        self.metrics.batch_rows.labels(model).observe(rows)
+        self.metrics.batch_requests.labels(model).observe(items)
+        self.metrics.batch_seconds.labels(model).observe(seconds)
 
     def queue_wait(self, model: str, seconds: float) -> None:
         self.metrics.queue_wait.labels(model).observe(seconds)
@@ -132,10 +133,6 @@ class Engine:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def now() -> float:
-    return time.time()
 
 
 def _backend(settings: Settings) -> InferenceBackend:

@@ -39,18 +39,3 @@ class Metrics:
         self.in_flight = Gauge("portrait_in_flight_requests", "Requests being processed", registry=r)
         self.backend_up = Gauge("portrait_backend_up", "1 when the inference backend is ready", registry=r)
         self.models = Info("portrait_model", "Model versions served", ["name"], registry=r)
-
-    # The batcher's observer protocol.
-    def batch(self, model: str, rows: int, items: int, seconds: float) -> None:
-        self.batch_rows.labels(model).observe(rows)
-        self.batch_requests.labels(model).observe(items)
-        self.batch_seconds.labels(model).observe(seconds)
-
-    def queue_wait_observed(self, model: str, seconds: float) -> None:
-        self.queue_wait.labels(model).observe(seconds)
-
-    def queue_depth_observed(self, model: str, rows: int) -> None:
-        self.queue_depth.labels(model).set(rows)
-
-    def dropped_observed(self, model: str, reason: str) -> None:
-        self.dropped.labels(model, reason).inc()
