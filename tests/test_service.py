@@ -364,3 +364,49 @@ def test_a_client_that_disconnects_stops_costing_work(service, media):
         assert time.monotonic() < deadline, "the abandoned request was neither seen as closed nor dropped"
         time.sleep(0.5)
     assert httpx.get(f"{service['url']}/readyz").status_code == 200
+
+
+def test_rate_limit_is_429_with_retry_after(tmp_path, model_repository):
+    service = start_service(tmp_path, model_repository,
+                            {"PORTRAIT_RATE_LIMIT_PER_S": "0.5", "PORTRAIT_RATE_LIMIT_BURST": "2"})
+    try:
+        codes = [httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth()).status_code for _ in range(3)]
+        assert codes[:2] == [200, 200] and codes[2] == 429
+        limited = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth())
+        assert limited.json()["code"] == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
+        other = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth(KEY_B))
+        assert other.status_code == 200  # limits are per tenant
+    finally:
+        stop_service(service)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    import shutil
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+
+
+def test_two_replicas_share_single_use_challenges_through_redis(tmp_path, model_repository, redis_url, media):
+    """A token issued by one replica is good on the other once, and never twice."""
+    shared = {"PORTRAIT_REDIS_URL": redis_url}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_service(tmp_path / "a", model_repository, shared)
+    second = start_service(tmp_path / "b", model_repository, shared)
+    try:
+        token = _challenge(first, ["blink"])
+        assert _verify(second, token, media["obama"], media["fake"]).status_code == 200
+        replay = _verify(first, token, media["obama"], media["fake"])
+        assert replay.status_code == 409 and replay.json()["code"] == "replayed_challenge"
+    finally:
+        stop_service(first)
+        stop_service(second)
