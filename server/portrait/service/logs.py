@@ -26,7 +26,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": request_id.get(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        entry.update({k: v for k, v in vars(record).items()
+                      if k not in _STANDARD and k != "color_message" and not k.startswith("_")})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(entry, default=str)
