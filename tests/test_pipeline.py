@@ -199,3 +199,24 @@ def test_eval_liveness_on_the_dev_attacks(model_repository, testdata, tmp_path):
     assert report["attacks"] == 3 and report["bona_fide"] == 2 and report["failures_to_acquire"] == 1
     assert report["apcer"] == 0.0 and report["apcer_per_type"] == {"print": 0.0, "replay": 0.0}
     assert report["bpcer"] == 0.0
+
+
+def test_torch_frame_path_gives_the_same_answers(pipeline, testdata):
+    """The GPU path's pixel work (kernels' PyTorch references here, on the CPU) against
+    OpenCV's: same decisions and actions, near-equal scores."""
+    pytest.importorskip("torch", reason="the kernels extra is not installed")
+    from portrait.frames import TorchFrames
+
+    on_torch = Pipeline(pipeline.backend, pipeline.config, frames=TorchFrames("cpu"))
+    d12, fake = _video(testdata, "liveportrait/d12.mp4"), _video(testdata, "replay_pair/fake.mp4")
+    cases = ((d12.frames[0].copy(), d12, ["turn_left", "turn_right"]),  # the subject's own face: genuine
+             (_image(testdata, "face_recognition/examples/obama.jpg"), fake, []))
+    answers = [(pipeline.verify(*case), on_torch.verify(*case)) for case in cases]
+    for host, torch_path in answers:
+        assert host["decision"] == torch_path["decision"] and host["reasons"] == torch_path["reasons"]
+        assert host["liveness"]["passive"]["score"] == pytest.approx(torch_path["liveness"]["passive"]["score"], abs=0.05)
+        actions = lambda r: sorted({e["action"] for e in r["liveness"]["active"]["observed"]})  # noqa: E731
+        assert actions(host) == actions(torch_path)
+    (genuine, genuine_torch), (spoof, _) = answers
+    assert genuine["decision"] == "accept" and spoof["decision"] == "reject_spoof"
+    assert genuine["match"]["score"] == pytest.approx(genuine_torch["match"]["score"], abs=0.02)

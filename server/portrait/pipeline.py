@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from portrait.backends.base import InferenceBackend
+from portrait.frames import FrameOps, HostFrames
 from portrait.media.video import Video
 from portrait.modelrepo.specs import BY_NAME
 from portrait.stages import align, decide, detect, embed, landmarks, liveness, pad, quality
@@ -76,12 +77,15 @@ class VideoAnalysis:
 
 
 class Pipeline:
-    def __init__(self, backend: InferenceBackend, config: PipelineConfig | None = None) -> None:
+    def __init__(self, backend: InferenceBackend, config: PipelineConfig | None = None,
+                 frames: FrameOps | None = None) -> None:
         self.backend = backend
         self.config = config or PipelineConfig()
+        self.ops = frames or HostFrames()
 
-    def run(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, model: str, batch) -> dict[str, np.ndarray]:
         """One model over a batch of any length, in chunks of the model's max batch."""
+        batch = self.ops.to_host(batch)
         limit = BY_NAME[model].max_batch_size
         if len(batch) <= limit:
             return self.backend.infer(model, batch)
@@ -90,17 +94,18 @@ class Pipeline:
 
     def detect(self, frames: np.ndarray, size: int) -> list[np.ndarray]:
         """Same-size BGR frames [N,H,W,3] -> faces per frame in frame coordinates."""
-        batch, scale = detect.letterbox(frames, size)
+        batch, scale = self.ops.letterbox(frames, size)
         found = detect.decode(self.run("yunet", batch), (size, size), self.config.detection_score)
         return [detect.rescale(f, scale) for f in found]
 
     def image_faces(self, images: Sequence[np.ndarray]) -> list[ImageFace]:
         """The primary face of each image (ID photos, photos to compare), one detector batch."""
         size = self.config.image_detector_size
-        batch = np.concatenate([detect.letterbox(i[None], size)[0] for i in images]) if images else None
-        if batch is None:
+        if not images:
             return []
-        scales = [size / max(i.shape[:2]) for i in images]
+        boxed = [self.ops.letterbox(i[None], size) for i in images]
+        batch = np.concatenate([self.ops.to_host(b) for b, _ in boxed])
+        scales = [scale for _, scale in boxed]
         found = detect.decode(self.run("yunet", batch), (size, size), self.config.detection_score)
         results = []
         for image, faces, scale in zip(images, found, scales):
@@ -115,32 +120,33 @@ class Pipeline:
     def embed(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
         """One aligned crop per (image, face) -> normalised embeddings [K,128]."""
         matrices = align.similarity_transforms(align.landmarks5(faces))
-        crops = align.warp(list(images), matrices, 112)
-        return embed.normalise(self.run("sface", embed.to_input(crops))["fc1"])
+        crops = self.ops.crops(images, range(len(faces)), matrices, 112)
+        return embed.normalise(self.run("sface", self.ops.model_input(crops, embed.INPUT))["fc1"])
 
     def passive_scores(self, frames: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Live probability per (frame, face), both MiniFASNet models."""
         logits = {}
         for model, scale in pad.SCALES.items():
-            matrices = pad.crop_transforms(faces, frames.shape[1:3], scale)
-            crops = align.warp(list(frames), matrices, pad.SIZE)
-            logits[model] = self.run(model, pad.to_input(crops))["logits"]
+            matrices = pad.crop_transforms(faces, tuple(frames.shape[1:3]), scale)
+            crops = self.ops.crops(frames, range(len(faces)), matrices, pad.SIZE)
+            logits[model] = self.run(model, self.ops.model_input(crops, pad.INPUT))["logits"]
         return pad.live_scores(logits)
 
     def face_geometry(self, frames: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """FaceMesh and iris models on one face per frame -> (openness [N,2], angles [N,2])."""
+        count = len(faces)
         crop_matrices = landmarks.crop_transforms(faces)
-        crops = align.warp(list(frames), crop_matrices, landmarks.CROP)
-        points, _ = landmarks.mesh_points(self.run("facemesh", landmarks.to_input(crops)))
+        crops = self.ops.crops(frames, range(count), crop_matrices, landmarks.CROP)
+        points, _ = landmarks.mesh_points(self.run("facemesh", self.ops.model_input(crops, landmarks.INPUT)))
         eye_matrices = landmarks.eye_transforms(points, crop_matrices)
-        eyes = align.warp([*frames, *frames], eye_matrices, landmarks.EYE_CROP)
-        openness = landmarks.eye_openness(self.run("iris_landmark", landmarks.to_input(eyes)))
+        eyes = self.ops.crops(frames, [*range(count), *range(count)], eye_matrices, landmarks.EYE_CROP)
+        openness = landmarks.eye_openness(self.run("iris_landmark", self.ops.model_input(eyes, landmarks.INPUT)))
         return openness, landmarks.head_angles(points)
 
     def analyse_video(self, video: Video, timings: Timings, mirrored: bool = False,
                       need_embeddings: bool = True) -> VideoAnalysis:
         cfg = self.config
-        frames = video.frames
+        frames = self.ops.prepare(video.frames)
         with timings.stage("detect"):
             detections = self.detect(frames, cfg.video_detector_size)
         with timings.stage("track"):
@@ -157,9 +163,9 @@ class Pipeline:
             events.sort(key=lambda e: e.start_s)
         with timings.stage("quality"):
             matrices = align.similarity_transforms(align.landmarks5(faces))
-            sharp = quality.sharpness(align.warp(list(frames), matrices, 112))
+            sharp = quality.sharpness(self.ops.to_host(self.ops.crops(frames, range(len(faces)), matrices, 112)))
             score = quality.frame_quality(angles[:, 0], angles[:, 1], openness, sharp, float(np.median(angles[:, 1])))
-            best = np.argsort(score)[::-1]
+            best = np.argsort(-score, kind="stable")
             frontal = np.flatnonzero(np.abs(angles[:, 0]) < 25)
             spread = frontal[np.linspace(0, len(frontal) - 1, min(cfg.continuity_frames, len(frontal))).astype(int)]
         with timings.stage("passive_liveness"):
@@ -169,7 +175,7 @@ class Pipeline:
         if need_embeddings:
             with timings.stage("embed"):
                 picked = np.concatenate([best[: cfg.match_frames], spread])
-                vectors = self.embed(list(frames[picked]), faces[picked])
+                vectors = self.embed(frames[picked], faces[picked])
                 embeddings = vectors[: cfg.match_frames]
                 sampled = vectors[cfg.match_frames :]
                 if len(sampled) > 1:

@@ -7,7 +7,6 @@ at once.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 # SFace/ArcFace template: right eye, left eye, nose tip, right and left mouth corners.
@@ -33,16 +32,6 @@ def similarity_transforms(points: np.ndarray, template: np.ndarray = TEMPLATE_11
     linear = rotation * scale[:, None, None]
     translation = dst_mean[:, 0] - np.einsum("nij,nj->ni", linear, src_mean[:, 0])
     return np.concatenate([linear, translation[:, :, None]], axis=2).astype(np.float32)
-
-
-def warp(images: list[np.ndarray], matrices: np.ndarray, size: int) -> np.ndarray:
-    """One crop per (image, matrix) pair -> uint8 [N,size,size,3]. On GPU the batched
-    affine-warp kernel does this; here each crop is one OpenCV call."""
-    out = np.empty((len(images), size, size, 3), np.uint8)
-    for i, (image, matrix) in enumerate(zip(images, matrices)):
-        out[i] = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT)
-    return out
 
 
 def landmarks5(faces: np.ndarray) -> np.ndarray:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from portrait.stages.inputs import InputFormat
 
-def to_input(aligned_bgr: np.ndarray) -> np.ndarray:
-    """uint8 [N,112,112,3] BGR -> float32 [N,3,112,112] **RGB** 0..255.
 
-    SFace was trained on RGB; OpenCV's FaceRecognizerSF swaps channels itself, the ONNX
-    file does not, and BGR input gives quietly wrong embeddings.
-    """
-    return np.ascontiguousarray(aligned_bgr[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
+# SFace takes 112x112 aligned crops as **RGB** 0..255. OpenCV's FaceRecognizerSF swaps the
+# channels itself; the ONNX file does not, and BGR input gives quietly wrong embeddings.
+INPUT = InputFormat(rgb=True, scale=1.0)
 
 
 def normalise(embeddings: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from portrait.stages.inputs import InputFormat
+
 CROP = 192
 CONTEXT = 1.5  # the crop side is 1.5x the face box, as MediaPipe crops for FaceMesh
 
@@ -37,9 +39,7 @@ def crop_transforms(faces: np.ndarray) -> np.ndarray:
     return np.stack([np.stack([cos, -sin, tx], 1), np.stack([sin, cos, ty], 1)], 1).astype(np.float32)
 
 
-def to_input(crops_bgr: np.ndarray) -> np.ndarray:
-    """uint8 [N,192,192,3] BGR -> float32 [N,3,192,192] RGB in 0..1."""
-    return np.ascontiguousarray(crops_bgr[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+INPUT = InputFormat(rgb=True, scale=1.0 / 255.0)  # FaceMesh and the iris model: RGB in 0..1
 
 
 def mesh_points(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from portrait.stages.inputs import InputFormat
+
 SIZE = 80
 SCALES = {"minifasnet_v2": 2.7, "minifasnet_v1se": 4.0}
 
@@ -29,9 +31,7 @@ def crop_transforms(faces: np.ndarray, image_hw: tuple[int, int], scale: float) 
     return np.stack([np.stack([kx, zeros, -kx * left], 1), np.stack([zeros, ky, -ky * top], 1)], 1).astype(np.float32)
 
 
-def to_input(crops_bgr: np.ndarray) -> np.ndarray:
-    """uint8 [N,80,80,3] BGR -> float32 [N,3,80,80] BGR 0..255 (no normalisation)."""
-    return np.ascontiguousarray(crops_bgr.transpose(0, 3, 1, 2), dtype=np.float32)
+INPUT = InputFormat(rgb=False, scale=1.0)  # BGR 0..255, no normalisation
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
