@@ -60,6 +60,9 @@ RUN --mount=type=bind,from=mirror,target=/mirror,readonly \
 FROM pybase AS runtime
 # Extras: triton (gRPC client; it also brings the CPU tritonserver wheel used by the tests),
 # redis (challenge nonces shared by replicas), dali (nvidia-dali-cuda120, CUDA 12 build).
+# For the GPU frame path in the service (PORTRAIT_FRAMES=gpu, PORTRAIT_DECODER=gpu) add
+# `kernels` (PyTorch + Triton-lang; several GB) and give the service container the GPU with
+# NVIDIA_DRIVER_CAPABILITIES including `video` (NVDEC).
 ARG PORTRAIT_EXTRAS=triton,redis,dali
 # Set to NVIDIA's package index if your index mirror lacks the nvidia-dali-cuda120 wheel.
 ARG PIP_EXTRA_INDEX_URL=

@@ -243,3 +243,16 @@ def test_gpu_check_skips_video_decode_without_a_gpu():
                        batches=(1,), repeats=1, half=False)
     (row,) = module.video_rows(plan)
     assert row.note.startswith("skipped: ") and "CUDA" in row.note
+
+
+def test_service_gpu_settings_refuse_clearly_without_a_gpu():
+    from portrait.frames import HostFrames, frame_ops
+    from portrait.media import decoder
+
+    assert isinstance(frame_ops("host"), HostFrames)
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        frame_ops("gpu")
+    with pytest.raises(ValueError, match="unknown frame path"):
+        frame_ops("tpu")
+    with pytest.raises(RuntimeError, match="GPU video decode .* is unavailable"):
+        decoder("gpu")

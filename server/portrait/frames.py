@@ -106,3 +106,16 @@ class TorchFrames:
 
     def to_host(self, array: Any) -> np.ndarray:
         return array.cpu().numpy() if isinstance(array, self.torch.Tensor) else np.asarray(array)
+
+
+def frame_ops(name: str) -> FrameOps:
+    """`host` (the default) or `gpu`, which needs PyTorch with CUDA and Triton-lang."""
+    if name == "host":
+        return HostFrames()
+    if name == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("PORTRAIT_FRAMES=gpu needs a CUDA device; use `host` on this machine")
+        return TorchFrames("cuda")
+    raise ValueError(f"unknown frame path {name!r}; choose host or gpu")

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
 
     backend: str = Field(default="embedded", description="`embedded` (ONNX Runtime) or `triton`.")
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address for the triton backend.")
-    decoder: str = Field(default="pyav", description="Media decoder: `pyav` or `dali`.")
+    decoder: str = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
+    frames: str = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
     video_fps: float = Field(default=15.0, description="Frames sampled per second of video.")
     video_max_frames: int = Field(default=96, description="Frames kept per video at most.")
     video_max_seconds: float = Field(default=12.0, description="Longer videos are refused.")

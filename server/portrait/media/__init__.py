@@ -1,7 +1,9 @@
 """Media decoding: uploads (bytes) to uint8 BGR arrays, refusing what we do not read.
 
-`decoder(name)` picks the implementation: "pyav" (FFmpeg on CPU, the default) or "dali"
-(NVIDIA DALI, optional: imported only when asked for).
+`decoder(name)` picks the implementation: "pyav" (FFmpeg on CPU, the default), "dali"
+(NVIDIA DALI on CPU: VP8/VP9/MJPEG) or "gpu" (DALI on NVDEC through a pool of live
+pipelines, frames left on the GPU, overflow to PyAV when the pool is busy). DALI is
+imported only when asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from portrait.media.video import Video, decode_video
 
 __all__ = ["Decoder", "MediaError", "Video", "decode_image", "decode_video", "decoder"]
 
-DECODERS = ("pyav", "dali")
+DECODERS = ("pyav", "dali", "gpu")
 
 
 class Decoder(NamedTuple):
@@ -37,4 +39,13 @@ def decoder(name: str = "pyav") -> Decoder:
             message = f"the dali decoder needs NVIDIA DALI (nvidia-dali-cuda120): {error}"
             raise ImportError(message) from error
         return Decoder(name, decode_image_dali, decode_video_dali)
+    if name == "gpu":
+        from portrait.media.dali_gpu import GpuVideoDecoder, decode_with_overflow
+
+        pool = GpuVideoDecoder()  # raises a clear RuntimeError without CUDA, DALI or NVDEC
+
+        def video(data: bytes, **limits) -> Video:
+            return decode_with_overflow(data, pool, **limits).video
+
+        return Decoder(name, decode_image, video)
     raise ValueError(f"unknown media decoder {name!r}; choose one of {', '.join(DECODERS)}")

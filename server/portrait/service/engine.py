@@ -21,6 +21,7 @@ import numpy as np
 
 from portrait.backends import InferenceBackend, create_backend
 from portrait.batching import BatchingBackend, BatchPolicy
+from portrait.frames import frame_ops
 from portrait.media import decoder
 from portrait.modelrepo.repository import read_manifest
 from portrait.modelrepo.specs import BY_NAME
@@ -99,6 +100,7 @@ class Engine:
         self.inner = backend or _backend(settings)
         self.batcher = BatchingBackend(self.inner, _policies(settings), observer=BatcherObserver(self.metrics))
         self.config = PipelineConfig()
+        self.frames = frame_ops(settings.frames)
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")
         self.models = [{"name": r.name, "version": r.version, "sha256": r.sha256}
                        for r in read_manifest(settings.model_repository).values()]
@@ -108,7 +110,7 @@ class Engine:
         self.admitted = 0  # requests running or waiting for a worker; touched only on the event loop
 
     def pipeline(self, deadline: float, cancelled: threading.Event) -> Pipeline:
-        return Pipeline(RequestBackend(self.batcher, deadline, cancelled), self.config)
+        return Pipeline(RequestBackend(self.batcher, deadline, cancelled), self.config, self.frames)
 
     async def run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
