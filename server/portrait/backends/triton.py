@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import torch
 
 _ALIGN = 64  # outputs start on cache-line boundaries inside a slot
+READY_PROBE_S = 2.0
 
 
 def output_nbytes(spec: ModelSpec, shape: tuple[int, ...]) -> dict[str, int]:
@@ -335,9 +336,10 @@ class TritonBackend:
     def ready(self) -> bool:
         if self._closed:
             return False
+        probe = min(self.timeout_s, READY_PROBE_S)  # a hung server must not hang the probe
         try:
-            return self._client.is_server_ready(client_timeout=self.timeout_s) and all(
-                self._client.is_model_ready(m, client_timeout=self.timeout_s) for m in self.models)
+            return self._client.is_server_ready(client_timeout=probe) and all(
+                self._client.is_model_ready(m, client_timeout=probe) for m in self.models)
         except InferenceServerException:
             return False
 

@@ -95,7 +95,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @app.get("/metrics", tags=["operations"])
     async def metrics(request: Request) -> Response:
         engine = engine_of(request)
-        engine.metrics.backend_up.set(1 if engine.inner.ready() else 0)
+        await asyncio.get_running_loop().run_in_executor(None, engine.ready)  # refreshes backend_up
         return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/challenges", response_model=schemas.ChallengeResponse, tags=["verification"])
