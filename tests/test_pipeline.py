@@ -220,3 +220,23 @@ def test_torch_frame_path_gives_the_same_answers(pipeline, testdata):
     (genuine, genuine_torch), (spoof, _) = answers
     assert genuine["decision"] == "accept" and spoof["decision"] == "reject_spoof"
     assert genuine["match"]["score"] == pytest.approx(genuine_torch["match"]["score"], abs=0.02)
+
+
+def test_device_tensors_flow_through_the_batcher(pipeline, model_repository, testdata):
+    """With `keep_on_device` the model inputs stay tensors up to the backend: the batcher
+    joins them where they are (here on the CPU, with ONNX Runtime reading them)."""
+    pytest.importorskip("torch", reason="the kernels extra is not installed")
+    from portrait.batching import BatchingBackend
+    from portrait.frames import TorchFrames
+
+    batcher = BatchingBackend(OnnxRuntimeBackend(model_repository))  # closing it closes its own backend
+    try:
+        on_device = Pipeline(batcher, pipeline.config, frames=TorchFrames("cpu", keep_on_device=True))
+        video = _video(testdata, "liveportrait/d12.mp4")
+        id_image = video.frames[0].copy()
+        answer = on_device.verify(id_image, video, ["turn_left", "turn_right"])
+        assert answer["decision"] == "accept"
+        assert answer["match"]["score"] == pytest.approx(pipeline.verify(id_image, video)["match"]["score"], abs=0.02)
+        assert batcher.stats()["facemesh"]["rows"] >= len(video.frames) * 0.8
+    finally:
+        batcher.close()

@@ -171,7 +171,8 @@ class _Item:
                  enqueued: float) -> None:
         self.array = array
         self.rows = array.shape[0]
-        self.key = (array.shape[1:], array.dtype.str)
+        # Rows join only with rows of the same shape, type and place (host or device).
+        self.key = (tuple(array.shape[1:]), str(array.dtype), str(getattr(array, "device", "host")))
         self.deadline = deadline
         self.cancelled = cancelled
         self.enqueued = enqueued
@@ -341,7 +342,7 @@ class _ModelQueue:
         rows = sum(a.shape[0] for a in arrays)
         start = time.monotonic()
         try:
-            joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+            joined = arrays[0] if len(arrays) == 1 else _join(arrays)
             outputs = self.owner.inner.infer(self.model, joined)
             for name, value in outputs.items():
                 if np.ndim(value) == 0 or value.shape[0] != rows:
@@ -410,6 +411,16 @@ class _ModelQueue:
             }
 
 
+def _join(arrays: list) -> Any:
+    """Concatenate callers' rows where they are: NumPy on the host, PyTorch tensors on their
+    device (the GPU path hands the Triton backend device tensors for CUDA shared memory)."""
+    if isinstance(arrays[0], np.ndarray):
+        return np.concatenate(arrays, axis=0)
+    import torch
+
+    return torch.cat(arrays, dim=0)
+
+
 def _drop_reason(item: _Item, now: float) -> str | None:
     if item.deadline is not None and now >= item.deadline:
         return "deadline"
@@ -463,7 +474,8 @@ class BatchingBackend:
         output. Blocks until done. Raises `QueueFull` (nothing enqueued), `DeadlineExceeded`
         (`deadline` is a `time.monotonic()` value), `Cancelled`, `BatcherClosed`, or whatever
         the wrapped backend raised for the batch these rows were in."""
-        batch = np.asarray(batch)
+        if not hasattr(batch, "shape"):
+            batch = np.asarray(batch)
         if batch.ndim == 0:
             raise ValueError("batch must have a leading batch dimension")
         queue = self._queue(model)

@@ -36,6 +36,10 @@ class FrameOps(Protocol):
 
     def to_host(self, array: Any) -> np.ndarray: ...
 
+    def for_backend(self, batch: Any) -> Any:
+        """A model input as the backend takes it."""
+        ...
+
 
 class HostFrames:
     """NumPy and OpenCV on the CPU: the default."""
@@ -62,21 +66,25 @@ class HostFrames:
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array
 
+    def for_backend(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
 
 class TorchFrames:
     """PyTorch tensors on one device: the Triton-lang kernels on a GPU, their PyTorch
     references elsewhere (so the same path runs, slowly, on a CPU).
 
-    Model inputs are handed to the backend on the host for now: the cross-request batcher
-    joins batches with NumPy. Keeping them on the device end to end needs the batcher to
-    join tensors and the Triton backend's CUDA shared memory (`shared_memory="cuda"`).
+    Model inputs go to the backend on the host, unless `keep_on_device`: then the batcher
+    joins the tensors where they are and the Triton backend reads them through CUDA shared
+    memory (`shared_memory="cuda"`), so frames and crops never cross to the host.
     """
 
-    def __init__(self, device: str = "cuda") -> None:
+    def __init__(self, device: str = "cuda", keep_on_device: bool = False) -> None:
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
+        self.keep_on_device = keep_on_device
         if self.device.type == "cuda":
             from portrait.kernels.letterbox import letterbox_normalise as letterbox
             from portrait.kernels.warp import warp_affine as warp
@@ -107,8 +115,11 @@ class TorchFrames:
     def to_host(self, array: Any) -> np.ndarray:
         return array.cpu().numpy() if isinstance(array, self.torch.Tensor) else np.asarray(array)
 
+    def for_backend(self, batch: Any) -> Any:
+        return batch if self.keep_on_device else self.to_host(batch)
 
-def frame_ops(name: str) -> FrameOps:
+
+def frame_ops(name: str, keep_on_device: bool = False) -> FrameOps:
     """`host` (the default) or `gpu`, which needs PyTorch with CUDA and Triton-lang."""
     if name == "host":
         return HostFrames()
@@ -117,5 +128,5 @@ def frame_ops(name: str) -> FrameOps:
 
         if not torch.cuda.is_available():
             raise RuntimeError("PORTRAIT_FRAMES=gpu needs a CUDA device; use `host` on this machine")
-        return TorchFrames("cuda")
+        return TorchFrames("cuda", keep_on_device)
     raise ValueError(f"unknown frame path {name!r}; choose host or gpu")

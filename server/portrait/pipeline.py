@@ -85,7 +85,7 @@ class Pipeline:
 
     def run(self, model: str, batch) -> dict[str, np.ndarray]:
         """One model over a batch of any length, in chunks of the model's max batch."""
-        batch = self.ops.to_host(batch)
+        batch = self.ops.for_backend(batch)
         limit = BY_NAME[model].max_batch_size
         if len(batch) <= limit:
             return self.backend.infer(model, batch)

@@ -100,7 +100,8 @@ class Engine:
         self.inner = backend or _backend(settings)
         self.batcher = BatchingBackend(self.inner, _policies(settings), observer=BatcherObserver(self.metrics))
         self.config = PipelineConfig()
-        self.frames = frame_ops(settings.frames)
+        # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
+        self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")
         self.models = [{"name": r.name, "version": r.version, "sha256": r.sha256}
                        for r in read_manifest(settings.model_repository).values()]
@@ -139,7 +140,8 @@ def digest(data: bytes) -> str:
 
 def _backend(settings: Settings) -> InferenceBackend:
     if settings.backend == "triton":
-        return create_backend("triton", url=settings.triton_url)
+        memory = "cuda" if settings.frames == "gpu" else "system"
+        return create_backend("triton", url=settings.triton_url, shared_memory=memory)
     return create_backend("embedded", repository=settings.model_repository, threads=settings.ort_threads)
 
 
