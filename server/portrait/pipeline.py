@@ -18,7 +18,7 @@ import numpy as np
 
 from portrait.backends.base import InferenceBackend
 from portrait.frames import FrameOps, HostFrames
-from portrait.media.video import Video
+from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
 from portrait.stages import align, decide, detect, embed, landmarks, liveness, pad, quality
 from portrait.stages.liveness import ActionEvent

@@ -13,13 +13,22 @@ from typing import NamedTuple
 
 import numpy as np
 
+from portrait.media.clip import Video
 from portrait.media.errors import MediaError
 from portrait.media.image import decode_image
-from portrait.media.video import Video, decode_video
 
 __all__ = ["Decoder", "MediaError", "Video", "decode_image", "decode_video", "decoder"]
 
 DECODERS = ("pyav", "dali", "gpu")
+
+
+def __getattr__(name: str):
+    """PyAV (FFmpeg) is imported when video decoding is first asked for, not with the package."""
+    if name == "decode_video":
+        from portrait.media.video import decode_video
+
+        return decode_video
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Decoder(NamedTuple):
@@ -31,6 +40,8 @@ class Decoder(NamedTuple):
 def decoder(name: str = "pyav") -> Decoder:
     """The image and video decoders called `name`; "dali" needs the nvidia-dali wheel."""
     if name == "pyav":
+        from portrait.media.video import decode_video
+
         return Decoder(name, decode_image, decode_video)
     if name == "dali":
         try:

@@ -11,7 +11,6 @@ import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import av
@@ -20,6 +19,7 @@ import numpy as np
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
+from portrait.media.clip import Video
 from portrait.media.errors import MediaError
 
 # Codecs we decode; anything else is refused rather than handed to a rarely used FFmpeg decoder.
@@ -35,24 +35,6 @@ TRUNCATION_SLACK_S = 0.5
 _EPS = 1e-6
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, eq=False)
-class Video:
-    """Sampled frames of one video.
-
-    frames: uint8 BGR [N, H, W, 3] (OpenCV's and the detector's order), upright;
-    timestamps: seconds from the first frame [N]; fps: the source frame rate;
-    duration_s: from the header, else the last frame's time;
-    rotation: degrees counter-clockwise applied to make the frames upright.
-    """
-
-    frames: np.ndarray
-    timestamps: np.ndarray
-    fps: float
-    codec: str
-    duration_s: float
-    rotation: int
 
 
 class EvenSampler(Generic[T]):
