@@ -32,6 +32,15 @@ LOGIT_TOL = 1e-4
 BATCH_TOL = 1e-4
 
 
+def _padded_input(frames_bgr):
+    """Frames zero-padded at the bottom/right to multiples of 32, as OpenCV's FaceDetectorYN
+    feeds YuNet (the service letterboxes instead)."""
+    n, h, w, _ = frames_bgr.shape
+    batch = np.zeros((n, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+    batch[:, :, :h, :w] = frames_bgr.transpose(0, 3, 1, 2)
+    return batch
+
+
 def _source(spec, mirror):
     return fetch(spec.source, Settings().cache_dir, mirror)
 
@@ -41,7 +50,7 @@ def _session(repository, spec):
 
 
 def _detect(session, image):
-    batch = detect.to_input(image[None])
+    batch = _padded_input(image[None])
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(None, {"input": batch})))
     return detect.decode(outputs, batch.shape[2:])[0]
@@ -168,7 +177,7 @@ def test_pad_models_match_published_files(model_repository, mirror, faces, spec,
 def _real_batch(spec, faces):
     if spec is specs.DETECTOR:
         frames = np.stack([cv2.resize(i, (480, 640)) for i, _ in faces[:8]])
-        return detect.to_input(frames)
+        return _padded_input(frames)
     if spec in (specs.LANDMARKS, specs.EYES):
         return np.ascontiguousarray(_tflite_crops(spec, faces[:8]).transpose(0, 3, 1, 2))
     size, scale = (112, 1.0) if spec is specs.EMBEDDER else (80, 2.7)

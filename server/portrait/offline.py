@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from portrait import evaluation
-from portrait.backends import InferenceBackend, create_backend
+from portrait.backends import InferenceBackend, backend_from_settings
 from portrait.media import MediaError, decoder
 from portrait.modelrepo.repository import read_manifest
 from portrait.pipeline import CALIBRATION, Pipeline, PipelineConfig, Timings
@@ -28,7 +28,7 @@ class Offline:
     def __init__(self, settings: Settings, backend: InferenceBackend | None = None,
                  config: PipelineConfig | None = None) -> None:
         self.settings = settings
-        self.backend = backend or _backend(settings)
+        self.backend = backend or backend_from_settings(settings)
         self.pipeline = Pipeline(self.backend, config)
         self.decode = decoder(settings.decoder)
         self.models = [
@@ -40,9 +40,7 @@ class Offline:
         return self.decode.image(path.read_bytes(), max_pixels=self.settings.max_image_pixels)
 
     def video(self, path: Path):
-        s = self.settings
-        return self.decode.video(path.read_bytes(), target_fps=s.video_fps, max_frames=s.video_max_frames,
-                                 max_duration_s=s.video_max_seconds, max_pixels=s.max_video_pixels)
+        return self.decode.video(path.read_bytes(), **self.settings.video_limits)
 
     def verify(self, id_image: Path, video: Path, required: Sequence[str], ordered: bool = False,
                mirrored: bool = False) -> dict:
@@ -180,11 +178,6 @@ class Offline:
                 "continuity": None if analysis.continuity is None else round(analysis.continuity, 4),
                 "actions": sorted({e.action for e in analysis.events})}
 
-
-def _backend(settings: Settings) -> InferenceBackend:
-    if settings.backend == "triton":
-        return create_backend("triton", url=settings.triton_url)
-    return create_backend("embedded", repository=settings.model_repository, threads=settings.ort_threads)
 
 
 def _read_csv(path: Path, required: list[str]) -> list[dict[str, str]]:

@@ -117,11 +117,17 @@ class Pipeline:
                 results.append(ImageFace(faces[index], None))
         return results
 
-    def embed(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
-        """One aligned crop per (image, face) -> normalised embeddings [K,128]."""
+    def aligned_crops(self, images: Sequence[np.ndarray], faces: np.ndarray):
+        """One 112x112 aligned crop per (image, face)."""
         matrices = align.similarity_transforms(align.landmarks5(faces))
-        crops = self.ops.crops(images, range(len(faces)), matrices, 112)
-        return embed.normalise(self.run("sface", self.ops.model_input(crops, embed.INPUT))["fc1"])
+        return self.ops.crops(images, range(len(faces)), matrices, 112)
+
+    def embed_crops(self, aligned) -> np.ndarray:
+        """Aligned crops -> normalised embeddings [K,128]."""
+        return embed.normalise(self.run("sface", self.ops.model_input(aligned, embed.INPUT))["fc1"])
+
+    def embed(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
+        return self.embed_crops(self.aligned_crops(images, faces))
 
     def passive_scores(self, frames: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Live probability per (frame, face), both MiniFASNet models."""
@@ -162,8 +168,8 @@ class Pipeline:
                       *liveness.head_moves(angles[:, 0], angles[:, 1], times, mirrored, cfg.liveness)]
             events.sort(key=lambda e: e.start_s)
         with timings.stage("quality"):
-            matrices = align.similarity_transforms(align.landmarks5(faces))
-            sharp = quality.sharpness(self.ops.to_host(self.ops.crops(frames, range(len(faces)), matrices, 112)))
+            aligned = self.aligned_crops(frames, faces)  # also what the embedder takes, below
+            sharp = quality.sharpness(self.ops.to_host(aligned))
             score = quality.frame_quality(angles[:, 0], angles[:, 1], openness, sharp, float(np.median(angles[:, 1])))
             best = np.argsort(-score, kind="stable")
             frontal = np.flatnonzero(np.abs(angles[:, 0]) < 25)
@@ -175,7 +181,7 @@ class Pipeline:
         if need_embeddings:
             with timings.stage("embed"):
                 picked = np.concatenate([best[: cfg.match_frames], spread])
-                vectors = self.embed(frames[picked], faces[picked])
+                vectors = self.embed_crops(aligned[picked])
                 embeddings = vectors[: cfg.match_frames]
                 sampled = vectors[cfg.match_frames :]
                 if len(sampled) > 1:

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     batch_max_delay_ms: float = 5.0
     batch_max_rows: int = Field(default=0, description="Cap on rows per model call; 0 uses each model's maximum.")
 
+    @property
+    def video_limits(self) -> dict[str, float]:
+        """The keyword arguments every video decoder takes."""
+        return {"target_fps": self.video_fps, "max_frames": self.video_max_frames,
+                "max_duration_s": self.video_max_seconds, "max_pixels": self.max_video_pixels}
+
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from portrait.backends.base import BackendError, InferenceBackend
 
-__all__ = ["BackendError", "InferenceBackend", "create_backend"]
+__all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend"]
 
 
 def create_backend(kind: str, **options) -> InferenceBackend:
@@ -18,3 +18,12 @@ def create_backend(kind: str, **options) -> InferenceBackend:
 
         return TritonBackend(**options)
     raise ValueError(f"unknown backend {kind!r}: expected 'embedded' or 'triton'")
+
+
+def backend_from_settings(settings) -> InferenceBackend:
+    """The backend `PORTRAIT_BACKEND` names. With the GPU frame path, Triton reads model
+    inputs through CUDA shared memory, else through system shared memory."""
+    if settings.backend == "triton":
+        memory = "cuda" if settings.frames == "gpu" else "system"
+        return create_backend("triton", url=settings.triton_url, shared_memory=memory)
+    return create_backend("embedded", repository=settings.model_repository, threads=settings.ort_threads)

@@ -261,9 +261,7 @@ def _flag(upload: Upload, name: str) -> bool:
 
 
 def _video(engine: Engine, data: bytes):
-    s = engine.settings
-    return engine.decode.video(data, target_fps=s.video_fps, max_frames=s.video_max_frames,
-                               max_duration_s=s.video_max_seconds, max_pixels=s.max_video_pixels)
+    return engine.decode.video(data, **engine.settings.video_limits)
 
 
 def _decode(engine: Engine, kind: str, decode: Callable[[], Any], timings: Timings) -> Any:

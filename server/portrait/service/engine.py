@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from portrait.backends import InferenceBackend, create_backend
+from portrait.backends import InferenceBackend, backend_from_settings
 from portrait.batching import BatchingBackend, BatchPolicy
 from portrait.frames import frame_ops
 from portrait.media import decoder
@@ -97,7 +97,7 @@ class Engine:
         self.rate = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.in_flight = InFlightLimiter(settings.max_in_flight_per_tenant)
         self.decode = decoder(settings.decoder)
-        self.inner = backend or _backend(settings)
+        self.inner = backend or backend_from_settings(settings)
         self.batcher = BatchingBackend(self.inner, _policies(settings), observer=BatcherObserver(self.metrics))
         self.config = PipelineConfig()
         # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
@@ -137,12 +137,6 @@ class Engine:
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
-
-def _backend(settings: Settings) -> InferenceBackend:
-    if settings.backend == "triton":
-        memory = "cuda" if settings.frames == "gpu" else "system"
-        return create_backend("triton", url=settings.triton_url, shared_memory=memory)
-    return create_backend("embedded", repository=settings.model_repository, threads=settings.ort_threads)
 
 
 def _policies(settings: Settings) -> dict[str, BatchPolicy]:

@@ -15,20 +15,6 @@ STRIDES = (8, 16, 32)
 ROW = 15
 
 
-def padded_size(height: int, width: int) -> tuple[int, int]:
-    """YuNet needs H and W to be multiples of 32; frames are padded at the bottom/right."""
-    return (-(-height // 32) * 32, -(-width // 32) * 32)
-
-
-def to_input(frames_bgr: np.ndarray) -> np.ndarray:
-    """uint8 [N,H,W,3] BGR frames of one size -> float32 [N,3,H',W'] zero-padded to /32."""
-    n, h, w, _ = frames_bgr.shape
-    ph, pw = padded_size(h, w)
-    batch = np.zeros((n, 3, ph, pw), np.float32)
-    batch[:, :, :h, :w] = frames_bgr.transpose(0, 3, 1, 2)
-    return batch
-
-
 def _grid(height: int, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = height // stride, width // stride
     r, c = np.divmod(np.arange(rows * cols, dtype=np.float32), cols)
