@@ -39,7 +39,7 @@ _VIDEO = ("video_too_long", "no_frames")
 _CHALLENGE = ("malformed_challenge", "forged_challenge", "wrong_tenant", "replayed_challenge", "expired_challenge",
               "nonce_store_unavailable")
 ERRORS = {
-    "/v1/challenges": (*_CALLER, "client_actions_disabled", "invalid_actions", "invalid_request"),
+    "/v1/challenges": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_request"),
     "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE),
     "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE),
     "/v1/compare": (*_CALLER, *_BODY, *_MEDIA),
@@ -73,7 +73,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, error: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+        code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
         if code is None:
             return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
         response = problem_response(problem(code), request_id.get())

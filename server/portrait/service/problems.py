@@ -41,6 +41,7 @@ _MEDIA_MEANING = {
 CODES: dict[str, tuple[int, str]] = {
     "malformed_challenge": (400, "the challenge token is not a well-formed Portrait challenge"),
     "malformed_multipart": (400, "the multipart body cannot be parsed"),
+    "malformed_body": (400, "the JSON body cannot be parsed"),
     "invalid_api_key": (401, "no API key, or not a configured one (`Authorization: Bearer <key>`)"),
     "forged_challenge": (403, "the challenge token's signature is not this service's"),
     "wrong_tenant": (403, "the challenge was issued to another tenant"),
