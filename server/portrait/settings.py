@@ -32,14 +32,27 @@ class Settings(BaseSettings):
         default=Path.home() / ".cache" / "portrait",
         description="Downloaded wheels and model files, keyed by sha256.",
     )
-    ort_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT choose.")
+    runtime: str = Field(default="auto", description="Embedded runtime per model: `auto` (the measured "
+                         "table in portrait.backends), `onnxruntime`, `openvino`, or overrides such as "
+                         "`auto,sface=onnxruntime`.")
+    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads of each embedded model call; "
+                                   "0 lets the runtime choose (all cores).")
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    backend: Literal["embedded", "triton"] = Field(default="embedded", description="`embedded` (ONNX Runtime) or `triton`.")
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtimes(cls, value: str) -> str:
+        from portrait.backends import runtime_table
+
+        runtime_table(value)  # raises on an unknown runtime or model, or OpenVINO missing
+        return value
+
+    backend: Literal["embedded", "triton"] = Field(default="embedded", description="`embedded` (ONNX Runtime "
+                                                    "and OpenVINO in process) or `triton`.")
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address for the triton backend.")
     decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
