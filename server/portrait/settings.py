@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     request_timeout_s: float = 60.0
     batch_max_delay_ms: float = 5.0
     batch_max_rows: int = Field(default=0, description="Cap on rows per model call; 0 uses each model's maximum.")
+
+    # The demo page: off unless asked for; it spends one tenant's quota for anyone who can reach it.
+    demo: bool = Field(default=False, description="Serve the demo page at /demo and its relay (never in production).")
+    demo_tenant: str = Field(default="", description="The configured tenant whose key the demo relay presents.")
+
+    @model_validator(mode="after")
+    def _demo_needs_a_tenant(self) -> Settings:
+        if self.demo and not self.demo_tenant:
+            raise ValueError("PORTRAIT_DEMO=1 needs PORTRAIT_DEMO_TENANT, a tenant of the configured API keys")
+        return self
 
     @property
     def video_limits(self) -> dict[str, float]:

@@ -22,7 +22,7 @@ from portrait.media import MediaError
 from portrait.pipeline import Pipeline, Timings
 from portrait.security.nonces import NonceStoreError
 from portrait.security.tokens import Challenge, TokenError, parse_actions, random_actions
-from portrait.service import schemas
+from portrait.service import capture, schemas
 from portrait.service.engine import Engine, digest
 from portrait.service.logs import request_id
 from portrait.service.problems import Problem, problem_response
@@ -46,6 +46,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                   description="Face verification: a live selfie video against an identity document photo.")
 
     app.add_middleware(AccessMiddleware)
+    app.include_router(capture.router(settings))
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, problem: Problem):
