@@ -222,6 +222,7 @@ function buildView(container, mirrorPreview) {
     done(message) {
       root.classList.remove("pc-recording");
       prompt.classList.remove("pc-active");
+      fill.style.width = "100%";
       text.textContent = message;
       icon.textContent = "\u2713";
       countdown.textContent = "";
