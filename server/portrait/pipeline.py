@@ -110,12 +110,19 @@ class Pipeline:
         results = []
         for image, faces, scale in zip(images, found, scales):
             faces = detect.rescale(faces, scale)
-            index = detect.primary_face(faces, image.shape[:2])
+            index = detect.primary_face(faces, image.shape[:2], sharpness=self.face_sharpness(image, faces))
             if index is None:
                 results.append(ImageFace(None, "multiple_faces" if len(faces) else "no_face"))
             else:
                 results.append(ImageFace(faces[index], None))
         return results
+
+    def face_sharpness(self, image: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
+        """Sharpness of each face's aligned crop where there is more than one face to choose from."""
+        if len(faces) < 2:
+            return None
+        matrices = align.similarity_transforms(align.landmarks5(faces))
+        return quality.sharpness(self.ops.to_host(self.ops.crops([image], [0] * len(faces), matrices, 112)))
 
     def aligned_crops(self, images: Sequence[np.ndarray], faces: np.ndarray):
         """One 112x112 aligned crop per (image, face)."""

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from portrait.security.keys import configured_keys
 from portrait.service.capture import STATIC
-from portrait.service.problems import Problem
+from portrait.service.problems import problem
 from portrait.settings import Settings
 
 MAX_CHALLENGE_BODY = 4096
@@ -68,12 +68,12 @@ async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused past `limit` bytes without reading further."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, "upload_too_large", f"the request is over {limit} bytes")
+        raise problem("upload_too_large", f"the request is over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise Problem(413, "upload_too_large", f"the request is over {limit} bytes")
+            raise problem("upload_too_large", f"the request is over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
