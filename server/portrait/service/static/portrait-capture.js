@@ -73,6 +73,7 @@ export async function record(challenge, container, options = {}) {
   let stream = null;
   let recorder = null;
   let timer = null;
+  let stopTimer = null;
   let onHidden = null;
   try {
     if (options.signal?.aborted) throw new CaptureError("aborted");
@@ -87,9 +88,11 @@ export async function record(challenge, container, options = {}) {
     const chunks = [];
     recorder.ondataavailable = (event) => { if (event.data && event.data.size) chunks.push(event.data); };
     const started = once(recorder, "start");
+    // The recording's time zero is its first frame, just after start(); the "start" event
+    // comes later (it is queued), so the schedule counts from the call.
+    const t0 = performance.now();
     recorder.start(250);
     await started;
-    const t0 = performance.now();
     view.root.classList.add("pc-recording");
     view.say("Recording. Keep your face inside the oval and follow the prompts.");
 
@@ -128,8 +131,12 @@ export async function record(challenge, container, options = {}) {
       };
       tick();
       timer = setInterval(tick, TICK_MS);
+      // Its own timer, so the stop is not late by up to a tick: the server refuses a
+      // recording that runs well past record_s.
+      stopTimer = setTimeout(finish, c.record_s * 1000 - (performance.now() - t0));
     });
     clearInterval(timer);
+    clearTimeout(stopTimer);
     const stopped = once(recorder, "stop");
     recorder.stop();
     await stopped;
@@ -145,6 +152,7 @@ export async function record(challenge, container, options = {}) {
     throw failure;
   } finally {
     clearInterval(timer);
+    clearTimeout(stopTimer);
     if (onHidden) document.removeEventListener("visibilitychange", onHidden);
     if (recorder && recorder.state !== "inactive") recorder.stop();
     stream?.getTracks().forEach((track) => track.stop());
