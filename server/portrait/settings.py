@@ -102,6 +102,16 @@ class Settings(BaseSettings):
                              "so one tenant cannot take every place")
         return self
 
+    # The demo page: off unless asked for; it spends one tenant's quota for anyone who can reach it.
+    demo: bool = Field(default=False, description="Serve the demo page at /demo and its relay (never in production).")
+    demo_tenant: str = Field(default="", description="The configured tenant whose key the demo relay presents.")
+
+    @model_validator(mode="after")
+    def _demo_needs_a_tenant(self) -> Settings:
+        if self.demo and not self.demo_tenant:
+            raise ValueError("PORTRAIT_DEMO=1 needs PORTRAIT_DEMO_TENANT, a tenant of the configured API keys")
+        return self
+
     @property
     def video_limits(self) -> dict[str, float]:
         """The keyword arguments every video decoder takes."""
