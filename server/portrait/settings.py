@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     )
     model_mirror: Path | None = Field(
         default_factory=_default_mirror,
-        description="Folder holding mirrored model files (MiniFASNet); else their canonical URLs.",
+        description="Folder holding mirrored model files (MiniFASNet, dlib); else their canonical URLs.",
     )
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "portrait",
