@@ -140,7 +140,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _eval_pairs(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_pairs(args.pairs, args.root), args.json)
+    return _emit(_offline().eval_pairs(args.pairs, args.root, plot=args.plot, scores_csv=args.scores, by=args.by),
+                 args.json)
 
 
 def _eval_liveness(args: argparse.Namespace) -> int:
@@ -195,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_compare)
 
     evaluate = commands.add_parser("eval", help="accuracy on labelled data").add_subparsers(dest="what", required=True)
-    pairs = evaluate.add_parser("pairs", help="CSV img_a,img_b,same_person[,fold]: accuracy, TAR at FAR")
+    pairs = evaluate.add_parser("pairs", help="CSV img_a,img_b,same_person[,fold][,group]: accuracy, TAR at FAR,"
+                                " refusals; SFace, dlib and fused")
     pairs.add_argument("--pairs", type=Path, required=True)
     pairs.add_argument("--root", type=Path, required=True)
+    pairs.add_argument("--plot", type=Path, default=None, help="write the DET curve to this PNG (extra `plot`)")
+    pairs.add_argument("--scores", type=Path, default=None, help="write each pair's scores and decision to this CSV")
+    pairs.add_argument("--by", default=None, help="a column of the pairs file (e.g. group): FMR and FNMR per value")
     pairs.add_argument("--json", action="store_true")
     pairs.set_defaults(func=_eval_pairs)
     live = evaluate.add_parser("liveness", help="CSV path,label[,attack]: APCER, BPCER")
@@ -207,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
 
-    calibrate = commands.add_parser("calibrate", help="set the match threshold for a target false-match rate")
+    calibrate = commands.add_parser("calibrate", help="match thresholds (SFace, dlib, fused) for a target false-match"
+                                    " rate, the fusion's parameters, and whether fusion ships")
     calibrate.add_argument("--pairs", type=Path, required=True)
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)

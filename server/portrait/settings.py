@@ -26,20 +26,33 @@ class Settings(BaseSettings):
     )
     model_mirror: Path | None = Field(
         default_factory=_default_mirror,
-        description="Folder holding mirrored model files (MiniFASNet); else their canonical URLs.",
+        description="Folder holding mirrored model files (MiniFASNet, dlib); else their canonical URLs.",
     )
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "portrait",
         description="Downloaded wheels and model files, keyed by sha256.",
     )
-    ort_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT choose.")
+    runtime: str = Field(default="auto", description="Embedded runtime per model: `auto` (the measured "
+                         "table in portrait.backends), `onnxruntime`, `openvino`, or overrides such as "
+                         "`auto,sface=onnxruntime`.")
+    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads of each embedded model call; "
+                                   "0 lets the runtime choose (all cores).")
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    backend: Literal["embedded", "triton"] = Field(default="embedded", description="`embedded` (ONNX Runtime) or `triton`.")
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtimes(cls, value: str) -> str:
+        from portrait.backends import runtime_table
+
+        runtime_table(value)  # raises on an unknown runtime or model, or OpenVINO missing
+        return value
+
+    backend: Literal["embedded", "triton"] = Field(default="embedded", description="`embedded` (ONNX Runtime "
+                                                    "and OpenVINO in process) or `triton`.")
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address for the triton backend.")
     decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
@@ -87,6 +100,16 @@ class Settings(BaseSettings):
             raise ValueError(f"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT ({self.max_in_flight_per_tenant}) must be below "
                              f"PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING ({self.workers + self.max_waiting}), "
                              "so one tenant cannot take every place")
+        return self
+
+    # The demo page: off unless asked for; it spends one tenant's quota for anyone who can reach it.
+    demo: bool = Field(default=False, description="Serve the demo page at /demo and its relay (never in production).")
+    demo_tenant: str = Field(default="", description="The configured tenant whose key the demo relay presents.")
+
+    @model_validator(mode="after")
+    def _demo_needs_a_tenant(self) -> Settings:
+        if self.demo and not self.demo_tenant:
+            raise ValueError("PORTRAIT_DEMO=1 needs PORTRAIT_DEMO_TENANT, a tenant of the configured API keys")
         return self
 
     @property

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portrait.security.tokens import MAX_TOKEN_LENGTH, random_actions
-from portrait.service import schemas
+from portrait.service import capture, schemas
 from portrait.service.engine import Engine
 from portrait.service.logs import request_id
 from portrait.service.operations import COMPARE, LIVENESS, VERIFY
@@ -57,6 +57,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                   description="Face verification: a live selfie video against an identity document photo. "
                               "Errors are `application/problem+json` with a stable `code`.")
     app.add_middleware(AccessMiddleware)
+    app.include_router(capture.router(settings))
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
     @app.exception_handler(Problem)

@@ -27,6 +27,13 @@ class Score(BaseModel):
     threshold: float
 
 
+class MatchScore(Score):
+    method: Literal["sface", "fused"] = Field(description="The score `threshold` applies to: SFace's cosine, or "
+                                              "SFace and dlib fused (z-normalised, weighted; see calibration.json).")
+    scores: dict[str, float] | None = Field(description="Each embedder's own score (sface: cosine; dlib: minus "
+                                            "Euclidean distance) and the fused one.")
+
+
 class ObservedAction(BaseModel):
     action: Action
     start_s: float
@@ -63,7 +70,7 @@ class VideoSummary(BaseModel):
 class VerificationResponse(BaseModel):
     decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
     reasons: list[str]
-    match: Score
+    match: MatchScore
     liveness: Liveness
     video: VideoSummary
     models: list[ModelVersion]
@@ -86,7 +93,7 @@ class LivenessResponse(BaseModel):
 class CompareResponse(BaseModel):
     decision: Literal["match", "no_match", "retry"]
     reasons: list[str]
-    match: Score
+    match: MatchScore
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str
