@@ -212,6 +212,14 @@ def test_replayed_token_is_409(service, media):
     assert again.status_code == 409 and again.json()["code"] == "replayed_challenge"
 
 
+def test_concurrent_requests_with_one_token_are_judged_once(service, media):
+    """The claim is atomic: of requests racing with one token, exactly one is judged."""
+    token = _challenge(service, ["blink"])
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: _verify(service, token, media["obama"], media["fake"]), range(4)))
+    assert sorted(r.status_code for r in responses) == [200, 409, 409, 409]
+
+
 def test_expired_and_forged_tokens(service, media):
     expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue("carrier-a", ["blink"]).token
     response = _verify(service, expired, media["obama"], media["fake"])
@@ -611,6 +619,17 @@ def test_readiness_is_503_from_the_moment_a_drain_starts(tmp_path, model_reposit
     assert httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(), timeout=60).status_code == 200
     assert time.monotonic() - started < 3  # all of that inside the grace period, listener still open
     assert service["process"].wait(timeout=60) in (0, -signal.SIGTERM)
+
+
+def test_deadline_is_504_and_leaves_the_token_unspent(tmp_path, model_repository, media):
+    service = start_service(tmp_path, model_repository, {"PORTRAIT_REQUEST_TIMEOUT_S": "0.3"})
+    try:
+        token = _challenge(service, ["turn_left"])
+        for _ in range(2):  # the second try is not a replay: the first was never judged
+            response = _verify(service, token, media["id_d12"], media["d12"])
+            assert response.status_code == 504 and response.json()["code"] == "deadline_exceeded", response.text
+    finally:
+        stop_service(service)
 
 
 def test_serve_flags_win_over_the_environment(tmp_path, model_repository):
