@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--id-image", type=Path, default=TESTDATA / "images/face_recognition/examples/obama.jpg")
     args = parser.parse_args()
     settings = Settings()
-    inner = OnnxRuntimeBackend(settings.model_repository, threads=settings.ort_threads)
+    inner = OnnxRuntimeBackend(settings.model_repository, threads=settings.inference_threads)
     baseline_backend = FrameByFrame(inner)
     id_bytes, video_bytes = args.id_image.read_bytes(), args.video.read_bytes()
     report = {}

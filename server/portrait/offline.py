@@ -16,7 +16,7 @@ import numpy as np
 from portrait import evaluation
 from portrait.backends import InferenceBackend, backend_from_settings
 from portrait.media import MediaError, decoder
-from portrait.modelrepo.repository import read_manifest
+from portrait.modelrepo.repository import served_models
 from portrait.pipeline import CALIBRATION, Pipeline, PipelineConfig, Timings, shipped_match
 from portrait.settings import Settings
 from portrait.stages import embed, liveness
@@ -47,10 +47,7 @@ class Offline:
         self.backend = backend or backend_from_settings(settings)
         self.pipeline = Pipeline(self.backend, config)
         self.decode = decoder(settings.decoder)
-        self.models = [
-            {"name": r.name, "version": r.version, "sha256": r.sha256}
-            for r in read_manifest(settings.model_repository).values()
-        ]
+        self.models = served_models(settings.model_repository)
 
     def image(self, path: Path) -> np.ndarray:
         return self.decode.image(path.read_bytes(), max_pixels=self.settings.max_image_pixels)

@@ -11,7 +11,8 @@ Action = Literal["blink", "turn_left", "turn_right", "look_up", "look_down"]
 
 class ChallengeRequest(BaseModel):
     actions: list[Action] | None = Field(
-        default=None, description="Only when the server allows client-chosen actions (kiosks, tests)."
+        default=None, min_length=1, max_length=5, json_schema_extra={"uniqueItems": True},
+        description="1-5 distinct actions; only when the server allows client-chosen actions (kiosks, tests).",
     )
 
 
