@@ -32,7 +32,8 @@ def runtime_table(choice: str) -> dict[str, str]:
     name puts every model there; `auto,sface=onnxruntime` overrides single models."""
     first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
     if first == "auto":
-        table = dict(MEASURED) if openvino_installed() else dict.fromkeys(BY_NAME, "onnxruntime")
+        # A model the table has not measured (yet) runs on ONNX Runtime.
+        table = dict.fromkeys(BY_NAME, "onnxruntime") | (MEASURED if openvino_installed() else {})
     elif first in RUNTIMES:
         table = dict.fromkeys(BY_NAME, first)
     else:
