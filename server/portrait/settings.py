@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from portrait.media.limits import MIN_FRAME_SIDE, VideoLimits
+
 
 def _default_mirror() -> Path | None:
     candidate = Path("../shared/models")
@@ -40,11 +42,13 @@ class Settings(BaseSettings):
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address for the triton backend.")
     decoder: str = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: str = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
-    video_fps: float = Field(default=15.0, description="Frames sampled per second of video.")
-    video_max_frames: int = Field(default=96, description="Frames kept per video at most.")
-    video_max_seconds: float = Field(default=12.0, description="Longer videos are refused.")
+    video_fps: float = Field(default=VideoLimits.target_fps, gt=0, description="Frames sampled per second of video.")
+    video_max_frames: int = Field(default=VideoLimits.max_frames, ge=2, description="Frames kept per video at most.")
+    video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, description="Longer videos are refused.")
+    video_max_side: int = Field(default=VideoLimits.max_side, description="Kept frames are scaled down while "
+                                f"decoding to this longer side ({MIN_FRAME_SIDE} or more; 0 keeps the coded size).")
     max_image_pixels: int = Field(default=40_000_000, description="Larger images are refused.")
-    max_video_pixels: int = Field(default=1920 * 1088, description="Larger video frames are refused.")
+    max_video_pixels: int = Field(default=VideoLimits.max_pixels, gt=0, description="Larger video frames are refused.")
 
     # The HTTP service
     host: str = "127.0.0.1"
@@ -69,11 +73,19 @@ class Settings(BaseSettings):
     batch_max_delay_ms: float = 5.0
     batch_max_rows: int = Field(default=0, description="Cap on rows per model call; 0 uses each model's maximum.")
 
+    @field_validator("video_max_side")
+    @classmethod
+    def _frame_side(cls, value: int) -> int:
+        if value and value < MIN_FRAME_SIDE:
+            raise ValueError(f"must be 0 or at least {MIN_FRAME_SIDE} (the video detector's input)")
+        return value
+
     @property
-    def video_limits(self) -> dict[str, float]:
-        """The keyword arguments every video decoder takes."""
-        return {"target_fps": self.video_fps, "max_frames": self.video_max_frames,
-                "max_duration_s": self.video_max_seconds, "max_pixels": self.max_video_pixels}
+    def video_limits(self) -> VideoLimits:
+        """The limits every video decoder takes (their one definition)."""
+        return VideoLimits(target_fps=self.video_fps, max_frames=self.video_max_frames,
+                           max_duration_s=self.video_max_seconds, max_pixels=self.max_video_pixels,
+                           max_side=self.video_max_side)
 
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001

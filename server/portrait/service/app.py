@@ -261,7 +261,7 @@ def _flag(upload: Upload, name: str) -> bool:
 
 
 def _video(engine: Engine, data: bytes):
-    return engine.decode.video(data, **engine.settings.video_limits)
+    return engine.decode.video(data, engine.settings.video_limits)
 
 
 def _decode(engine: Engine, kind: str, decode: Callable[[], Any], timings: Timings) -> Any:
