@@ -20,8 +20,7 @@ SETTINGS = Settings()
 
 
 def _video(testdata, name):
-    return decode_video((testdata / "videos" / name).read_bytes(), target_fps=SETTINGS.video_fps,
-                        max_frames=SETTINGS.video_max_frames, max_duration_s=SETTINGS.video_max_seconds)
+    return decode_video((testdata / "videos" / name).read_bytes(), SETTINGS.video_limits)
 
 
 def _image(testdata, name):
