@@ -39,7 +39,7 @@ def main() -> None:
         raise SystemExit("the calibration record ships SFace alone: nothing to compare")
     pipelines = {"sface": Pipeline(backend, dataclasses.replace(fused_config, fusion=None)),
                  "fused": Pipeline(backend, fused_config)}
-    video = decode_video(args.video.read_bytes(), **settings.video_limits)
+    video = decode_video(args.video.read_bytes(), settings.video_limits)
     id_image, other = decode_image(args.id_image.read_bytes()), decode_image(args.other_image.read_bytes())
     for pipeline in pipelines.values():  # warm up sessions and caches
         pipeline.verify(id_image, video)

@@ -71,8 +71,8 @@ def _side_by_side(testdata, blur_sigma):
     from portrait.settings import Settings
 
     limits = Settings().video_limits
-    left = decode_video((testdata / "videos/liveportrait/d0.mp4").read_bytes(), **limits).frames[:30]
-    right = decode_video((testdata / "videos/liveportrait/d18.mp4").read_bytes(), **limits).frames[:30]
+    left = decode_video((testdata / "videos/liveportrait/d0.mp4").read_bytes(), limits).frames[:30]
+    right = decode_video((testdata / "videos/liveportrait/d18.mp4").read_bytes(), limits).frames[:30]
     frames = []
     for a, b in zip(left, right):
         b = cv2.resize(b, (320, 320))
