@@ -21,7 +21,8 @@ from portrait.batching import Cancelled, DeadlineExceeded, QueueFull
 from portrait.media import MediaError
 from portrait.pipeline import Pipeline, Timings
 from portrait.security.nonces import NonceStoreError
-from portrait.security.tokens import Challenge, TokenError, parse_actions, random_actions
+from portrait.challenge import ChallengeSpec, random_challenge, random_schedule
+from portrait.security.tokens import Challenge, TokenError, parse_actions, parse_schedule
 from portrait.service import schemas
 from portrait.service.engine import Engine, digest
 from portrait.service.logs import request_id
@@ -31,7 +32,7 @@ from portrait.settings import Settings
 
 log = logging.getLogger("portrait.access")
 
-TOKEN_STATUS = {"malformed_challenge": 400, "invalid_actions": 422, "forged_challenge": 403,
+TOKEN_STATUS = {"malformed_challenge": 400, "invalid_actions": 422, "invalid_schedule": 422, "forged_challenge": 403,
                 "wrong_tenant": 403, "expired_challenge": 410}
 
 
@@ -102,33 +103,36 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def challenges(request: Request, body: schemas.ChallengeRequest | None = None,
                          tenant: str = Depends(tenant_of)) -> schemas.ChallengeResponse:
         engine = engine_of(request)
-        if body is not None and body.actions is not None:
+        body = body or schemas.ChallengeRequest()
+        mirrored = engine.settings.mirrored_for(tenant) if body.mirrored is None else body.mirrored
+        if body.actions is not None or body.schedule is not None:
             if not engine.settings.allow_client_actions:
-                raise Problem(403, "client_actions_disabled", "this server chooses the challenge actions")
-            actions = _token_call(parse_actions, list(body.actions))
+                raise Problem(403, "client_actions_disabled", "this server chooses the challenge actions and schedule")
+            actions = _token_call(parse_actions, body.actions)
+            if body.schedule is None:
+                spec = random_schedule(actions, mirrored)
+            else:
+                spec = ChallengeSpec.timed(actions, _token_call(parse_schedule, body.schedule, len(actions)), mirrored)
         else:
-            actions = random_actions()
-        challenge = engine.challenges.issue(tenant, actions)
-        return schemas.ChallengeResponse(token=challenge.token, actions=challenge.actions,
-                                         expires_at=_iso(challenge.expires_at))
+            spec = random_challenge(mirrored)
+        challenge = engine.challenges.issue(tenant, spec)
+        return schemas.ChallengeResponse(**spec.claims(), token=challenge.token, expires_at=_iso(challenge.expires_at))
 
     @app.post("/v1/verifications", response_model=schemas.VerificationResponse, tags=["verification"],
-              openapi_extra=_multipart_doc({"id_image": "binary", "video": "binary", "challenge": "string",
-                                            "mirrored": "boolean"}))
+              openapi_extra=_multipart_doc({"id_image": "binary", "video": "binary", "challenge": "string"}))
     async def verifications(request: Request, tenant: str = Depends(tenant_of)):
         engine = engine_of(request)
         with _in_flight(engine, tenant):
             upload = await read_multipart(request, engine.settings.max_upload_bytes)
+            _refuse_mirrored(upload)
             challenge = _claim(engine, upload.field("challenge"), tenant)
             id_bytes, video_bytes = upload.file("id_image"), upload.file("video")
-            mirrored = _flag(upload, "mirrored")
 
             def work(pipeline: Pipeline, timings: Timings) -> dict:
                 image = _decode(engine, "image", lambda: engine.decode.image(
                     id_bytes, max_pixels=engine.settings.max_image_pixels), timings)
                 video = _decode(engine, "video", lambda: _video(engine, video_bytes), timings)
-                return pipeline.verify(image, video, challenge.actions, ordered=True, mirrored=mirrored,
-                                       timings=timings)
+                return pipeline.verify(image, video, challenge.spec, timings=timings)
 
             answer = await _process(request, engine, work)
             inputs = {"id_image_sha256": digest(id_bytes), "video_sha256": digest(video_bytes),
@@ -136,17 +140,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             return _respond(engine, "/v1/verifications", tenant, answer, inputs)
 
     @app.post("/v1/liveness", response_model=schemas.LivenessResponse, tags=["building blocks"],
-              openapi_extra=_multipart_doc({"video": "binary", "challenge": "string", "mirrored": "boolean"}))
+              openapi_extra=_multipart_doc({"video": "binary", "challenge": "string"}))
     async def liveness(request: Request, tenant: str = Depends(tenant_of)):
         engine = engine_of(request)
         with _in_flight(engine, tenant):
             upload = await read_multipart(request, engine.settings.max_upload_bytes)
+            _refuse_mirrored(upload)
             challenge = _claim(engine, upload.field("challenge"), tenant)
-            video_bytes, mirrored = upload.file("video"), _flag(upload, "mirrored")
+            video_bytes = upload.file("video")
 
             def work(pipeline: Pipeline, timings: Timings) -> dict:
                 video = _decode(engine, "video", lambda: _video(engine, video_bytes), timings)
-                return pipeline.liveness(video, challenge.actions, ordered=True, mirrored=mirrored, timings=timings)
+                return pipeline.liveness(video, challenge.spec, timings=timings)
 
             answer = await _process(request, engine, work)
             inputs = {"video_sha256": digest(video_bytes), "challenge_nonce": challenge.nonce}
@@ -253,11 +258,12 @@ def _claim(engine: Engine, token: str, tenant: str) -> Challenge:
     return challenge
 
 
-def _flag(upload: Upload, name: str) -> bool:
-    value = (upload.field(name, required=False) or "false").strip().lower()
-    if value not in ("true", "false", "1", "0"):
-        raise Problem(422, "invalid_field", f"{name} must be true or false")
-    return value in ("true", "1")
+def _refuse_mirrored(upload: Upload) -> None:
+    """Mirroring is signed into the challenge: a request that tries to say it is refused,
+    whatever the value, so a client cannot swap left and right after seeing the actions."""
+    if upload.field("mirrored", required=False) is not None:
+        raise Problem(422, "mirrored_not_accepted", "mirrored is fixed when the challenge is issued "
+                      "(POST /v1/challenges) and cannot be set on this request")
 
 
 def _video(engine: Engine, data: bytes):
@@ -329,8 +335,12 @@ def _respond(engine: Engine, endpoint: str, tenant: str, answer: dict, inputs: d
     claims = {
         "rid": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
         "inputs": inputs, "decision": answer["decision"], "reasons": answer["reasons"],
-        "scores": _scores(answer), "models": engine.models,
+        "scores": _scores(answer), "models": engine.models, "thresholds": answer["thresholds"],
     }
+    if "liveness" in answer:  # what was asked, and what was seen
+        active = answer["liveness"]["active"]
+        claims["challenge"] = active["challenge"]
+        claims["events"] = [{k: e[k] for k in ("action", "start_s", "end_s")} for e in active["observed"]]
     body = {**answer, "models": engine.models, "request_id": rid, "receipt": engine.receipts.sign(claims)}
     log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"]})
     return JSONResponse(body, headers={"x-portrait-outcome": answer["decision"]})
@@ -355,6 +365,5 @@ def _multipart_doc(fields: dict[str, str]) -> dict:
         name: {"type": "string", "format": "binary"} if kind == "binary" else {"type": kind}
         for name, kind in fields.items()
     }
-    required = [n for n in fields if n != "mirrored"]
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "properties": properties, "required": required}}}}}
+        "schema": {"type": "object", "properties": properties, "required": list(fields)}}}}}

@@ -6,18 +6,29 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Action = Literal["blink", "turn_left", "turn_right", "look_up", "look_down"]
+from portrait.challenge import ACTIONS
+
+Action = Literal[ACTIONS]  # type: ignore[valid-type]
 
 
 class ChallengeRequest(BaseModel):
+    mirrored: bool | None = Field(
+        default=None, description="Whether the capture client mirrors the recording (left and right swapped). "
+        "Signed into the challenge; the default is the tenant's setting (else false).")
     actions: list[Action] | None = Field(
-        default=None, description="Only when the server allows client-chosen actions (kiosks, tests)."
-    )
+        default=None, description="Only when the server allows client-named challenges (kiosks, tests).")
+    schedule: list[float] | None = Field(
+        default=None, description="With `actions`, when client-named challenges are allowed: seconds after the "
+        "start of recording at which each prompt is shown; drawn by the server when absent.")
 
 
 class ChallengeResponse(BaseModel):
     token: str
     actions: list[Action]
+    schedule: list[float] = Field(description="Seconds after recording starts at which the client shows each prompt.")
+    window_s: list[float] = Field(description="[min, max]: each action must begin this long after its prompt.")
+    record_s: float = Field(description="When the client stops recording (seconds after it started).")
+    mirrored: bool
     expires_at: str
 
 
@@ -33,11 +44,21 @@ class ObservedAction(BaseModel):
     peak: float
 
 
+class AskedChallenge(BaseModel):
+    actions: list[Action]
+    schedule: list[float] | None
+    window_s: list[float]
+    record_s: float | None
+    mirrored: bool
+
+
 class ActiveLiveness(BaseModel):
-    required: list[Action]
-    ordered: bool
+    challenge: AskedChallenge | None
     observed: list[ObservedAction]
-    missing: list[Action]
+    missing: list[Action] = Field(description="Asked for and never seen.")
+    unrequested: list[ObservedAction] = Field(description="Head moves and mouth openings not asked for.")
+    reason: str | None = Field(description="Why the challenge was not answered: unrequested_action, "
+                               "challenge_incomplete, action_out_of_window or recording_too_long.")
 
 
 class Liveness(BaseModel):
@@ -59,12 +80,16 @@ class VideoSummary(BaseModel):
     codec: str
 
 
+Thresholds = dict[str, float | dict[str, float]]
+
+
 class VerificationResponse(BaseModel):
     decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
     reasons: list[str]
     match: Score
     liveness: Liveness
     video: VideoSummary
+    thresholds: Thresholds
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str
@@ -76,6 +101,7 @@ class LivenessResponse(BaseModel):
     reasons: list[str]
     liveness: Liveness
     video: VideoSummary
+    thresholds: Thresholds
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str
@@ -86,6 +112,7 @@ class CompareResponse(BaseModel):
     decision: Literal["match", "no_match", "retry"]
     reasons: list[str]
     match: Score
+    thresholds: Thresholds
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str
