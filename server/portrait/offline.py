@@ -182,10 +182,11 @@ class Offline:
     def eval_challenge(self, root: Path, draws: int, seed: int | None) -> dict:
         """What a replayed recording answers: every video under `root`, its actions as the
         pipeline sees them, against `draws` random server challenges. Clips longer than the
-        service accepts are still analysed (the challenge's own length rule then applies)."""
+        service accepts (up to 2 minutes) are still analysed; the challenge's own length rule
+        then applies."""
         rng = np.random.default_rng(seed)
         index, schedules = challenge.draw(rng, draws)
-        limits = {**self.settings.video_limits, "max_duration_s": float("inf")}
+        limits = {**self.settings.video_limits, "max_duration_s": 120.0}  # longer dev clips too
         clips = {}
         for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
             video = self.decode.video(path.read_bytes(), **limits)
