@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from portrait.challenge import (
     FIRST_PROMPT_S, MAX_ACTIONS, MAX_RECORD_S, MIN_ACTIONS, PROMPT_GAP_S, ChallengeSpec, draw, random_challenge,
@@ -171,3 +172,18 @@ def test_the_simulation_counts_what_a_recording_answers():
     answered = count_answered(made, float(record_after(schedules[0, : len(actions)])), index, schedules)
     assert 1 <= answered < 200
     assert count_answered([], 5.0, index, schedules) == 0
+
+
+def test_cli_require_and_schedule_make_the_challenge():
+    from portrait.cli import _asked, build_parser
+
+    def asked(*argv):
+        return _asked(build_parser().parse_args(["verify", "--id-image", "a.jpg", "--video", "v.mp4", *argv]))
+
+    assert asked() is None
+    assert asked("--require", "blink,turn_left") == ChallengeSpec(("blink", "turn_left"))
+    timed = asked("--require", "blink,turn_left", "--schedule", "1.0,3.0", "--mirrored")
+    assert timed == ChallengeSpec.timed(["blink", "turn_left"], [1.0, 3.0], mirrored=True)
+    for bad in (["--schedule", "1.0"], ["--require", "blink,blink"], ["--require", "blink", "--schedule", "1,2"]):
+        with pytest.raises(ValueError):
+            asked(*bad)
