@@ -60,8 +60,7 @@ def _run(pipeline: Pipeline, id_bytes: bytes, video_bytes: bytes, settings: Sett
         start = time.perf_counter()
         with timings.stage("decode"):
             image = decode_image(id_bytes)
-            video = _three_seconds(decode_video(video_bytes, target_fps=settings.video_fps,
-                                                max_frames=settings.video_max_frames))
+            video = _three_seconds(decode_video(video_bytes, settings.video_limits))
         pipeline.verify(image, video, ChallengeSpec(("blink",)), timings=timings)
         totals.append(time.perf_counter() - start)
         stages.append(timings.ms)
@@ -82,12 +81,12 @@ def main() -> None:
     parser.add_argument("--id-image", type=Path, default=TESTDATA / "images/face_recognition/examples/obama.jpg")
     args = parser.parse_args()
     settings = Settings()
-    inner = OnnxRuntimeBackend(settings.model_repository, threads=settings.ort_threads)
+    inner = OnnxRuntimeBackend(settings.model_repository, threads=settings.inference_threads)
     baseline_backend = FrameByFrame(inner)
     id_bytes, video_bytes = args.id_image.read_bytes(), args.video.read_bytes()
     report = {}
     for name, pipeline in (("batched", Pipeline(inner)), ("frame_by_frame", Pipeline(baseline_backend))):
-        pipeline.verify(decode_image(id_bytes), _three_seconds(decode_video(video_bytes)), ChallengeSpec(("blink",)))  # warm-up
+        pipeline.verify(decode_image(id_bytes), _three_seconds(decode_video(video_bytes, settings.video_limits)), ChallengeSpec(("blink",)))  # warm-up
         report[name] = _run(pipeline, id_bytes, video_bytes, settings, args.repeats)
     report["frame_by_frame"]["model_calls_per_verification"] = baseline_backend.calls // (args.repeats + 1)
     stages = list(report["batched"]["stages_ms_median"])

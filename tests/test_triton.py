@@ -79,7 +79,12 @@ def test_concurrent_requests_are_batched_by_triton(triton):
     with ThreadPoolExecutor(16) as pool:
         outputs = list(pool.map(send, range(64)))
     assert all(o.shape == (1, 3) for o in outputs)
-    requests = _metric(triton, "nv_inference_count", spec.name) - before_requests
+    # Triton refreshes its metrics on an interval: wait until every request is counted.
+    deadline = time.monotonic() + 10
+    while (requests := _metric(triton, "nv_inference_count", spec.name) - before_requests) < 64:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     executions = _metric(triton, "nv_inference_exec_count", spec.name) - before_executions
     assert requests == 64
     assert executions < requests, f"{executions:.0f} executions for {requests:.0f} requests: no batching"

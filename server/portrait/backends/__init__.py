@@ -2,17 +2,93 @@
 
 from __future__ import annotations
 
-from portrait.backends.base import BackendError, InferenceBackend
+import importlib.util
+import logging
 
-__all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend"]
+import numpy as np
+
+from portrait.backends.base import BackendError, InferenceBackend
+from portrait.modelrepo.specs import BY_NAME
+
+__all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend", "runtime_table"]
+
+log = logging.getLogger("portrait.backends")
+
+RUNTIMES = ("onnxruntime", "openvino")
+# The faster embedded runtime per model on fp32 files, batch 8, one thread, measured on an
+# AVX-512 x86 server by `benchmarks/bench_runtimes.py` (outputs equal within 2e-4): OpenVINO
+# ran FaceMesh, the iris model, both MiniFASNets and SFace 2.0-2.5x faster; YuNet was even.
+MEASURED = {"yunet": "onnxruntime", "facemesh": "openvino", "iris_landmark": "openvino",
+            "minifasnet_v2": "openvino", "minifasnet_v1se": "openvino", "sface": "openvino"}
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def runtime_table(choice: str) -> dict[str, str]:
+    """`PORTRAIT_RUNTIME` -> the runtime of every model. `auto` is the measured table (every
+    model on ONNX Runtime when OpenVINO is not installed, the `openvino` extra); one runtime
+    name puts every model there; `auto,sface=onnxruntime` overrides single models."""
+    first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
+    if first == "auto":
+        table = dict.fromkeys(BY_NAME, "onnxruntime")  # a model not measured yet stays on ONNX Runtime
+        if openvino_installed():
+            table.update({model: runtime for model, runtime in MEASURED.items() if model in BY_NAME})
+    elif first in RUNTIMES:
+        table = dict.fromkeys(BY_NAME, first)
+    else:
+        raise ValueError(f"runtime {first!r}: expected auto, {' or '.join(RUNTIMES)}")
+    for override in overrides:
+        model, _, runtime = override.partition("=")
+        if model not in BY_NAME or runtime not in RUNTIMES:
+            raise ValueError(f"runtime override {override!r}: expected <model>=<runtime>, models "
+                             f"{', '.join(BY_NAME)}, runtimes {', '.join(RUNTIMES)}")
+        table[model] = runtime
+    if "openvino" in table.values() and not openvino_installed():
+        raise ValueError("runtime openvino needs the openvino package: pip install 'portrait[openvino]'")
+    return table
+
+
+class EmbeddedBackend:
+    """Every model in this process, each on the runtime its table names."""
+
+    name = "embedded"
+
+    def __init__(self, repository, runtimes: dict[str, str], threads: int = 0,
+                 models: list[str] | None = None) -> None:
+        self.runtimes = {m: runtimes[m] for m in models or runtimes}
+        by_runtime: dict[str, list[str]] = {}
+        for model, runtime in self.runtimes.items():
+            by_runtime.setdefault(runtime, []).append(model)
+        self._backends: dict[str, InferenceBackend] = {}
+        for runtime, models in by_runtime.items():
+            if runtime == "openvino":
+                from portrait.backends.openvino import OpenVinoBackend
+
+                backend: InferenceBackend = OpenVinoBackend(repository, models, threads)
+            else:
+                from portrait.backends.onnxruntime import OnnxRuntimeBackend
+
+                backend = OnnxRuntimeBackend(repository, models, threads)
+            self._backends.update(dict.fromkeys(models, backend))
+
+    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._backends[model].infer(model, batch)
+
+    def ready(self) -> bool:
+        return all(b.ready() for b in self._backends.values())
+
+    def close(self) -> None:
+        for backend in set(self._backends.values()):
+            backend.close()
 
 
 def create_backend(kind: str, **options) -> InferenceBackend:
-    """`embedded` (ONNX Runtime in process, the default) or `triton` (a Triton server)."""
+    """`embedded` (in process: ONNX Runtime and OpenVINO per model, the default) or `triton`."""
     if kind == "embedded":
-        from portrait.backends.onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(**options)
+        runtimes = runtime_table(options.pop("runtime", "auto"))
+        return EmbeddedBackend(runtimes=runtimes, **options)
     if kind == "triton":
         from portrait.backends.triton import TritonBackend
 
@@ -26,4 +102,7 @@ def backend_from_settings(settings) -> InferenceBackend:
     if settings.backend == "triton":
         memory = "cuda" if settings.frames == "gpu" else "system"
         return create_backend("triton", url=settings.triton_url, shared_memory=memory)
-    return create_backend("embedded", repository=settings.model_repository, threads=settings.ort_threads)
+    backend = create_backend("embedded", repository=settings.model_repository, runtime=settings.runtime,
+                             threads=settings.inference_threads)
+    log.info("embedded runtimes: %s", ", ".join(f"{m}={r}" for m, r in backend.runtimes.items()))
+    return backend

@@ -2,11 +2,11 @@
 
 A token is `base64url(json payload).base64url(HMAC-SHA256(secret, first part))`, payload
 `{v, tenant, actions, schedule, window_s, record_s, mirrored, nonce, iat, exp}`: everything
-the verification is judged against comes from here, never from the request. The front door keeps no state: any replica holding
-the secret can check a token; only the single-use check of the nonce needs a shared store
-(see `nonces.py`). The signature is checked before the payload is parsed, so JSON from an
-unauthenticated client is never parsed; a well-formed token with a wrong signature is
-`forged_challenge`.
+the verification is judged against comes from here, never from the request. The front door
+keeps no state: any replica holding the secret can check a token; only the single-use check
+of the nonce needs a shared store (see `nonces.py`). The signature is checked before the
+payload is parsed, so JSON from an unauthenticated client is never parsed; a well-formed
+token with a wrong signature is `forged_challenge`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from portrait.challenge import ACTIONS, MAX_ACTIONS, MAX_RECORD_S, ChallengeSpec, valid_actions, valid_schedule
 from portrait.security._b64 import b64d, b64e
-from portrait.security.nonces import NonceStore
 
 MAX_TOKEN_LENGTH = 2048
 MIN_SECRET_BYTES = 32
@@ -117,7 +116,7 @@ class ChallengeSigner:
 
     def verify(self, token: str, tenant: str) -> Challenge:
         """The challenge `token` stands for, if it is genuine, current and `tenant`'s.
-        Does not spend it: claim `challenge.nonce` in a `NonceStore` (or use `redeem`)."""
+        Does not spend it: the front door claims `challenge.nonce` in a `NonceStore` (`service/guard.py`)."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
             raise TokenError("malformed_challenge")
         body, signature = token.split(".")
@@ -136,13 +135,6 @@ class ChallengeSigner:
         spec = ChallengeSpec(tuple(payload["actions"]), tuple(payload["schedule"]), tuple(payload["window_s"]),
                              float(payload["record_s"]), payload["mirrored"])
         return Challenge(token, payload["tenant"], spec, payload["nonce"], float(payload["iat"]), float(payload["exp"]))
-
-    def redeem(self, token: str, tenant: str, store: NonceStore) -> Challenge:
-        """Verify and spend: raises `replayed_challenge` when the nonce was already claimed."""
-        challenge = self.verify(token, tenant)
-        if not store.claim(challenge.nonce, challenge.expires_at):
-            raise TokenError("replayed_challenge")
-        return challenge
 
 
 def _payload(raw: bytes) -> dict:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from portrait.challenge import ACTIONS
+from portrait.challenge import ACTIONS, MAX_ACTIONS, MAX_RECORD_S
 
 Action = Literal[ACTIONS]  # type: ignore[valid-type]
 
@@ -16,10 +16,14 @@ class ChallengeRequest(BaseModel):
         default=None, description="Whether the capture client mirrors the recording (left and right swapped). "
         "Signed into the challenge; the default is the tenant's setting (else false).")
     actions: list[Action] | None = Field(
-        default=None, description="Only when the server allows client-named challenges (kiosks, tests).")
-    schedule: list[float] | None = Field(
-        default=None, description="With `actions`, when client-named challenges are allowed: seconds after the "
-        "start of recording at which each prompt is shown; drawn by the server when absent.")
+        default=None, min_length=1, max_length=MAX_ACTIONS,
+        description=f"1-{MAX_ACTIONS} actions, none twice in a row; only when the server allows client-named "
+        "challenges (kiosks, tests).")
+    schedule: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_ACTIONS,
+        description="With `actions`, when client-named challenges are allowed: seconds after the start of "
+        f"recording at which each prompt is shown, one per action, increasing, the recording ending by {MAX_RECORD_S} "
+        "s; drawn by the server when absent.")
 
 
 class ChallengeResponse(BaseModel):
@@ -35,6 +39,13 @@ class ChallengeResponse(BaseModel):
 class Score(BaseModel):
     score: float | None
     threshold: float
+
+
+class MatchScore(Score):
+    method: Literal["sface", "fused"] = Field(description="The score `threshold` applies to: SFace's cosine, or "
+                                              "SFace and dlib fused (z-normalised, weighted; see calibration.json).")
+    scores: dict[str, float] | None = Field(description="Each embedder's own score (sface: cosine; dlib: minus "
+                                            "Euclidean distance) and the fused one.")
 
 
 class ObservedAction(BaseModel):
@@ -80,13 +91,13 @@ class VideoSummary(BaseModel):
     codec: str
 
 
-Thresholds = dict[str, float | dict[str, float]]
+Thresholds = dict[str, Any]
 
 
 class VerificationResponse(BaseModel):
     decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
     reasons: list[str]
-    match: Score
+    match: MatchScore
     liveness: Liveness
     video: VideoSummary
     thresholds: Thresholds
@@ -111,7 +122,7 @@ class LivenessResponse(BaseModel):
 class CompareResponse(BaseModel):
     decision: Literal["match", "no_match", "retry"]
     reasons: list[str]
-    match: Score
+    match: MatchScore
     thresholds: Thresholds
     models: list[ModelVersion]
     timings_ms: dict[str, float]

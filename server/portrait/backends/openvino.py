@@ -1,0 +1,76 @@
+"""Embedded backend on OpenVINO: the repository's fp32 ONNX files compiled for this CPU.
+
+On the x86 CPUs this serves on, OpenVINO runs some of the models several times faster than
+ONNX Runtime with identical fp32 weights (see `benchmarks/bench_runtimes.py`), so the
+embedded backend picks a runtime per model (`portrait.backends.runtimes`). Precision is
+pinned to f32: OpenVINO would otherwise pick bf16 on processors with AMX, and the
+calibrated thresholds were measured on fp32 scores.
+
+A compiled model is shared; an infer request is not thread-safe, so each call borrows one
+from a small pool and returns it, which keeps concurrent pipeline workers apart without a
+lock around the inference itself.
+"""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from portrait.modelrepo.repository import ModelRecord, model_path, verified_models
+from portrait.modelrepo.specs import BY_NAME
+
+
+def compile_model(core: ov.Core, path: Path, threads: int) -> ov.CompiledModel:
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return core.compile_model(core.read_model(str(path)), "CPU", config)
+
+
+def _output_names(compiled: ov.CompiledModel, wanted) -> list[str]:
+    """The spec's name of each output, in the compiled model's order. Compiling can attach
+    extra names of fused producers to an output tensor (YuNet's `cls_8` also answers to
+    `291`), so any_name is not the ONNX output's name."""
+    names = {t.name for t in wanted}
+    found = []
+    for output in compiled.outputs:
+        match = names & output.get_names()
+        if len(match) != 1:
+            raise ValueError(f"output {output.get_names()} matches no single name of {sorted(names)}")
+        found.append(match.pop())
+    return found
+
+
+class OpenVinoBackend:
+    name = "openvino"
+
+    def __init__(self, repository: Path, models: list[str] | None = None, threads: int = 0) -> None:
+        names = models or list(BY_NAME)
+        self.records: dict[str, ModelRecord] = verified_models(Path(repository), names)
+        core = ov.Core()
+        self._compiled = {name: compile_model(core, model_path(Path(repository), name), threads) for name in names}
+        self._outputs = {name: _output_names(c, BY_NAME[name].outputs) for name, c in self._compiled.items()}
+        self._requests: dict[str, queue.SimpleQueue[ov.InferRequest]] = {n: queue.SimpleQueue() for n in names}
+
+    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        pool = self._requests[model]
+        try:
+            request = pool.get_nowait()
+        except queue.Empty:
+            request = self._compiled[model].create_infer_request()
+        try:
+            request.infer({0: np.ascontiguousarray(batch, np.float32)})
+            # The request's output buffers are reused by its next call: copy them out.
+            return {name: np.array(request.get_output_tensor(i).data, copy=True)
+                    for i, name in enumerate(self._outputs[model])}
+        finally:
+            pool.put(request)
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._compiled.clear()

@@ -1,0 +1,67 @@
+"""OpenVINO beside ONNX Runtime: the same files give the same numbers on real faces, and
+the runtime table picks runtimes per model as configured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from portrait.backends import MEASURED, create_backend, runtime_table
+from portrait.backends.onnxruntime import OnnxRuntimeBackend
+from portrait.modelrepo.specs import BY_NAME
+from portrait.pipeline import Pipeline
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+from portrait.backends.openvino import OpenVinoBackend  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipelines(model_repository):
+    return Pipeline(OnnxRuntimeBackend(model_repository, threads=1)), Pipeline(OpenVinoBackend(model_repository, threads=1))
+
+
+def test_every_model_gives_onnxruntimes_outputs_on_real_faces(pipelines, face_images):
+    reference, candidate = pipelines
+    found = [f.face for f in reference.image_faces(face_images)]
+    assert all(f is not None for f in found)
+    faces = np.stack(found)
+    for (ref_face, cand_face) in zip(found, [f.face for f in candidate.image_faces(face_images)]):
+        np.testing.assert_allclose(cand_face, ref_face, atol=0.05)  # boxes and points in pixels
+    ref_vectors, cand_vectors = reference.embed(face_images, faces), candidate.embed(face_images, faces)
+    assert np.min(np.sum(ref_vectors * cand_vectors, axis=1)) > 0.9999
+    same_size = [i for i in face_images if i.shape == face_images[0].shape]
+    frames, rows = np.stack(same_size), faces[[k for k, i in enumerate(face_images) if i.shape == face_images[0].shape]]
+    for ref, cand in zip(reference.face_geometry(frames, rows), candidate.face_geometry(frames, rows)):
+        np.testing.assert_allclose(cand, ref, atol=1e-3)  # eye openness ratios, head angles in degrees
+    np.testing.assert_allclose(candidate.passive_scores(frames, rows), reference.passive_scores(frames, rows), atol=1e-4)
+
+
+def test_batched_call_equals_single_calls(model_repository, face_images):
+    """Requests borrow infer requests from a pool: a batch and its rows one by one agree."""
+    backend = OpenVinoBackend(model_repository, models=["sface"], threads=1)
+    rng = np.random.default_rng(1)
+    batch = rng.uniform(0, 255, (5, *BY_NAME["sface"].input.dims)).astype(np.float32)
+    whole = backend.infer("sface", batch)["fc1"]
+    single = np.concatenate([backend.infer("sface", row[None])["fc1"] for row in batch])
+    np.testing.assert_allclose(whole, single, rtol=1e-4, atol=1e-4)
+
+
+def test_runtime_table_choices():
+    auto = runtime_table("auto")
+    assert set(auto) == set(BY_NAME)  # every model has a runtime
+    assert {m: r for m, r in auto.items() if m in MEASURED} == MEASURED
+    assert {r for m, r in auto.items() if m not in MEASURED} <= {"onnxruntime"}  # unmeasured: ONNX Runtime
+    assert set(runtime_table("onnxruntime").values()) == {"onnxruntime"}
+    table = runtime_table("openvino,yunet=onnxruntime")
+    assert table["yunet"] == "onnxruntime" and table["sface"] == "openvino"
+    for bad in ("tensorflow", "auto,sface=tensorflow", "auto,nomodel=openvino", "auto,sface"):
+        with pytest.raises(ValueError):
+            runtime_table(bad)
+
+
+def test_embedded_backend_routes_each_model_to_its_runtime(model_repository):
+    backend = create_backend("embedded", repository=model_repository, runtime="auto,sface=onnxruntime",
+                             models=["sface", "facemesh"], threads=1)
+    assert backend.runtimes == {"sface": "onnxruntime", "facemesh": "openvino"}
+    out = backend.infer("facemesh", np.zeros((2, *BY_NAME["facemesh"].input.dims), np.float32))
+    assert out["conv2d_20"].shape == (2, 1404, 1, 1)
