@@ -114,7 +114,9 @@ def test_natural_blinks_are_tolerated_but_a_head_move_is_not():
     verdict = judge(ASKED, extra, duration_s=7.0)
     assert verdict.reason == "unrequested_action" and [e.action for e in verdict.unrequested] == ["look_down"]
     twice = sorted([*SEEN, _event("turn_left", 5.5)], key=lambda e: e.start_s)  # asked once, done twice
-    assert judge(ASKED, twice, 7.0).reason == "unrequested_action"
+    verdict = judge(ASKED, twice, 7.0)
+    assert verdict.reason == "unrequested_action" and [(e.action, e.start_s) for e in verdict.unrequested] == [
+        ("turn_left", 5.5)]
 
 
 def test_wrong_order_missing_and_wrong_times_are_refused():

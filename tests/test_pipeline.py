@@ -170,7 +170,7 @@ def test_d12_refusals_unrequested_wrong_times_mirrored_missing(pipeline, testdat
     assert liveness.judge(more, events, head.duration_s).reason == "challenge_incomplete"
     answer = pipeline.verify(head.frames[0].copy(), whole, D12_TURNS)
     assert answer["decision"] == "retry" and answer["reasons"] == ["unrequested_action"]
-    assert {e["action"] for e in answer["liveness"]["active"]["unrequested"]} == {"open_mouth"}
+    assert {e["action"] for e in answer["liveness"]["active"]["unrequested"]} == {"open_mouth", "turn_left"}
 
 
 def test_a_replayed_testdata_clip_answers_almost_no_server_challenge(pipeline, testdata):

@@ -128,14 +128,18 @@ def merge_segments(events: list[ActionEvent], gap_s: float) -> list[ActionEvent]
     """One action held or split by a wobble counts once: consecutive non-blink segments of
     the same action less than `gap_s` apart become one event."""
     merged: list[ActionEvent] = []
+    last = -1  # index in `merged` of the latest non-blink event
     for event in sorted(events, key=lambda e: e.start_s):
-        last = next((m for m in reversed(merged) if m.action != BLINK), None)
-        if (event.action != BLINK and last is not None and last.action == event.action
-                and event.start_s - last.end_s <= gap_s):
-            joined = ActionEvent(event.action, last.start_s, max(last.end_s, event.end_s), max(last.peak, event.peak))
-            merged[merged.index(last)] = joined
+        if event.action == BLINK:
+            merged.append(event)
+            continue
+        previous = merged[last] if last >= 0 else None
+        if previous is not None and previous.action == event.action and event.start_s - previous.end_s <= gap_s:
+            merged[last] = ActionEvent(event.action, previous.start_s, max(previous.end_s, event.end_s),
+                                       max(previous.peak, event.peak))
         else:
             merged.append(event)
+            last = len(merged) - 1
     return merged
 
 
@@ -202,7 +206,7 @@ def _is_subsequence(part: list[str], whole: list[str]) -> bool:
 class Verdict:
     reason: str | None  # None when the challenge is answered
     missing: list[str]  # asked for, never seen
-    unrequested: list[ActionEvent]  # head moves and mouth openings not asked for
+    unrequested: list[ActionEvent]  # head moves and mouth openings beyond those asked, in order
 
 
 def judge(challenge: ChallengeSpec, events: list[ActionEvent], duration_s: float) -> Verdict:
@@ -212,8 +216,14 @@ def judge(challenge: ChallengeSpec, events: list[ActionEvent], duration_s: float
     code = int(outcomes(events, challenge.actions, schedules, challenge.window_s, record_s, duration_s)[0])
     seen = [e.action for e in events]
     missing = [a for a in challenge.actions if a not in seen]
-    asked = set(challenge.actions) - {BLINK}
-    unrequested = [e for e in events if e.action != BLINK and e.action not in asked]
+    asked = iter(a for a in challenge.actions if a != BLINK)
+    wanted = next(asked, None)
+    unrequested = []  # the moves left over when the asked ones are matched in order
+    for event in (e for e in events if e.action != BLINK):
+        if event.action == wanted:
+            wanted = next(asked, None)
+        else:
+            unrequested.append(event)
     return Verdict(None if code == PASSED else REASONS[code], missing, unrequested)
 
 
