@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     challenge_secret: str = Field(default="", description="HMAC secret for challenge tokens; random per "
                                   "process when empty (set it when several replicas share traffic).")
     challenge_ttl_s: float = Field(default=120.0, gt=0, le=3600)
-    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions.")
+    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions "
+                                       "and schedule (kiosks, tests).")
+    mirrored: bool = Field(default=False, description="Whether capture clients mirror the recording, unless "
+                           "the tenant is in mirrored_tenants or the challenge request says.")
+    mirrored_tenants: str = Field(default="", description="Comma-separated tenants whose capture client mirrors.")
     receipt_key_file: Path | None = Field(default=None, description="Ed25519 private key (PEM) signing "
                                           "receipts; generated per process when unset.")
     redis_url: str = Field(default="", description="Single-use challenge nonces in Redis (several replicas).")
@@ -129,6 +133,10 @@ class Settings(BaseSettings):
         return VideoLimits(target_fps=self.video_fps, max_frames=self.video_max_frames,
                            max_duration_s=self.video_max_seconds, max_pixels=self.max_video_pixels,
                            max_side=self.video_max_side)
+
+    def mirrored_for(self, tenant: str) -> bool:
+        """Whether this tenant's capture client mirrors, when its challenge request does not say."""
+        return self.mirrored or tenant in {t.strip() for t in self.mirrored_tenants.split(",") if t.strip()}
 
     triton_http_port: int = Field(default=8000, ge=1, le=65535)
     triton_grpc_port: int = Field(default=8001, ge=1, le=65535)
