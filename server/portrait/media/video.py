@@ -201,7 +201,7 @@ def _sample(
             sampler.add(last, slot)
             if len(sampler.kept) <= slot:  # the sampler dropped every other frame
                 store.pack([kept for _, kept in sampler.kept])
-                sampler.kept = [(time, index) for index, (time, _) in enumerate(sampler.kept)]
+                sampler.kept = [(kept_time, slot) for slot, (kept_time, _) in enumerate(sampler.kept)]
     if last is None:
         raise MediaError("no_frames", "the video has no decodable frame")
     return last, rotation
