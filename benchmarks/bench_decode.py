@@ -6,7 +6,8 @@ scales the sampled frames in one step to `VideoLimits.max_side`, and frames the 
 sure to drop are not decoded when nothing refers to them. Two ablations show each lever on
 its own. Variants run round-robin so machine load hits them alike; each prints wall time
 (median, p95), CPU seconds per decode, the frames FFmpeg returned, and the resident memory
-one more decode adds at its peak (Linux: VmHWM, reset just before; FFmpeg's buffers included).
+one decode adds at its peak in a fresh process (Linux: VmHWM; FFmpeg's buffers included; a
+process that decoded before reuses the memory it freed, which would hide the difference).
 
     python benchmarks/bench_decode.py [--video clip.mp4] [--upscale] [--repeats 9]
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -113,6 +115,25 @@ def upscaled_1080p(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def all_variants(limits: VideoLimits) -> dict[str, tuple[Callable, VideoLimits, bool]]:
+    """name -> (decoder, limits, skip unused frames)."""
+    coded = replace(limits, max_side=0)
+    return {
+        "plain (before)": (plain_decode, coded, False),
+        "skip only": (decode_video, coded, True),
+        f"scale only ({limits.max_side})": (decode_video, limits, False),
+        f"shipped (skip + scale {limits.max_side})": (decode_video, limits, True),
+    }
+
+
+def child_gain(name: str, data: bytes, limits: VideoLimits) -> int:
+    """In a fresh process: the resident memory one decode of variant `name` adds."""
+    decode, lims, skip = all_variants(limits)[name]
+    patched, _, _ = counting_frames(skip)
+    video_module._frames = patched
+    return resident_gain(lambda: decode(data, lims))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--video", type=Path, default=TESTDATA / "videos/replay_pair/real.mp4")
@@ -123,13 +144,7 @@ def main() -> None:
     if args.upscale:
         data = upscaled_1080p(data)
     limits = Settings().video_limits
-    coded = replace(limits, max_side=0)
-    variants: dict[str, tuple[Callable, VideoLimits, bool]] = {
-        "plain (before)": (plain_decode, coded, False),
-        "skip only": (decode_video, coded, True),
-        f"scale only ({limits.max_side})": (decode_video, limits, False),
-        f"shipped (skip + scale {limits.max_side})": (decode_video, limits, True),
-    }
+    variants = all_variants(limits)
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     frames_out: dict[str, int | str] = {}
@@ -150,13 +165,10 @@ def main() -> None:
                 cpu[name].append(cpu_used)
             frames_out[name] = counts[0] if counts else "all"
             shapes[name] = video.frames.shape
-    for name, (decode, lims, skip) in variants.items():
-        patched, _, original = counting_frames(skip)
-        video_module._frames = patched
-        try:
-            peaks[name] = resident_gain(lambda: decode(data, lims)) / 2**20
-        finally:
-            video_module._frames = original
+    spawn = multiprocessing.get_context("spawn")
+    for name in variants:
+        with spawn.Pool(1) as child:
+            peaks[name] = child.apply(child_gain, (name, data, limits)) / 2**20
     with av.open(io.BytesIO(data)) as clip:
         stream = clip.streams.video[0]
         print(f"clip: {stream.codec_context.name} {stream.width}x{stream.height}, {stream.frames} frames; "
