@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from portrait.media.limits import MIN_FRAME_SIDE, VideoLimits
+from portrait.media.limits import MAX_IMAGE_PIXELS, MIN_FRAME_SIDE, VideoLimits
 
 
 def _default_mirror() -> Path | None:
@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, le=600, description="Longer videos are refused.")
     video_max_side: int = Field(default=VideoLimits.max_side, ge=0, description="Kept frames are scaled down while "
                                 f"decoding to this longer side ({MIN_FRAME_SIDE} or more; 0 keeps the coded size).")
-    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images are refused.")
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1, description="Larger images are refused.")
     max_video_pixels: int = Field(default=VideoLimits.max_pixels, gt=0, description="Larger video frames are refused.")
 
     # The HTTP service
