@@ -180,7 +180,7 @@ def _real_batch(spec, faces):
         return _padded_input(frames)
     if spec in (specs.LANDMARKS, specs.EYES):
         return np.ascontiguousarray(_tflite_crops(spec, faces[:8]).transpose(0, 3, 1, 2))
-    size, scale = (112, 1.0) if spec is specs.EMBEDDER else (80, 2.7)
+    size, scale = {specs.EMBEDDER: (112, 1.0), specs.SECOND_EMBEDDER: (150, 1.2)}.get(spec, (80, 2.7))
     crops = np.stack([_box_crop(i, f, scale, size) for i, f in faces[:8]]).astype(np.float32)
     return np.ascontiguousarray(crops.transpose(0, 3, 1, 2))
 
@@ -271,3 +271,25 @@ def test_cli_build_prints_json(model_repository, mirror):
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["built"] == []
+
+
+def test_dlib_chips_from_yunet_points_behave_as_dlib_says(model_repository, testdata):
+    """dlib's embedder on chips aligned from YuNet's points: the same face moved, scaled and
+    rotated in the frame keeps its embedding (far under dlib's 0.6), and dlib's own threshold
+    separates the same person from another person."""
+    from portrait.backends.onnxruntime import OnnxRuntimeBackend
+    from portrait.media import decode_image
+    from portrait.pipeline import Pipeline
+
+    pipeline = Pipeline(OnnxRuntimeBackend(model_repository, ["yunet", "sface", "dlib_resnet"]))
+    names = ["obama.jpg", "obama2.jpg", "biden.jpg"]
+    images = [decode_image((testdata / "images/face_recognition/examples" / n).read_bytes()) for n in names]
+    h, w = images[0].shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), 12, 0.7)
+    matrix[:, 2] += (0.1 * w, -0.05 * h)
+    images.append(cv2.warpAffine(images[0], matrix, (w, h), borderMode=cv2.BORDER_REPLICATE))
+    faces = pipeline.image_faces(images)
+    vectors = pipeline.embed_second(images, np.stack([f.face for f in faces]))
+    distance = lambda a, b: float(np.linalg.norm(vectors[a] - vectors[b]))  # noqa: E731
+    assert distance(0, 3) < 0.2  # the same photo moved, scaled down and turned
+    assert distance(0, 1) < 0.6 < distance(0, 2)

@@ -24,6 +24,7 @@ from conftest import free_port
 
 KEY_A = "carrier-a-key-0123456789abcdef"
 KEY_B = "carrier-b-key-0123456789abcdef"
+KEY_C = "carrier-c-key-0123456789abcdef"
 SECRET = "test-challenge-secret-0123456789abcdef0123"
 MAX_UPLOAD = 12 * 1024 * 1024
 
@@ -39,7 +40,7 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
         **os.environ,
         "PORTRAIT_MODEL_REPOSITORY": str(repository),
         "PORTRAIT_PORT": str(port),
-        "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A},carrier-b:{KEY_B}",
+        "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A},carrier-b:{KEY_B},carrier-c:{KEY_C}",
         "PORTRAIT_CHALLENGE_SECRET": SECRET,
         "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1",
         "PORTRAIT_RECEIPT_KEY_FILE": str(key_file),
@@ -329,19 +330,39 @@ def test_readiness_follows_triton(triton_service, media):
     assert "Retry-After" in response.headers
 
 
-def test_overload_is_503_with_retry_after(tmp_path, model_repository, media):
-    service = start_service(tmp_path, model_repository, {"PORTRAIT_WORKERS": "1", "PORTRAIT_MAX_WAITING": "0"})
-    try:
-        def one(_):
-            files = {"image_a": ("a.jpg", media["obama"]), "image_b": ("b.jpg", media["biden"])}
-            return httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(), timeout=120)
+def _in_flight(service) -> float:
+    text = httpx.get(f"{service['url']}/metrics").text
+    return float(re.search(r"^portrait_in_flight_requests ([0-9.e+]+)$", text, re.MULTILINE).group(1))
 
-        with ThreadPoolExecutor(4) as pool:
-            responses = list(pool.map(one, range(4)))
-        refused = [r for r in responses if r.status_code == 503]
-        assert any(r.status_code == 200 for r in responses) and refused
-        assert all(r.json()["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1 for r in refused)
-        assert 'portrait_rejected_requests_total{reason="overloaded"}' in httpx.get(f"{service['url']}/metrics").text
+
+def test_overload_is_503_and_a_retry_with_the_same_token_is_answered(tmp_path, model_repository, media):
+    """One worker and one waiting place, taken by two tenants: a third tenant's verification
+    is refused before it is judged (503 + Retry-After), a second request of a busy tenant hits
+    its cap (429), and the refused token is still good for the retry."""
+    service = start_service(tmp_path, model_repository, {
+        "PORTRAIT_WORKERS": "1", "PORTRAIT_MAX_WAITING": "1", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "1"})
+    try:
+        token = _challenge(service, ["blink"], key=KEY_C)
+        with ThreadPoolExecutor(2) as pool:
+            busy = [pool.submit(_verify, service, _challenge(service, ["turn_left"], key), media["id_d12"], media["d12"],
+                                key) for key in (KEY_A, KEY_B)]
+            deadline = time.monotonic() + 30
+            while _in_flight(service) < 3:  # both verifications and this /metrics call
+                assert time.monotonic() < deadline, "the two verifications never got in"
+                time.sleep(0.05)
+            time.sleep(0.3)  # past admission (it follows authentication at once)
+            refused = _verify(service, token, media["obama"], media["fake"], key=KEY_C)
+            capped = _verify(service, _challenge(service, ["blink"]), media["obama"], media["fake"], key=KEY_A)
+            assert all(f.result().status_code == 200 for f in busy)
+        assert refused.status_code == 503 and refused.json()["code"] == "overloaded", refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert capped.status_code == 429 and capped.json()["code"] == "too_many_in_flight"
+        time.sleep(int(refused.headers["Retry-After"]))
+        again = _verify(service, token, media["obama"], media["fake"], key=KEY_C)
+        assert again.status_code == 200 and again.json()["decision"] == "reject_spoof", again.text
+        metrics = httpx.get(f"{service['url']}/metrics").text
+        assert 'portrait_rejected_requests_total{reason="overloaded"}' in metrics
+        assert 'portrait_rejected_requests_total{reason="too_many_in_flight"}' in metrics
     finally:
         stop_service(service)
 
@@ -364,6 +385,10 @@ def test_a_client_that_disconnects_stops_costing_work(service, media):
         assert time.monotonic() < deadline, "the abandoned request was neither seen as closed nor dropped"
         time.sleep(0.5)
     assert httpx.get(f"{service['url']}/readyz").status_code == 200
+    # The abandoned request was never judged: its challenge was given back, and is good once.
+    retry = _verify(service, token, media["id_d12"], media["d12"])
+    assert retry.status_code == 200 and retry.json()["decision"] == "accept", retry.text
+    assert _verify(service, token, media["id_d12"], media["d12"]).json()["code"] == "replayed_challenge"
 
 
 def test_rate_limit_is_429_with_retry_after(tmp_path, model_repository):

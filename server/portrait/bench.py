@@ -34,7 +34,7 @@ from portrait.settings import Settings
 
 KEY = "bench-key-0123456789abcdef"
 STAGES = ("decode", "detect", "track", "landmarks", "active_liveness", "quality", "passive_liveness", "embed")
-MODELS = ("yunet", "facemesh", "iris_landmark", "minifasnet_v2", "sface")
+MODELS = ("yunet", "facemesh", "iris_landmark", "minifasnet_v2", "sface", "dlib_resnet")
 REQUIRED = ["blink"]
 
 
@@ -126,7 +126,7 @@ class InProcess:
         from portrait.batching import BatchingBackend
         from portrait.media import decoder
         from portrait.pipeline import Pipeline
-        from portrait.service.engine import _policies
+        from portrait.service.inference import _policies
 
         self.settings = settings
         self.observer = _Rows()
@@ -387,7 +387,7 @@ def table(report: dict) -> str:
              f"service workers {report['workers']}",
              "",
              "| mode | conc | requests | verif/s | x plain | p50 ms | p95 ms | p99 ms | CPU s/verif | "
-             "rows/call yunet, facemesh, iris, pad, sface | decisions |",
+             "rows/call yunet, facemesh, iris, pad, sface, dlib | decisions |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         rows = ", ".join(str(r["rows_per_call"].get(k, "-")) for k in MODELS) if r["rows_per_call"] else "-"

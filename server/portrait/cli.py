@@ -42,16 +42,47 @@ def _triton(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    """Settings from the environment, the flags over them; everything is built (and every
+    setting checked) before the port opens, and a refusal is one line on stderr."""
+    import threading
 
+    import uvicorn
+    from pydantic import ValidationError
+
+    from portrait.security.keys import KeyConfigError
     from portrait.service import logs
     from portrait.service.app import create_app
+    from portrait.service.engine import Engine
+    from portrait.settings import Settings, settings_error
 
-    settings = get_settings()
+    flags = {name: getattr(args, name) for name in ("host", "port", "workers") if getattr(args, name) is not None}
+    try:
+        settings = Settings(**flags)
+    except ValidationError as error:
+        print(f"portrait serve: {settings_error(error)}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=int(settings.request_timeout_s), access_log=False)
+    try:
+        engine = Engine(settings)
+    except (KeyConfigError, RuntimeError, ImportError, ValueError, OSError) as error:
+        print(f"portrait serve: {error}", file=sys.stderr)
+        return 2
+
+    class Server(uvicorn.Server):
+        """Readiness turns 503 the moment SIGTERM arrives, before the listener closes; with
+        PORTRAIT_DRAIN_GRACE_S the port stays open that long for load balancers to notice."""
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if engine.draining or settings.drain_grace_s <= 0:
+                engine.draining = True
+                super().handle_exit(sig, frame)
+                return
+            engine.draining = True
+            threading.Timer(settings.drain_grace_s, super().handle_exit, (sig, None)).start()
+
+    config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port, log_config=None,
+                            timeout_graceful_shutdown=int(settings.request_timeout_s), access_log=False)
+    Server(config).run()
     return 0
 
 
@@ -107,7 +138,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _eval_pairs(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_pairs(args.pairs, args.root), args.json)
+    return _emit(_offline().eval_pairs(args.pairs, args.root, plot=args.plot, scores_csv=args.scores, by=args.by),
+                 args.json)
 
 
 def _eval_liveness(args: argparse.Namespace) -> int:
@@ -149,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     triton = commands.add_parser("triton", help="serve the model repository from the bundled Triton server")
     triton.set_defaults(func=_triton)
 
-    serve = commands.add_parser("serve", help="the HTTP service (PORTRAIT_HOST, PORTRAIT_PORT, PORTRAIT_API_KEYS)")
+    serve = commands.add_parser("serve", help="the HTTP service (settings from PORTRAIT_* variables; flags win)")
+    serve.add_argument("--host", default=None, help="address to listen on (PORTRAIT_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to listen on (PORTRAIT_PORT, default 8080)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="requests processed at once: pipeline threads in this process (PORTRAIT_WORKERS, default 8)")
     serve.set_defaults(func=_serve)
 
     receipt = commands.add_parser("receipt", help="signed receipts").add_subparsers(dest="action", required=True)
@@ -176,9 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_compare)
 
     evaluate = commands.add_parser("eval", help="accuracy on labelled data").add_subparsers(dest="what", required=True)
-    pairs = evaluate.add_parser("pairs", help="CSV img_a,img_b,same_person[,fold]: accuracy, TAR at FAR")
+    pairs = evaluate.add_parser("pairs", help="CSV img_a,img_b,same_person[,fold][,group]: accuracy, TAR at FAR,"
+                                " refusals; SFace, dlib and fused")
     pairs.add_argument("--pairs", type=Path, required=True)
     pairs.add_argument("--root", type=Path, required=True)
+    pairs.add_argument("--plot", type=Path, default=None, help="write the DET curve to this PNG (extra `plot`)")
+    pairs.add_argument("--scores", type=Path, default=None, help="write each pair's scores and decision to this CSV")
+    pairs.add_argument("--by", default=None, help="a column of the pairs file (e.g. group): FMR and FNMR per value")
     pairs.add_argument("--json", action="store_true")
     pairs.set_defaults(func=_eval_pairs)
     live = evaluate.add_parser("liveness", help="CSV path,label[,attack]: APCER, BPCER")
@@ -188,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
 
-    calibrate = commands.add_parser("calibrate", help="set the match threshold for a target false-match rate")
+    calibrate = commands.add_parser("calibrate", help="match thresholds (SFace, dlib, fused) for a target false-match"
+                                    " rate, the fusion's parameters, and whether fusion ships")
     calibrate.add_argument("--pairs", type=Path, required=True)
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)

@@ -65,3 +65,63 @@ def pad_error_rates(is_attack: np.ndarray, accepted_live: np.ndarray, attack_typ
         "attacks": int(attacks.sum()),
         "bona_fide": int(bona_fide.sum()),
     }
+
+
+def assign_folds(count: int, folds: int = 10, seed: int = 0) -> np.ndarray:
+    """Fold of each pair where the file names none: a fixed shuffle dealt into `folds` parts."""
+    order = np.random.default_rng(seed).permutation(count)
+    assigned = np.empty(count, np.int64)
+    assigned[order] = np.arange(count) % folds
+    return assigned
+
+
+def wilson_interval(errors: int, trials: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95% Wilson score interval of a rate: sound at 0 errors and small counts, where the
+    normal approximation collapses to a zero-width interval."""
+    if trials == 0:
+        return None
+    p = errors / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return round(float(max(0.0, centre - half)), 6), round(float(min(1.0, centre + half)), 6)
+
+
+def error_rates(scores: np.ndarray, same: np.ndarray, threshold: float) -> dict:
+    """FMR (impostors accepted) and FNMR (genuine pairs not accepted) at one threshold, with
+    counts and 95% intervals. A refused pair (score -inf) is a non-match."""
+    accepted = scores >= threshold
+    false_match, impostors = int(np.sum(accepted & ~same)), int(np.sum(~same))
+    false_non_match, genuine = int(np.sum(~accepted & same)), int(np.sum(same))
+    return {
+        "fmr": round(false_match / impostors, 6) if impostors else None,
+        "false_matches": false_match, "impostor_pairs": impostors,
+        "fmr_ci95": wilson_interval(false_match, impostors),
+        "fnmr": round(false_non_match / genuine, 6) if genuine else None,
+        "false_non_matches": false_non_match, "genuine_pairs": genuine,
+        "fnmr_ci95": wilson_interval(false_non_match, genuine),
+    }
+
+
+def differentials(per_group: dict[str, dict]) -> dict:
+    """Highest over lowest FMR and FNMR across groups (null where the lowest is 0: the ratio
+    is then unbounded and the counts say more)."""
+    out = {}
+    for rate in ("fmr", "fnmr"):
+        values = [g[rate] for g in per_group.values() if g[rate] is not None]
+        if len(values) < 2:
+            out[f"{rate}_max_over_min"] = None
+            continue
+        low, high = min(values), max(values)
+        out[f"{rate}_max_over_min"] = round(high / low, 3) if low > 0 else None
+        out[f"{rate}_range"] = [low, high]
+    return out
+
+
+def det_curve(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FMR, FNMR) at every distinct score used as the threshold."""
+    thresholds = np.unique(np.concatenate([genuine, impostor]))
+    thresholds = thresholds[np.isfinite(thresholds)]
+    impostor_sorted, genuine_sorted = np.sort(impostor), np.sort(genuine)
+    fmr = 1.0 - np.searchsorted(impostor_sorted, thresholds, side="left") / max(len(impostor), 1)
+    fnmr = np.searchsorted(genuine_sorted, thresholds, side="left") / max(len(genuine), 1)
+    return fmr, fnmr

@@ -21,6 +21,7 @@ from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
 from portrait.stages import align, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
+from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
 from portrait.stages.track import MIN_COVERAGE, MIN_IOU, Track, iou, track_primary
 
@@ -28,7 +29,24 @@ CALIBRATION = Path(__file__).with_name("calibration.json")
 
 
 def shipped_match_threshold() -> float:
+    """SFace's cosine threshold (the FAR 1e-3 point of the ID-vs-photo pairs)."""
     return float(json.loads(CALIBRATION.read_text())["match_threshold"])
+
+
+def shipped_match() -> dict:
+    """The calibration record's `match` object: which score decides a match, its threshold and
+    the fusion parameters; SFace alone at `match_threshold` where the record has none."""
+    record = json.loads(CALIBRATION.read_text())
+    return record.get("match") or {"score": "sface", "threshold": record["match_threshold"]}
+
+
+def _shipped_match_score_threshold() -> float:
+    return float(shipped_match()["threshold"])
+
+
+def _shipped_fusion() -> Fusion | None:
+    match = shipped_match()
+    return Fusion.from_record(match["fusion"]) if match["score"] == "fused" else None
 
 
 @dataclass(frozen=True)
@@ -37,7 +55,8 @@ class PipelineConfig:
     video_detector_size: int = 320
     detect_every: int = 4  # the detector sees every 4th frame; FaceMesh follows the face between
     detection_score: float = 0.7
-    match_threshold: float = field(default_factory=shipped_match_threshold)
+    match_threshold: float = field(default_factory=_shipped_match_score_threshold)  # of the shipped score
+    fusion: Fusion | None = field(default_factory=_shipped_fusion)  # None: SFace's cosine alone decides
     continuity_threshold: float = field(default_factory=shipped_match_threshold)
     pad_threshold: float = 0.5
     match_frames: int = 3
@@ -75,6 +94,7 @@ class VideoAnalysis:
     passive_score: float | None
     continuity: float | None  # lowest similarity between two frames sampled across the clip
     embeddings: np.ndarray | None  # [K,128] best frames, normalised
+    second_embeddings: np.ndarray | None = None  # [K,128] dlib's, same frames, where fusion is on
 
 
 class Pipeline:
@@ -111,12 +131,19 @@ class Pipeline:
         results = []
         for image, faces, scale in zip(images, found, scales):
             faces = detect.rescale(faces, scale)
-            index = detect.primary_face(faces, image.shape[:2])
+            index = detect.primary_face(faces, image.shape[:2], sharpness=self.face_sharpness(image, faces))
             if index is None:
                 results.append(ImageFace(None, "multiple_faces" if len(faces) else "no_face"))
             else:
                 results.append(ImageFace(faces[index], None))
         return results
+
+    def face_sharpness(self, image: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
+        """Sharpness of each face's aligned crop where there is more than one face to choose from."""
+        if len(faces) < 2:
+            return None
+        matrices = align.similarity_transforms(align.landmarks5(faces))
+        return quality.sharpness(self.ops.to_host(self.ops.crops([image], [0] * len(faces), matrices, 112)))
 
     def aligned_crops(self, images: Sequence[np.ndarray], faces: np.ndarray):
         """One 112x112 aligned crop per (image, face)."""
@@ -129,6 +156,22 @@ class Pipeline:
 
     def embed(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
         return self.embed_crops(self.aligned_crops(images, faces))
+
+    def embed_second(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
+        """dlib's embeddings [K,128] of 150x150 chips aligned from the same 5 points."""
+        matrices = align.similarity_transforms(align.landmarks5(faces), align.TEMPLATE_DLIB_150)
+        chips = self.ops.crops(images, range(len(faces)), matrices, embed.DLIB_CHIP)
+        return self.run("dlib_resnet", self.ops.model_input(chips, embed.DLIB_INPUT))["embedding"]
+
+    def match_scores(self, first: tuple[np.ndarray, np.ndarray | None],
+                     second: tuple[np.ndarray, np.ndarray | None]) -> dict[str, float]:
+        """Each embedder's similarity of two faces given as (SFace, dlib) embeddings, and the
+        fused score where fusion is on; `score` is the one the threshold applies to."""
+        scores = {"sface": float(first[0] @ second[0])}
+        if self.config.fusion is not None:
+            scores["dlib"] = float(embed.distance_similarity(first[1], second[1])[0])
+            scores["fused"] = float(self.config.fusion(scores["sface"], scores["dlib"]))
+        return {**scores, "score": scores["fused" if self.config.fusion is not None else "sface"]}
 
     def passive_scores(self, frames: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Live probability per (frame, face), both MiniFASNet models."""
@@ -229,17 +272,20 @@ class Pipeline:
         with timings.stage("passive_liveness"):
             chosen = best[: cfg.pad_frames]
             passive = float(np.mean(self.passive_scores(frames[chosen], faces[chosen])))
-        embeddings, continuity = None, None
+        embeddings, continuity, second = None, None, None
         if need_embeddings:
             with timings.stage("embed"):
                 picked = np.concatenate([best[: cfg.match_frames], spread])
                 vectors = self.embed_crops(aligned[picked])
                 embeddings = vectors[: cfg.match_frames]
+                if cfg.fusion is not None:
+                    chosen_frames = best[: cfg.match_frames]
+                    second = self.embed_second(frames[chosen_frames], faces[chosen_frames])
                 sampled = vectors[cfg.match_frames :]
                 if len(sampled) > 1:
                     similarity = sampled @ sampled.T
                     continuity = float(similarity[np.triu_indices(len(sampled), 1)].min())
-        return VideoAnalysis(track, times, openness, angles, events, passive, continuity, embeddings)
+        return VideoAnalysis(track, times, openness, angles, events, passive, continuity, embeddings, second)
 
     def verify(self, id_image: np.ndarray, video: Video, required: Sequence[str] = (),
                ordered: bool = False, mirrored: bool = False, timings: Timings | None = None) -> dict:
@@ -252,9 +298,12 @@ class Pipeline:
         match = None
         if id_face.face is not None and analysis.embeddings is not None:
             with timings.stage("embed"):
-                id_vector = self.embed([id_image], id_face.face[None])[0]
-                template = embed.normalise(analysis.embeddings.mean(0, keepdims=True))[0]
-                match = float(template @ id_vector)
+                id_vectors = (self.embed([id_image], id_face.face[None])[0], None)
+                template = (embed.normalise(analysis.embeddings.mean(0, keepdims=True))[0], None)
+                if self.config.fusion is not None:
+                    id_vectors = (id_vectors[0], self.embed_second([id_image], id_face.face[None])[0])
+                    template = (template[0], analysis.second_embeddings.mean(0))
+                match = self.match_scores(template, id_vectors)
         return self._answer(analysis, video, required, ordered, timings, id_face.reason, match)
 
     def liveness(self, video: Video, required: Sequence[str] = (), ordered: bool = False,
@@ -267,7 +316,7 @@ class Pipeline:
         return answer
 
     def _answer(self, analysis: VideoAnalysis, video: Video, required: Sequence[str], ordered: bool,
-                timings: Timings, id_problem: str | None, match: float | None) -> dict:
+                timings: Timings, id_problem: str | None, match: dict[str, float] | None) -> dict:
         cfg = self.config
         tracked = analysis.track.reason is None
         missing = liveness.unmet(required, analysis.events, ordered) if tracked else list(required)
@@ -280,13 +329,13 @@ class Pipeline:
                 continuity=analysis.continuity,
                 continuity_threshold=cfg.continuity_threshold,
                 missing_actions=missing,
-                match_score=match,
+                match_score=None if match is None else match["score"],
                 match_threshold=cfg.match_threshold,
             ))
         return {
             "decision": decision,
             "reasons": reasons,
-            "match": {"score": _round(match), "threshold": cfg.match_threshold},
+            "match": self._match_answer(match),
             "liveness": {
                 "active": {
                     "required": list(required),
@@ -312,17 +361,29 @@ class Pipeline:
         with timings.stage("detect"):
             faces = self.image_faces([first, second])
         problems = [f"{which}_{f.reason}" for which, f in zip(("first", "second"), faces) if f.reason]
-        score = None
+        scores = None
         if not problems:
             with timings.stage("embed"):
-                vectors = self.embed([first, second], np.stack([f.face for f in faces]))
-                score = float(vectors[0] @ vectors[1])
-        same = None if score is None else score >= self.config.match_threshold
+                images, found = [first, second], np.stack([f.face for f in faces])
+                vectors = self.embed(images, found)
+                seconds = self.embed_second(images, found) if self.config.fusion is not None else [None, None]
+                scores = self.match_scores((vectors[0], seconds[0]), (vectors[1], seconds[1]))
+        same = None if scores is None else scores["score"] >= self.config.match_threshold
         return {
             "decision": "retry" if problems else ("match" if same else "no_match"),
             "reasons": problems,
-            "match": {"score": _round(score), "threshold": self.config.match_threshold},
+            "match": self._match_answer(scores),
             "timings_ms": timings.ms,
+        }
+
+    def _match_answer(self, scores: dict[str, float] | None) -> dict:
+        """`score` against `threshold` decides; `method` names that score, `scores` gives each
+        embedder's own (SFace cosine, dlib minus Euclidean distance) and the fused one."""
+        return {
+            "score": None if scores is None else _round(scores["score"]),
+            "threshold": self.config.match_threshold,
+            "method": "fused" if self.config.fusion is not None else "sface",
+            "scores": None if scores is None else {k: _round(v) for k, v in scores.items() if k != "score"},
         }
 
 

@@ -1,11 +1,14 @@
-"""All settings in one place, read from `PORTRAIT_*` environment variables."""
+"""All settings in one place, read from `PORTRAIT_*` environment variables, validated at
+start: choices are literals, numbers have bounds, and combinations that cannot work are
+refused before anything is built (`settings_error` turns a refusal into one line)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +26,7 @@ class Settings(BaseSettings):
     )
     model_mirror: Path | None = Field(
         default_factory=_default_mirror,
-        description="Folder holding mirrored model files (MiniFASNet); else their canonical URLs.",
+        description="Folder holding mirrored model files (MiniFASNet, dlib); else their canonical URLs.",
     )
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "portrait",
@@ -32,7 +35,7 @@ class Settings(BaseSettings):
     runtime: str = Field(default="auto", description="Embedded runtime per model: `auto` (the measured "
                          "table in portrait.backends), `onnxruntime`, `openvino`, or overrides such as "
                          "`auto,sface=onnxruntime`.")
-    inference_threads: int = Field(default=0, description="Intra-op threads of each embedded model call; "
+    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads of each embedded model call; "
                                    "0 lets the runtime choose (all cores).")
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
@@ -48,38 +51,66 @@ class Settings(BaseSettings):
         runtime_table(value)  # raises on an unknown runtime or model, or OpenVINO missing
         return value
 
-    backend: str = Field(default="embedded", description="`embedded` (ONNX Runtime) or `triton`.")
+    backend: Literal["embedded", "triton"] = Field(default="embedded", description="`embedded` (ONNX Runtime "
+                                                    "and OpenVINO in process) or `triton`.")
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address for the triton backend.")
-    decoder: str = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
-    frames: str = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
-    video_fps: float = Field(default=15.0, description="Frames sampled per second of video.")
-    video_max_frames: int = Field(default=96, description="Frames kept per video at most.")
-    video_max_seconds: float = Field(default=12.0, description="Longer videos are refused.")
-    max_image_pixels: int = Field(default=40_000_000, description="Larger images are refused.")
-    max_video_pixels: int = Field(default=1920 * 1088, description="Larger video frames are refused.")
+    decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
+    frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
+    video_fps: float = Field(default=15.0, gt=0, le=60, description="Frames sampled per second of video.")
+    video_max_frames: int = Field(default=96, ge=1, le=1000, description="Frames kept per video at most.")
+    video_max_seconds: float = Field(default=12.0, gt=0, le=600, description="Longer videos are refused.")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images are refused.")
+    max_video_pixels: int = Field(default=1920 * 1088, ge=1, description="Larger video frames are refused.")
 
     # The HTTP service
     host: str = "127.0.0.1"
-    port: int = 8080
-    log_level: str = "INFO"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_keys: str = Field(default="", description="tenant:key,tenant2:key2 (keys of 16+ characters).")
     api_keys_file: Path | None = Field(default=None, description="A file of tenant:key lines.")
     challenge_secret: str = Field(default="", description="HMAC secret for challenge tokens; random per "
                                   "process when empty (set it when several replicas share traffic).")
-    challenge_ttl_s: float = 120.0
+    challenge_ttl_s: float = Field(default=120.0, gt=0, le=3600)
     allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions.")
     receipt_key_file: Path | None = Field(default=None, description="Ed25519 private key (PEM) signing "
                                           "receipts; generated per process when unset.")
     redis_url: str = Field(default="", description="Single-use challenge nonces in Redis (several replicas).")
-    max_upload_bytes: int = 32 * 1024 * 1024
-    rate_limit_per_s: float = Field(default=20.0, description="Requests per second per tenant.")
-    rate_limit_burst: int = 40
-    max_in_flight_per_tenant: int = 32
-    workers: int = Field(default=8, description="Requests processed at once (pipeline threads).")
-    max_waiting: int = Field(default=16, description="Requests waiting for a worker; beyond it, 503 + Retry-After.")
-    request_timeout_s: float = 60.0
-    batch_max_delay_ms: float = 5.0
-    batch_max_rows: int = Field(default=0, description="Cap on rows per model call; 0 uses each model's maximum.")
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=10, description="Limit on one Redis call; a slower "
+                                   "store counts as down (503 `nonce_store_unavailable`, `/readyz` 503).")
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    rate_limit_per_s: float = Field(default=20.0, gt=0, description="Requests per second per tenant (shared "
+                                    "by every replica through Redis when `REDIS_URL` is set).")
+    rate_limit_burst: int = Field(default=40, ge=1, description="Requests a tenant may send at once.")
+    max_in_flight_per_tenant: int = Field(default=12, ge=1, description="Requests of one tenant admitted at "
+                                          "once; below `WORKERS + MAX_WAITING`, so one tenant cannot fill it.")
+    workers: int = Field(default=8, ge=1, le=256, description="Requests processed at once (pipeline threads), "
+                         "shared round-robin between the tenants waiting.")
+    max_waiting: int = Field(default=16, ge=0, description="Requests waiting for a worker; beyond it, 503 + Retry-After.")
+    request_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    drain_grace_s: float = Field(default=0.0, ge=0, le=300, description="After SIGTERM, keep serving this long "
+                                 "with `/readyz` at 503 (for load balancers that poll it) before closing.")
+    batch_max_delay_ms: float = Field(default=5.0, ge=0, le=1000)
+    batch_max_rows: int = Field(default=0, ge=0, description="Cap on rows per model call; 0 uses each model's maximum.")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> Settings:
+        if self.decoder == "gpu" and self.frames != "gpu":
+            raise ValueError("PORTRAIT_DECODER=gpu leaves frames on the GPU: set PORTRAIT_FRAMES=gpu too")
+        if self.max_in_flight_per_tenant >= self.workers + self.max_waiting:
+            raise ValueError(f"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT ({self.max_in_flight_per_tenant}) must be below "
+                             f"PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING ({self.workers + self.max_waiting}), "
+                             "so one tenant cannot take every place")
+        return self
+
+    # The demo page: off unless asked for; it spends one tenant's quota for anyone who can reach it.
+    demo: bool = Field(default=False, description="Serve the demo page at /demo and its relay (never in production).")
+    demo_tenant: str = Field(default="", description="The configured tenant whose key the demo relay presents.")
+
+    @model_validator(mode="after")
+    def _demo_needs_a_tenant(self) -> Settings:
+        if self.demo and not self.demo_tenant:
+            raise ValueError("PORTRAIT_DEMO=1 needs PORTRAIT_DEMO_TENANT, a tenant of the configured API keys")
+        return self
 
     @property
     def video_limits(self) -> dict[str, float]:
@@ -87,12 +118,22 @@ class Settings(BaseSettings):
         return {"target_fps": self.video_fps, "max_frames": self.video_max_frames,
                 "max_duration_s": self.video_max_seconds, "max_pixels": self.max_video_pixels}
 
-    triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
-    triton_metrics_port: int = 8002
-    triton_startup_timeout_s: float = 120.0
+    triton_http_port: int = Field(default=8000, ge=1, le=65535)
+    triton_grpc_port: int = Field(default=8001, ge=1, le=65535)
+    triton_metrics_port: int = Field(default=8002, ge=1, le=65535)
+    triton_startup_timeout_s: float = Field(default=120.0, gt=0)
 
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_error(error: ValidationError) -> str:
+    """A refused setting as one line: the variable and why."""
+    parts = []
+    for item in error.errors():
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"PORTRAIT_{name}: {message}" if name else message)
+    return "invalid settings: " + "; ".join(parts)

@@ -32,7 +32,8 @@ def runtime_table(choice: str) -> dict[str, str]:
     name puts every model there; `auto,sface=onnxruntime` overrides single models."""
     first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
     if first == "auto":
-        table = dict(MEASURED) if openvino_installed() else dict.fromkeys(BY_NAME, "onnxruntime")
+        measured = openvino_installed()
+        table = {m: MEASURED.get(m, "onnxruntime") if measured else "onnxruntime" for m in BY_NAME}
     elif first in RUNTIMES:
         table = dict.fromkeys(BY_NAME, first)
     else:

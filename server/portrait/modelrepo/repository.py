@@ -40,6 +40,11 @@ def read_manifest(repository: Path) -> dict[str, ModelRecord]:
     return {entry["name"]: ModelRecord(**entry) for entry in entries}
 
 
+def served_models(repository: Path) -> list[dict[str, str]]:
+    """The models named in every answer and receipt: name, version and sha256 of each file."""
+    return [{"name": r.name, "version": r.version, "sha256": r.sha256} for r in read_manifest(repository).values()]
+
+
 def verified_models(repository: Path, names: list[str]) -> dict[str, ModelRecord]:
     """The manifest records of `names`, after checking each file against its digest."""
     manifest = read_manifest(repository)

@@ -97,6 +97,8 @@ def _from_mirror_or_url(source: MirroredFile, cache_dir: Path, mirror: Path | No
                 f"model mirror {mirrored}: sha256 {actual} does not match the pinned {source.sha256}"
             )
         return mirrored
+    if source.canonical_url is None or source.canonical_sha256 is None:
+        raise SourceError(f"{source.filename} is published only in the model mirror: set PORTRAIT_MODEL_MIRROR")
     target = _cached(cache_dir, source.canonical_sha256, source.filename)
     if target.exists() and sha256_of(target) == source.canonical_sha256:
         return target

@@ -28,15 +28,18 @@ class MirroredFile:
     """A file read from the model mirror folder, else downloaded from its canonical URL.
 
     The mirror and the canonical address may hold different exports of the same weights
-    (the mirror's has a dynamic batch), so each carries its own digest.
+    (the mirror's has a dynamic batch), so each carries its own digest. A file with no
+    canonical address (an export nobody publishes) comes from the mirror only.
     """
 
     filename: str
     sha256: str
-    canonical_url: str
-    canonical_sha256: str
+    canonical_url: str | None = None
+    canonical_sha256: str | None = None
 
     def describe(self) -> str:
+        if self.canonical_url is None:
+            return f"model mirror {self.filename} (mirror only)"
         return f"model mirror {self.filename} (else {self.canonical_url})"
 
 
@@ -199,5 +202,21 @@ EMBEDDER = ModelSpec(
     preferred_batch_sizes=(16, 32, 64),
 )
 
-MODELS: tuple[ModelSpec, ...] = (DETECTOR, LANDMARKS, EYES, PAD_V2, PAD_V1SE, EMBEDDER)
+SECOND_EMBEDDER = ModelSpec(
+    name="dlib_resnet",
+    version="v1",
+    licence="CC0-1.0",
+    summary="dlib ResNet-29 face embedder: 128-d, Euclidean; input a 150x150 chip aligned as dlib's"
+    " get_face_chip(size=150, padding=0.25), RGB 0..255 NCHW (normalisation is in the graph)",
+    # dlib publishes `dlib_face_recognition_resnet_model_v1.dat` (dlib's own format); this ONNX
+    # rebuild of it, checked against dlib's descriptor, is published in the mirror only.
+    source=MirroredFile("dlib_resnet_v1.onnx", "9eff0e6e824a27c66e9600f06cc4906be0837fc23dc355f45cacbb498db6ed19"),
+    conversion=Conversion.ONNX,
+    inputs=(Tensor("input", (3, 150, 150)),),
+    outputs=(Tensor("embedding", (128,)),),
+    max_batch_size=64,
+    preferred_batch_sizes=(16, 32, 64),
+)
+
+MODELS: tuple[ModelSpec, ...] = (DETECTOR, LANDMARKS, EYES, PAD_V2, PAD_V1SE, EMBEDDER, SECOND_EMBEDDER)
 BY_NAME: dict[str, ModelSpec] = {spec.name: spec for spec in MODELS}

@@ -63,8 +63,7 @@ class ApiKeys:
     @classmethod
     def load(cls, value: str | None = None, path: str | Path | None = None) -> ApiKeys:
         """Keys from the PORTRAIT_API_KEYS string and/or the file, merged."""
-        entries = _parse_items(value.split(","), "PORTRAIT_API_KEYS", "item") if value else []
-        return cls(entries + (_read_file(path) if path else []), source="API keys")
+        return cls(configured_keys(value, path), source="API keys")
 
     # Lookup --------------------------------------------------------------------------
 
@@ -88,6 +87,13 @@ class ApiKeys:
 
     def __repr__(self) -> str:
         return f"ApiKeys(tenants={sorted(self.tenants)!r}, keys={len(self)})"
+
+
+def configured_keys(value: str | None = None, path: str | Path | None = None) -> list[tuple[str, str]]:
+    """The (tenant, key) pairs of the PORTRAIT_API_KEYS string and the file, in that order.
+    Only for a caller inside the server that must present a key itself (the demo relay)."""
+    entries = _parse_items(value.split(","), "PORTRAIT_API_KEYS", "item") if value else []
+    return entries + (_read_file(path) if path else [])
 
 
 def _parse_items(items: Iterable[str], source: str, unit: str) -> list[tuple[str, str]]:

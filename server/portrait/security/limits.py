@@ -1,43 +1,65 @@
 """Per-tenant request rate and concurrency limits, so one carrier cannot starve the others.
 
-Limits are per process: with N replicas a tenant gets up to N times the configured rate,
-which is the usual trade for keeping the front door stateless.
+The rate limit is the `limits` library's moving window: `burst` requests in any window of
+`burst / rate` seconds (at least one second). With a Redis URL the windows live in Redis,
+so replicas share one limit instead of each granting it; when Redis cannot answer in time
+the limiter falls back to this process's own windows (availability over precision; single
+use of challenges still fails closed). The concurrency cap is per process: it protects this
+process's workers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+log = logging.getLogger("portrait.limits")
 
 
 class RateLimiter:
-    """Token bucket per tenant: `rate` tokens per second, holding at most `burst`."""
+    """Moving-window request rate per tenant, in memory or shared through Redis."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, burst: int, redis_url: str = "", timeout_s: float = 0.5,
+                 prefix: str = "portrait:rate") -> None:
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError("rate must be a positive number of requests per second")
         if burst < 1:
             raise ValueError("burst must be at least 1")
-        self.rate, self.burst = float(rate), float(burst)
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
-        self._lock = threading.Lock()
+        window_s = max(1, round(burst / rate))
+        self.item = RateLimitItemPerSecond(max(1, round(rate * window_s)), window_s)
+        self._timeout_s = timeout_s
+        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._shared: MovingWindowRateLimiter | None = None
+        if redis_url:
+            storage = RedisStorage("async+" + redis_url, implementation="redispy", key_prefix=prefix,
+                                   socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            self._shared = MovingWindowRateLimiter(storage)
 
-    def try_acquire(self, tenant: str) -> float:
-        """0.0 and one token spent if allowed; else the seconds until a token is available
-        (for Retry-After), spending nothing."""
-        with self._lock:
-            now = self._clock()
-            tokens, at = self._buckets.get(tenant, (self.burst, now))
-            tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[tenant] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[tenant] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+    def __repr__(self) -> str:
+        return f"RateLimiter({self.item}, shared={self._shared is not None})"  # the URL may hold a password
+
+    async def try_acquire(self, tenant: str) -> float:
+        """0.0 and one request counted if allowed; else the seconds until one is (for
+        Retry-After), counting nothing."""
+        if self._shared is not None:
+            try:
+                return await asyncio.wait_for(self._hit(self._shared, tenant), self._timeout_s)
+            except Exception as error:  # redis errors and the timeout: count here instead
+                log.warning("shared rate limit unavailable; using this process's", extra={"error": type(error).__name__})
+        return await self._hit(self._local, tenant)
+
+    async def _hit(self, limiter: MovingWindowRateLimiter, tenant: str) -> float:
+        if await limiter.hit(self.item, tenant):
+            return 0.0
+        stats = await limiter.get_window_stats(self.item, tenant)
+        return max(0.001, stats.reset_time - time.time())
 
 
 class InFlightLimiter:
@@ -72,13 +94,3 @@ class InFlightLimiter:
     def in_flight(self, tenant: str) -> int:
         with self._lock:
             return self._counts.get(tenant, 0)
-
-    @contextmanager
-    def slot(self, tenant: str) -> Iterator[bool]:
-        """`with limiter.slot(t) as ok:` - ok is False at the cap; a taken slot is released on exit."""
-        ok = self.acquire(tenant)
-        try:
-            yield ok
-        finally:
-            if ok:
-                self.release(tenant)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from random import Random
 
 from portrait.security._b64 import b64d, b64e
-from portrait.security.nonces import NonceStore
 
 ACTIONS: tuple[str, ...] = ("blink", "turn_left", "turn_right", "look_up", "look_down")
 HEAD_AXES: tuple[tuple[str, str], ...] = (("turn_left", "turn_right"), ("look_up", "look_down"))
@@ -114,7 +113,7 @@ class ChallengeSigner:
 
     def verify(self, token: str, tenant: str) -> Challenge:
         """The challenge `token` stands for, if it is genuine, current and `tenant`'s.
-        Does not spend it: claim `challenge.nonce` in a `NonceStore` (or use `redeem`)."""
+        Does not spend it: the front door claims `challenge.nonce` in a `NonceStore` (`service/guard.py`)."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
             raise TokenError("malformed_challenge")
         body, signature = token.split(".")
@@ -132,13 +131,6 @@ class ChallengeSigner:
             raise TokenError("expired_challenge")
         return Challenge(token, payload["tenant"], payload["actions"], payload["nonce"],
                          float(payload["iat"]), float(payload["exp"]))
-
-    def redeem(self, token: str, tenant: str, store: NonceStore) -> Challenge:
-        """Verify and spend: raises `replayed_challenge` when the nonce was already claimed."""
-        challenge = self.verify(token, tenant)
-        if not store.claim(challenge.nonce, challenge.expires_at):
-            raise TokenError("replayed_challenge")
-        return challenge
 
 
 def _payload(raw: bytes) -> dict:

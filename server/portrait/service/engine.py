@@ -1,9 +1,22 @@
-"""Everything a request needs, built once at start-up: backend and batcher, pipeline
-configuration, security objects, metrics and the worker threads.
+"""The one path of every judged request, from admission to answer.
 
-Pipeline work is CPU-bound and synchronous, so it runs on a bounded thread pool; the event
-loop only parses uploads, authenticates and waits. Each request gets a view of the shared
-batcher that carries its deadline and cancellation, so abandoned work is dropped.
+Routes hand the engine an `Operation` (which parts it reads, which pipeline work it runs),
+the tenant and the request; the engine does the rest in one order:
+
+1. headers: content type and declared size, before anything is read (415, 413);
+2. admission: the tenant's in-flight cap (429), then the service's places (503), before the
+   body is read, so a flood costs no memory;
+3. the body, its fields and the challenge's signature, tenant and expiry (4xx);
+4. the claim: the challenge's nonce is spent atomically in the nonce store (409 on replay);
+5. the work: a fair turn at a worker thread, which decodes, hashes and runs the pipeline;
+6. the answer with its signed receipt.
+
+A request refused after the claim but before it is judged (overload in the batcher, the
+deadline, the client gone, the backend down) gives its claim back, so the customer retries
+with the same token. Its admission and tenant places are held until its worker is done,
+not until its client leaves.
+
+Security (`Guard`) and inference (`Inference`) are separate objects; the engine joins them.
 """
 
 from __future__ import annotations
@@ -11,142 +24,244 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable
 
-import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
-from portrait.backends import InferenceBackend, backend_from_settings
-from portrait.batching import BatchingBackend, BatchPolicy
-from portrait.frames import frame_ops
-from portrait.media import decoder
-from portrait.modelrepo.repository import read_manifest
-from portrait.modelrepo.specs import BY_NAME
-from portrait.pipeline import Pipeline, PipelineConfig
-from portrait.security.keys import ApiKeys
-from portrait.security.limits import InFlightLimiter, RateLimiter
-from portrait.security.nonces import MemoryNonceStore, NonceStore, RedisNonceStore
-from portrait.security.receipts import ReceiptSigner, generate_key
-from portrait.security.tokens import ChallengeSigner
+from portrait.backends.base import BackendError
+from portrait.batching import Cancelled, DeadlineExceeded, QueueFull
+from portrait.backends import InferenceBackend
+from portrait.media import MediaError
+from portrait.modelrepo.repository import served_models
+from portrait.pipeline import Pipeline, Timings
+from portrait.security.tokens import Challenge
+from portrait.service.guard import Guard
+from portrait.service.inference import Inference
+from portrait.service.logs import request_id
 from portrait.service.metrics import Metrics
+from portrait.service.problems import Problem, problem
+from portrait.service.uploads import Upload, check_headers, read_multipart
 from portrait.settings import Settings
 
 log = logging.getLogger("portrait.service")
-T = TypeVar("T")
+
+# Refusals that say nothing about the media: the challenge is given back.
+NOT_JUDGED = frozenset({"overloaded", "deadline_exceeded", "client_closed_request", "backend_unavailable"})
 
 
-class BatcherObserver:
-    """Feeds the batcher's measurements into Prometheus."""
+@dataclass(frozen=True)
+class Parts:
+    """A judged request's validated multipart fields."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def batch(self, model: str, rows: int, items: int, seconds: float) -> None:
-        self.metrics.batch_rows.labels(model).observe(rows)
-        self.metrics.batch_requests.labels(model).observe(items)
-        self.metrics.batch_seconds.labels(model).observe(seconds)
-
-    def queue_wait(self, model: str, seconds: float) -> None:
-        self.metrics.queue_wait.labels(model).observe(seconds)
-
-    def queue_depth(self, model: str, rows: int) -> None:
-        self.metrics.queue_depth.labels(model).set(rows)
-
-    def dropped(self, model: str, reason: str) -> None:
-        self.metrics.dropped.labels(model, reason).inc()
+    files: dict[str, bytes]
+    flags: dict[str, bool]
+    token: str | None
 
 
-@dataclass
-class RequestBackend:
-    """The shared batcher as one request sees it: with its deadline and cancellation."""
+class Run:
+    """What an operation's work sees on its worker thread: decoders and the pipeline."""
 
-    batcher: BatchingBackend
-    deadline: float
-    cancelled: threading.Event
-    name: str = "batched"
+    def __init__(self, engine: Engine, pipeline: Pipeline, timings: Timings) -> None:
+        self._engine, self.pipeline, self.timings = engine, pipeline, timings
 
-    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.batcher.infer(model, batch, deadline=self.deadline, cancelled=self.cancelled.is_set)
+    def image(self, data: bytes) -> Any:
+        settings = self._engine.settings
+        return self._decode("image", lambda: self._engine.inference.decode.image(data, max_pixels=settings.max_image_pixels))
 
-    def ready(self) -> bool:
-        return self.batcher.ready()
+    def video(self, data: bytes) -> Any:
+        settings = self._engine.settings
+        return self._decode("video", lambda: self._engine.inference.decode.video(data, **settings.video_limits))
 
-    def close(self) -> None:
-        pass
+    def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
+        with self.timings.stage("decode"):
+            try:
+                return decode()
+            except MediaError as error:
+                self._engine.metrics.decode_failures.labels(kind, error.code).inc()
+                raise
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One judged endpoint: the files it reads, its boolean flags, whether it answers a
+    challenge, and its pipeline work."""
+
+    endpoint: str
+    files: tuple[str, ...]
+    flags: tuple[str, ...]
+    challenge: bool
+    work: Callable[[Run, Parts, Challenge | None], dict]
+
+    def parts(self, upload: Upload) -> Parts:
+        files = {name: upload.file(name) for name in self.files}
+        token = upload.field("challenge") if self.challenge else None
+        return Parts(files, {name: _flag(upload, name) for name in self.flags}, token)
+
+
+class Ticket:
+    """A request's admission place and tenant place, released once."""
+
+    def __init__(self, engine: Engine, tenant: str) -> None:
+        self.engine, self.tenant = engine, tenant
+        self.handed_to_worker = False
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.engine.admitted -= 1
+            self.engine.guard.in_flight.release(self.tenant)
 
 
 class Engine:
     def __init__(self, settings: Settings, backend: InferenceBackend | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
-        secret = settings.challenge_secret.encode() or secrets.token_bytes(32)
-        if not settings.challenge_secret:
-            log.warning("PORTRAIT_CHALLENGE_SECRET is not set: challenges are valid on this process only")
-        self.challenges = ChallengeSigner(secret, ttl_s=settings.challenge_ttl_s)
-        self.nonces: NonceStore = RedisNonceStore(settings.redis_url) if settings.redis_url else MemoryNonceStore()
-        if settings.receipt_key_file:
-            key_pem = settings.receipt_key_file.read_bytes()
-        else:
-            log.warning("PORTRAIT_RECEIPT_KEY_FILE is not set: receipts are signed with a key made for this process")
-            key_pem = generate_key()
-        self.receipts = ReceiptSigner(key_pem)
-        self.rate = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-        self.in_flight = InFlightLimiter(settings.max_in_flight_per_tenant)
-        self.decode = decoder(settings.decoder)
-        self.inner = backend or backend_from_settings(settings)
-        self.batcher = BatchingBackend(self.inner, _policies(settings), observer=BatcherObserver(self.metrics))
-        self.config = PipelineConfig()
-        # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
-        self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
-        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")
-        self.models = [{"name": r.name, "version": r.version, "sha256": r.sha256}
-                       for r in read_manifest(settings.model_repository).values()]
+        self.guard = Guard(settings)
+        self.inference = Inference(settings, self.metrics, backend)
+        self.models = served_models(settings.model_repository)
         for model in self.models:
             self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"]})
         self.draining = False
-        self.admitted = 0  # requests running or waiting for a worker; touched only on the event loop
+        self.admitted = 0  # requests holding a place (waiting or running); touched only on the event loop
 
-    def pipeline(self, deadline: float, cancelled: threading.Event) -> Pipeline:
-        return Pipeline(RequestBackend(self.batcher, deadline, cancelled), self.config, self.frames)
+    async def judge(self, op: Operation, tenant: str, request: Request) -> JSONResponse:
+        limit = self.settings.max_upload_bytes
+        check_headers(request, limit)
+        ticket = self._admit(tenant)
+        try:
+            parts = op.parts(await read_multipart(request, limit))
+            challenge = self.guard.challenge(parts.token, tenant) if op.challenge else None
+            if challenge is not None:
+                await self.guard.claim(challenge)
+            try:
+                answer, inputs = await self._execute(op, ticket, request, parts, challenge)
+            except Problem as refused:
+                if challenge is not None and refused.code in NOT_JUDGED:
+                    await self.guard.release(challenge)
+                raise
+        finally:
+            if not ticket.handed_to_worker:
+                ticket.release()
+        if challenge is not None:
+            inputs["challenge_nonce"] = challenge.nonce
+        return self._respond(op.endpoint, tenant, answer, inputs)
 
-    async def run(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+    def _admit(self, tenant: str) -> Ticket:
+        if not self.guard.in_flight.acquire(tenant):
+            raise problem("too_many_in_flight", "this tenant has too many requests in progress", retry_after_s=1)
+        if self.admitted >= self.settings.workers + self.settings.max_waiting:
+            self.guard.in_flight.release(tenant)
+            raise problem("overloaded", "the service is at capacity; try again shortly", retry_after_s=2)
+        self.admitted += 1
+        return Ticket(self, tenant)
 
-    def has_room(self) -> bool:
-        """Bounded admission: the executor's own queue is unbounded, so cap it here."""
-        return self.admitted < self.settings.workers + self.settings.max_waiting
+    async def _execute(self, op: Operation, ticket: Ticket, request: Request, parts: Parts,
+                       challenge: Challenge | None) -> tuple[dict, dict]:
+        """The work on a worker under the request deadline, stopped when the client goes away."""
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        cancelled = threading.Event()
+        timings = Timings()
+        started = []
 
-    def ready(self) -> tuple[bool, str | None]:
+        def work() -> tuple[dict, dict]:
+            answer = op.work(Run(self, self.inference.pipeline(deadline, cancelled), timings), parts, challenge)
+            digests = {f"{name}_sha256": hashlib.sha256(data).hexdigest() for name, data in parts.files.items()}
+            return answer, digests
+
+        task = asyncio.ensure_future(self.inference.run(ticket.tenant, work, lambda: started.append(True)))
+        ticket.handed_to_worker = True
+        task.add_done_callback(lambda done: _finished(ticket, done))
+
+        def stop() -> None:
+            cancelled.set()
+            if not started:
+                task.cancel()  # still waiting for a worker: leave the line
+
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.2)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    stop()
+                    raise problem("deadline_exceeded", "the verification took too long; try again")
+                if await request.is_disconnected():
+                    stop()
+                    raise problem("client_closed_request", "the client went away")
+            result = task.result()
+        except MediaError as error:
+            raise Problem(error.status, error.code, str(error)) from None
+        except QueueFull as error:
+            raise problem("overloaded", "the service is at capacity; try again shortly",
+                          retry_after_s=error.retry_after_s) from None
+        except DeadlineExceeded:
+            raise problem("deadline_exceeded", "the verification took too long; try again") from None
+        except Cancelled:
+            raise problem("client_closed_request", "the client went away") from None
+        except BackendError as error:
+            self.metrics.backend_errors.labels(self.inference.inner.name).inc()
+            log.error("backend error", extra={"error": str(error)})
+            raise problem("backend_unavailable", "the inference backend is unavailable", retry_after_s=5) from None
+        for stage, ms in timings.ms.items():
+            self.metrics.stages.labels(stage).observe(ms / 1000)
+        return result
+
+    def _respond(self, endpoint: str, tenant: str, answer: dict, inputs: dict) -> JSONResponse:
+        rid = request_id.get()
+        for reason in answer["reasons"] or ["none"]:
+            self.metrics.decisions.labels(endpoint, answer["decision"], reason).inc()
+        claims = {
+            "rid": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
+            "inputs": inputs, "decision": answer["decision"], "reasons": answer["reasons"],
+            "scores": _scores(answer), "models": self.models,
+        }
+        body = {**answer, "models": self.models, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
+        log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"]})
+        return JSONResponse(body, headers={"x-portrait-outcome": answer["decision"]})
+
+    async def ready(self) -> tuple[bool, str | None]:
+        """Readiness: not draining, the nonce store (when shared) and the backend answer.
+        The backend probe runs off the loop (it has its own time limit)."""
         if self.draining:
             return False, "shutting down"
-        up = self.inner.ready()
-        self.metrics.backend_up.set(1 if up else 0)
-        return (True, None) if up else (False, f"{self.inner.name} backend not ready")
+        ready, why = await self.guard.ready()
+        if not ready:
+            return ready, why
+        ready, why = await asyncio.get_running_loop().run_in_executor(None, self.inference.ready)
+        self.metrics.backend_up.set(1 if ready else 0)
+        return ready, why
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.draining = True
-        self.batcher.drain(timeout_s=self.settings.request_timeout_s)
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self.batcher.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.inference.close)
+        await self.guard.close()
 
 
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _finished(ticket: Ticket, task: asyncio.Future) -> None:
+    """The worker is done (or the request left the line): free its places. A request that
+    was abandoned never awaits its task, so its outcome is read here."""
+    ticket.release()
+    if not task.cancelled():
+        task.exception()
 
 
+def _flag(upload: Upload, name: str) -> bool:
+    value = (upload.field(name, required=False) or "false").strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise problem("invalid_field", f"{name} must be true or false")
+    return value in ("true", "1")
 
-def _policies(settings: Settings) -> dict[str, BatchPolicy]:
-    """Queues hold what every worker may submit at once (two eye crops per frame): queued
-    items are views of arrays the requests already hold, so the bound on memory is the
-    number of workers, and a queue fills only when work is piling up behind the model."""
-    policies = {}
-    for name, spec in BY_NAME.items():
-        rows = min(spec.max_batch_size, settings.batch_max_rows or spec.max_batch_size)
-        per_request = 2 * (settings.video_max_frames + 1)
-        policies[name] = BatchPolicy(max_batch=rows, max_delay_ms=settings.batch_max_delay_ms,
-                                     max_queue_rows=max(8 * spec.max_batch_size, settings.workers * per_request))
-    return policies
+
+def _scores(answer: dict) -> dict:
+    scores = {}
+    if "match" in answer:
+        scores["match"] = answer["match"]["score"]
+    if "liveness" in answer:
+        scores["passive"] = answer["liveness"]["passive"]["score"]
+        scores["continuity"] = answer["liveness"]["continuity"]["score"]
+    return scores

@@ -28,8 +28,8 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update({k: v for k, v in vars(record).items()
                       if k not in _STANDARD and k != "color_message" and not k.startswith("_")})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info).splitlines()[-1]
+        if record.exc_info:  # code lines and the exception's message; never locals or request content
+            entry["traceback"] = self.formatException(record.exc_info).splitlines()
         return json.dumps(entry, default=str)
 
 

@@ -1,8 +1,16 @@
-"""Errors as RFC 9457 `application/problem+json` with a stable machine-readable `code`."""
+"""Errors as RFC 9457 `application/problem+json` with a stable machine-readable `code`.
+
+`CODES` is the one list of codes, their statuses and meanings: the OpenAPI document, the
+README's table and the tests read it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fastapi.responses import JSONResponse
+
+from portrait.media.errors import _STATUS as MEDIA_STATUS
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -16,11 +24,64 @@ class Problem(Exception):
 
 
 TITLES = {
-    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-    413: "Payload too large", 415: "Unsupported media type", 422: "Unprocessable content",
-    429: "Too many requests", 499: "Client closed request", 500: "Internal error",
+    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+    409: "Conflict", 410: "Gone", 413: "Payload too large", 415: "Unsupported media type",
+    422: "Unprocessable content", 429: "Too many requests", 499: "Client closed request", 500: "Internal error",
     503: "Service unavailable", 504: "Gateway timeout",
 }
+
+_MEDIA_MEANING = {
+    "unsupported_media_type": "an upload is not an image or video format the service reads",
+    "corrupt_media": "an upload does not decode",
+    "media_too_large": "an image or video frame has more pixels than allowed",
+    "video_too_long": "the video runs longer, or has more frames, than allowed",
+    "no_frames": "the video has no decodable frame",
+}
+
+CODES: dict[str, tuple[int, str]] = {
+    "malformed_challenge": (400, "the challenge token is not a well-formed Portrait challenge"),
+    "malformed_multipart": (400, "the multipart body cannot be parsed"),
+    "malformed_body": (400, "the JSON body cannot be parsed"),
+    "invalid_api_key": (401, "no API key, or not a configured one (`Authorization: Bearer <key>`)"),
+    "forged_challenge": (403, "the challenge token's signature is not this service's"),
+    "wrong_tenant": (403, "the challenge was issued to another tenant"),
+    "client_actions_disabled": (403, "this server chooses the challenge actions"),
+    "not_found": (404, "no such route"),
+    "method_not_allowed": (405, "the route does not take this method (see `Allow`)"),
+    "replayed_challenge": (409, "the challenge was already used for a verification; request a new one"),
+    "expired_challenge": (410, "the challenge has expired; request a new one"),
+    "upload_too_large": (413, "the body is over `PORTRAIT_MAX_UPLOAD_BYTES` (checked on Content-Length first)"),
+    "field_too_large": (413, "a text field of the multipart body is over 8 KiB"),
+    "unsupported_content_type": (415, "the body is not `multipart/form-data` with a boundary"),
+    "invalid_request": (422, "the JSON body does not match its schema"),
+    "invalid_actions": (422, "actions must be 1-5 distinct known action names"),
+    "missing_field": (422, "a required multipart field is missing or empty"),
+    "invalid_field": (422, "a multipart field has a value outside its schema"),
+    "duplicate_field": (422, "a multipart field is sent more than once"),
+    "too_many_parts": (422, "the multipart body has more than 8 parts"),
+    **{code: (MEDIA_STATUS[code], meaning) for code, meaning in _MEDIA_MEANING.items()},
+    "rate_limited": (429, "the tenant's request rate is over its limit (with `Retry-After`)"),
+    "too_many_in_flight": (429, "the tenant has `PORTRAIT_MAX_IN_FLIGHT_PER_TENANT` requests in progress "
+                                "(with `Retry-After`)"),
+    "client_closed_request": (499, "the client went away before the answer (logged; nobody reads it); "
+                                   "the challenge is not spent"),
+    "internal_error": (500, "a bug: the log line carries the request id and the traceback"),
+    "overloaded": (503, "every worker and waiting place is taken (with `Retry-After`); the challenge is not spent"),
+    "backend_unavailable": (503, "the inference backend cannot answer (with `Retry-After`); the challenge is "
+                                 "not spent"),
+    "nonce_store_unavailable": (503, "the shared store of used challenges (Redis) cannot answer (with "
+                                     "`Retry-After`); the challenge is not spent"),
+    "deadline_exceeded": (504, "the request ran past `PORTRAIT_REQUEST_TIMEOUT_S`; the challenge is not spent"),
+}
+
+RETRY_AFTER = frozenset({"rate_limited", "too_many_in_flight", "overloaded", "backend_unavailable",
+                         "nonce_store_unavailable"})
+
+
+def problem(code: str, detail: str | None = None, retry_after_s: float | None = None) -> Problem:
+    """The Problem for a catalogued code, its meaning as the detail unless one is given."""
+    status, meaning = CODES[code]
+    return Problem(status, code, detail or meaning, retry_after_s)
 
 
 def problem_response(problem: Problem, request_id: str | None = None) -> JSONResponse:
@@ -39,3 +100,33 @@ def problem_response(problem: Problem, request_id: str | None = None) -> JSONRes
     if problem.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="portrait"'
     return JSONResponse(body, status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def problem_responses(codes: Iterable[str]) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these codes: per status, the problem+json schema with its codes."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(CODES[code][0], []).append(code)
+    responses: dict[int | str, dict] = {}
+    for status, listed in sorted(by_status.items()):
+        schema = {
+            "type": "object",
+            "required": ["type", "title", "status", "code", "detail"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "enum": [status]},
+                "code": {"type": "string", "enum": listed},
+                "detail": {"type": "string"},
+                "request_id": {"type": "string"},
+            },
+        }
+        response: dict = {"description": f"{TITLES[status]}: " + ", ".join(f"`{c}`" for c in listed),
+                          "content": {PROBLEM_JSON: {"schema": schema}}}
+        if any(code in RETRY_AFTER for code in listed):
+            response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
+                                                   "schema": {"type": "string"}}}
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        responses[status] = response
+    return responses

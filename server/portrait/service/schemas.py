@@ -11,7 +11,8 @@ Action = Literal["blink", "turn_left", "turn_right", "look_up", "look_down"]
 
 class ChallengeRequest(BaseModel):
     actions: list[Action] | None = Field(
-        default=None, description="Only when the server allows client-chosen actions (kiosks, tests)."
+        default=None, min_length=1, max_length=5, json_schema_extra={"uniqueItems": True},
+        description="1-5 distinct actions; only when the server allows client-chosen actions (kiosks, tests).",
     )
 
 
@@ -24,6 +25,13 @@ class ChallengeResponse(BaseModel):
 class Score(BaseModel):
     score: float | None
     threshold: float
+
+
+class MatchScore(Score):
+    method: Literal["sface", "fused"] = Field(description="The score `threshold` applies to: SFace's cosine, or "
+                                              "SFace and dlib fused (z-normalised, weighted; see calibration.json).")
+    scores: dict[str, float] | None = Field(description="Each embedder's own score (sface: cosine; dlib: minus "
+                                            "Euclidean distance) and the fused one.")
 
 
 class ObservedAction(BaseModel):
@@ -62,7 +70,7 @@ class VideoSummary(BaseModel):
 class VerificationResponse(BaseModel):
     decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
     reasons: list[str]
-    match: Score
+    match: MatchScore
     liveness: Liveness
     video: VideoSummary
     models: list[ModelVersion]
@@ -85,7 +93,7 @@ class LivenessResponse(BaseModel):
 class CompareResponse(BaseModel):
     decision: Literal["match", "no_match", "retry"]
     reasons: list[str]
-    match: Score
+    match: MatchScore
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str

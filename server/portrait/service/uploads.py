@@ -1,8 +1,9 @@
 """Multipart uploads parsed in memory under a size cap.
 
 Starlette spools file parts over 1 MB to a temporary file; biometric media must never
-touch the disk, so the body is read here, counting bytes as they arrive (Content-Length
-is not trusted), and parsed into memory with python-multipart.
+touch the disk, so the body is read here, counting bytes as they arrive (a declared
+Content-Length is checked before reading, and not trusted after), and parsed into memory
+with python-multipart. A field sent twice is refused rather than one copy silently kept.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from portrait.service.problems import Problem
+from portrait.service.problems import Problem, problem
 
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 8192  # text fields (the challenge token, flags)
@@ -27,23 +28,29 @@ class Upload:
     def file(self, name: str) -> bytes:
         data = self.files.get(name)
         if not data:
-            raise Problem(422, "missing_field", f"the multipart field {name!r} (a file) is required")
+            raise problem("missing_field", f"the multipart field {name!r} (a file) is required")
         return data
 
     def field(self, name: str, required: bool = True) -> str | None:
         value = self.fields.get(name)
         if value is None and required:
-            raise Problem(422, "missing_field", f"the multipart field {name!r} is required")
+            raise problem("missing_field", f"the multipart field {name!r} is required")
         return value
 
 
-async def read_multipart(request: Request, max_bytes: int) -> Upload:
+def check_headers(request: Request, max_bytes: int) -> None:
+    """What can be refused before the body is read: its type and declared size."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
-    if content_type != b"multipart/form-data" or b"boundary" not in options:
-        raise Problem(415, "unsupported_content_type", "send multipart/form-data")
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise problem("unsupported_content_type", "send multipart/form-data")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise Problem(413, "upload_too_large", f"uploads are limited to {max_bytes} bytes")
+        raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
+
+
+async def read_multipart(request: Request, max_bytes: int) -> Upload:
+    check_headers(request, max_bytes)
+    _, options = parse_options_header(request.headers.get("content-type", ""))
     upload = Upload()
     state: dict = {"name": None, "filename": None, "type": None, "chunks": [], "header": b"", "headers": {}}
     sizes = {"total": 0}
@@ -67,11 +74,13 @@ async def read_multipart(request: Request, max_bytes: int) -> Upload:
     def on_part_data(data: bytes, start: int, end: int) -> None:
         state["chunks"].append(data[start:end])
         if state["filename"] is None and sum(map(len, state["chunks"])) > MAX_FIELD_BYTES:
-            raise Problem(413, "field_too_large", f"field {state['name']!r} is over {MAX_FIELD_BYTES} bytes")
+            raise problem("field_too_large", f"field {state['name']!r} is over {MAX_FIELD_BYTES} bytes")
 
     def on_part_end() -> None:
         if len(upload.files) + len(upload.fields) >= MAX_PARTS:
-            raise Problem(422, "too_many_parts", f"at most {MAX_PARTS} multipart fields")
+            raise problem("too_many_parts", f"at most {MAX_PARTS} multipart fields")
+        if state["name"] in upload.files or state["name"] in upload.fields:
+            raise problem("duplicate_field", f"the multipart field {state['name']!r} is sent more than once")
         value = b"".join(state["chunks"])
         if state["filename"] is not None:
             upload.files[state["name"]] = value
@@ -89,11 +98,11 @@ async def read_multipart(request: Request, max_bytes: int) -> Upload:
         async for chunk in request.stream():
             sizes["total"] += len(chunk)
             if sizes["total"] > max_bytes:
-                raise Problem(413, "upload_too_large", f"uploads are limited to {max_bytes} bytes")
+                raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
     except Problem:
         raise
     except Exception as error:  # python-multipart raises several error types for bad bodies
-        raise Problem(400, "malformed_multipart", f"the multipart body could not be parsed: {error}") from None
+        raise problem("malformed_multipart", f"the multipart body could not be parsed: {error}") from None
     return upload

@@ -1,0 +1,93 @@
+"""The front door's security, apart from inference: API keys to tenants, rate and
+concurrency limits, challenge tokens and their single use, signed receipts.
+
+Every method that may wait (Redis) is asynchronous and bounded by `PORTRAIT_REDIS_TIMEOUT_S`;
+the rest is cheap arithmetic on a few hundred bytes and runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from portrait.security.keys import ApiKeys
+from portrait.security.limits import InFlightLimiter, RateLimiter
+from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore
+from portrait.security.receipts import ReceiptSigner, generate_key
+from portrait.security.tokens import Challenge, ChallengeSigner, TokenError, parse_actions
+from portrait.service.problems import problem
+from portrait.settings import Settings
+
+log = logging.getLogger("portrait.service")
+
+
+class Guard:
+    def __init__(self, settings: Settings) -> None:
+        self.keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
+        secret = settings.challenge_secret.encode() or secrets.token_bytes(32)
+        if not settings.challenge_secret:
+            log.warning("PORTRAIT_CHALLENGE_SECRET is not set: challenges are valid on this process only")
+        self.challenges = ChallengeSigner(secret, ttl_s=settings.challenge_ttl_s)
+        self.nonces: NonceStore = (RedisNonceStore(settings.redis_url, timeout_s=settings.redis_timeout_s)
+                                   if settings.redis_url else MemoryNonceStore())
+        if settings.receipt_key_file:
+            key_pem = settings.receipt_key_file.read_bytes()
+        else:
+            log.warning("PORTRAIT_RECEIPT_KEY_FILE is not set: receipts are signed with a key made for this process")
+            key_pem = generate_key()
+        self.receipts = ReceiptSigner(key_pem)
+        self.rate = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, settings.redis_url,
+                                settings.redis_timeout_s)
+        self.in_flight = InFlightLimiter(settings.max_in_flight_per_tenant)
+        self.shared_store = bool(settings.redis_url)
+
+    def tenant(self, key: str | None) -> str:
+        tenant = self.keys.tenant_for(key) if key else None
+        if tenant is None:
+            raise problem("invalid_api_key", "send a valid API key as `Authorization: Bearer <key>`")
+        return tenant
+
+    async def throttle(self, tenant: str) -> None:
+        wait = await self.rate.try_acquire(tenant)
+        if wait > 0:
+            raise problem("rate_limited", "this tenant's request rate is over its limit", retry_after_s=wait)
+
+    def actions(self, names: list[str]) -> list[str]:
+        """Client-named actions, where the server allows them."""
+        try:
+            return parse_actions(names)
+        except TokenError as error:
+            raise problem(error.code, str(error)) from None
+
+    def challenge(self, token: str, tenant: str) -> Challenge:
+        """The challenge a token stands for, checked (signature, tenant, expiry) but not spent."""
+        try:
+            return self.challenges.verify(token, tenant)
+        except TokenError as error:
+            raise problem(error.code, str(error)) from None
+
+    async def claim(self, challenge: Challenge) -> None:
+        """Spend the challenge: atomic in the store, so of concurrent requests one wins."""
+        try:
+            claimed = await self.nonces.claim(challenge.nonce, challenge.expires_at)
+        except NonceStoreError:
+            log.error("nonce store unreachable")
+            raise problem("nonce_store_unavailable", "cannot check challenge reuse now", retry_after_s=2) from None
+        if not claimed:
+            raise problem("replayed_challenge", "this challenge was already used; request a new one")
+
+    async def release(self, challenge: Challenge) -> None:
+        """Give back a claim whose request was refused before it was judged. If the store
+        cannot answer, the token stays spent: the safe side."""
+        try:
+            await self.nonces.release(challenge.nonce)
+        except NonceStoreError:
+            log.error("nonce store unreachable: a refused request's challenge stays spent")
+
+    async def ready(self) -> tuple[bool, str | None]:
+        if self.shared_store and not await self.nonces.ping():
+            return False, "nonce store not reachable"
+        return True, None
+
+    async def close(self) -> None:
+        await self.nonces.close()

@@ -1,0 +1,162 @@
+"""Inference for the service, apart from security: the backend and its batcher, the
+decoders and frame path, the pipeline threads, and the fair hand-out of those threads.
+
+Pipeline work is CPU-bound and synchronous, so it runs on a fixed pool of `workers`
+threads; the event loop only waits. Requests waiting for a thread queue per tenant and are
+served round-robin, so a tenant that floods the service waits behind itself, not in front
+of the others. Each request gets a view of the shared batcher that carries its deadline and
+cancellation, so abandoned work is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from portrait.backends import InferenceBackend, backend_from_settings
+from portrait.batching import BatchingBackend, BatchPolicy
+from portrait.frames import frame_ops
+from portrait.media import decoder
+from portrait.modelrepo.specs import BY_NAME
+from portrait.pipeline import Pipeline, PipelineConfig
+from portrait.service.metrics import Metrics
+from portrait.settings import Settings
+
+T = TypeVar("T")
+
+
+class FairWorkers:
+    """`size` places shared round-robin by tenant; lives on the event loop."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiting: dict[str, deque[asyncio.Future]] = {}  # insertion order is the turn order
+
+    async def acquire(self, tenant: str) -> None:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(tenant, deque()).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # granted as it was cancelled: pass the place on
+            else:
+                queue = self._waiting.get(tenant)
+                if queue is not None and turn in queue:
+                    queue.remove(turn)
+                    if not queue:
+                        del self._waiting[tenant]
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            tenant = next(iter(self._waiting))
+            queue = self._waiting.pop(tenant)
+            turn = queue.popleft()
+            if queue:
+                self._waiting[tenant] = queue  # to the back of the line
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
+
+    def waiting(self) -> int:
+        return sum(len(queue) for queue in self._waiting.values())
+
+
+class BatcherObserver:
+    """Feeds the batcher's measurements into Prometheus."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def batch(self, model: str, rows: int, items: int, seconds: float) -> None:
+        self.metrics.batch_rows.labels(model).observe(rows)
+        self.metrics.batch_requests.labels(model).observe(items)
+        self.metrics.batch_seconds.labels(model).observe(seconds)
+
+    def queue_wait(self, model: str, seconds: float) -> None:
+        self.metrics.queue_wait.labels(model).observe(seconds)
+
+    def queue_depth(self, model: str, rows: int) -> None:
+        self.metrics.queue_depth.labels(model).set(rows)
+
+    def dropped(self, model: str, reason: str) -> None:
+        self.metrics.dropped.labels(model, reason).inc()
+
+
+@dataclass
+class RequestBackend:
+    """The shared batcher as one request sees it: with its deadline and cancellation."""
+
+    batcher: BatchingBackend
+    deadline: float
+    cancelled: threading.Event
+    name: str = "batched"
+
+    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.batcher.infer(model, batch, deadline=self.deadline, cancelled=self.cancelled.is_set)
+
+    def ready(self) -> bool:
+        return self.batcher.ready()
+
+    def close(self) -> None:
+        pass
+
+
+class Inference:
+    def __init__(self, settings: Settings, metrics: Metrics, backend: InferenceBackend | None = None) -> None:
+        self.settings = settings
+        self.decode = decoder(settings.decoder)
+        self.inner = backend or backend_from_settings(settings)
+        self.batcher = BatchingBackend(self.inner, _policies(settings), observer=BatcherObserver(metrics))
+        self.config = PipelineConfig()
+        # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
+        self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
+        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")
+        self.workers = FairWorkers(settings.workers)
+
+    def pipeline(self, deadline: float, cancelled: threading.Event) -> Pipeline:
+        return Pipeline(RequestBackend(self.batcher, deadline, cancelled), self.config, self.frames)
+
+    async def run(self, tenant: str, work: Callable[[], T], started: Callable[[], None]) -> T:
+        """Wait for this tenant's turn at a worker, then run `work` on it. Cancellable while
+        waiting; once `started` is called the work runs to its end (stop it through its
+        cancellation event, never by cancelling this coroutine)."""
+        await self.workers.acquire(tenant)
+        try:
+            started()
+            return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+        finally:
+            self.workers.release()
+
+    def ready(self) -> tuple[bool, str | None]:
+        up = self.inner.ready()
+        return (True, None) if up else (False, f"{self.inner.name} backend not ready")
+
+    def close(self) -> None:
+        self.batcher.drain(timeout_s=self.settings.request_timeout_s)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.batcher.close()
+
+
+def _policies(settings: Settings) -> dict[str, BatchPolicy]:
+    """Queues hold what every worker may submit at once (two eye crops per frame): queued
+    items are views of arrays the requests already hold, so the bound on memory is the
+    number of workers, and a queue fills only when work is piling up behind the model."""
+    policies = {}
+    for name, spec in BY_NAME.items():
+        rows = min(spec.max_batch_size, settings.batch_max_rows or spec.max_batch_size)
+        per_request = 2 * (settings.video_max_frames + 1)
+        policies[name] = BatchPolicy(max_batch=rows, max_delay_ms=settings.batch_max_delay_ms,
+                                     max_queue_rows=max(8 * spec.max_batch_size, settings.workers * per_request))
+    return policies

@@ -1,0 +1,90 @@
+// The demo page: ID photo -> challenge (through the relay) -> recording -> verification.
+// `?actions=blink,turn_left&schedule=1,3` names the challenge when the server allows it.
+import { record, actionText } from "/v1/capture/portrait-capture.js";
+
+const $ = (id) => document.getElementById(id);
+const input = $("id-image");
+const start = $("start");
+const status = $("status");
+
+function setState(state, message = "", code = "") {
+  document.body.dataset.state = state;
+  status.textContent = message;
+  status.dataset.code = code;
+}
+
+input.addEventListener("change", () => {
+  const file = input.files[0];
+  start.disabled = !file;
+  if (file) {
+    $("id-preview").src = URL.createObjectURL(file);
+    $("id-preview").hidden = false;
+  }
+});
+
+start.addEventListener("click", async () => {
+  start.disabled = true;
+  $("result").hidden = true;
+  try {
+    setState("challenge", "Asking Portrait for a challenge\u2026");
+    const challenge = await post("/demo/api/challenge", JSON.stringify(challengeRequest()), "application/json");
+    setState("recording", `Challenge: ${challenge.actions.map(actionText).join(", then ")}.`);
+    const { blob, mimeType } = await record(challenge, $("capture"));
+    setState("verifying", "Verifying\u2026");
+    const form = new FormData();
+    form.append("challenge", challenge.token);
+    form.append("id_image", input.files[0]);
+    form.append("video", blob, mimeType.startsWith("video/mp4") ? "selfie.mp4" : "selfie.webm");
+    show(challenge, await post("/demo/api/verify", form));
+    setState("done", "");
+  } catch (error) {
+    setState("error", error.message, error.code || "request_failed");
+  } finally {
+    start.disabled = !input.files[0];
+  }
+});
+
+function challengeRequest() {
+  const params = new URLSearchParams(location.search);
+  const request = { mirrored: false };  // browsers deliver the camera's frames unmirrored
+  if (params.get("actions")) request.actions = params.get("actions").split(",");
+  if (params.get("schedule")) request.schedule = params.get("schedule").split(",").map(Number);
+  return request;
+}
+
+async function post(url, body, contentType) {
+  const response = await fetch(url, { method: "POST", body, headers: contentType ? { "content-type": contentType } : {} });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(answer.detail || `the server answered ${response.status}`);
+    error.code = answer.code || `http_${response.status}`;
+    throw error;
+  }
+  return answer;
+}
+
+function show(challenge, answer) {
+  window.portraitAnswer = answer;
+  const decision = $("decision");
+  decision.textContent = answer.decision;
+  decision.dataset.decision = answer.decision;
+  $("reasons").textContent = answer.reasons.length ? answer.reasons.join(", ") : "none";
+  $("match").textContent = score(answer.match);
+  $("passive").textContent = score(answer.liveness.passive);
+  $("continuity").textContent = score(answer.liveness.continuity);
+  const active = answer.liveness.active;
+  const seen = active.observed.map((o) => `${o.action} at ${o.start_s.toFixed(2)} s`).join(", ") || "nothing";
+  const asked = challenge.actions.map((a, i) => `${a} at ${challenge.schedule[i]} s`).join(", ");
+  $("actions").textContent = `asked ${asked}; saw ${seen}`
+    + (active.missing.length ? `; missing ${active.missing.join(", ")}` : "");
+  const total = Object.values(answer.timings_ms).reduce((a, b) => a + b, 0);
+  $("timing").textContent = `${answer.video.duration_s.toFixed(1)} s of ${answer.video.codec} video, `
+    + `${answer.video.frames} frames; ${Math.round(total)} ms`;
+  $("receipt").textContent = answer.receipt;
+  $("result").hidden = false;
+}
+
+function score(value) {
+  return value.score === null ? `none (threshold ${value.threshold})`
+    : `${value.score.toFixed(3)} (threshold ${value.threshold})`;
+}
