@@ -20,6 +20,7 @@ from portrait.backends.base import InferenceBackend
 from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
+from portrait.settings import get_settings
 from portrait.stages import align, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
 from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
@@ -53,7 +54,7 @@ def _shipped_fusion() -> Fusion | None:
 class PipelineConfig:
     image_detector_size: int = 640
     video_detector_size: int = 320
-    detect_every: int = 4  # the detector sees every 4th frame; FaceMesh follows the face between
+    detect_every: int = field(default_factory=lambda: get_settings().video_detect_every)
     detection_score: float = 0.7
     match_threshold: float = field(default_factory=_shipped_match_score_threshold)  # of the shipped score
     fusion: Fusion | None = field(default_factory=_shipped_fusion)  # None: SFace's cosine alone decides

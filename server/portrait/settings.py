@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
     video_fps: float = Field(default=15.0, gt=0, le=60, description="Frames sampled per second of video.")
+    video_detect_every: int = Field(default=4, ge=1, description="The detector sees every n-th sampled frame; "
+                                    "FaceMesh follows the face between (1: detect on every frame).")
     video_max_frames: int = Field(default=96, ge=1, le=1000, description="Frames kept per video at most.")
     video_max_seconds: float = Field(default=12.0, gt=0, le=600, description="Longer videos are refused.")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images are refused.")
