@@ -59,8 +59,7 @@ def _run(pipeline: Pipeline, id_bytes: bytes, video_bytes: bytes, settings: Sett
         start = time.perf_counter()
         with timings.stage("decode"):
             image = decode_image(id_bytes)
-            video = _three_seconds(decode_video(video_bytes, target_fps=settings.video_fps,
-                                                max_frames=settings.video_max_frames))
+            video = _three_seconds(decode_video(video_bytes, settings.video_limits))
         pipeline.verify(image, video, ["blink"], timings=timings)
         totals.append(time.perf_counter() - start)
         stages.append(timings.ms)
@@ -86,7 +85,7 @@ def main() -> None:
     id_bytes, video_bytes = args.id_image.read_bytes(), args.video.read_bytes()
     report = {}
     for name, pipeline in (("batched", Pipeline(inner)), ("frame_by_frame", Pipeline(baseline_backend))):
-        pipeline.verify(decode_image(id_bytes), _three_seconds(decode_video(video_bytes)), ["blink"])  # warm-up
+        pipeline.verify(decode_image(id_bytes), _three_seconds(decode_video(video_bytes, settings.video_limits)), ["blink"])  # warm-up
         report[name] = _run(pipeline, id_bytes, video_bytes, settings, args.repeats)
     report["frame_by_frame"]["model_calls_per_verification"] = baseline_backend.calls // (args.repeats + 1)
     stages = list(report["batched"]["stages_ms_median"])

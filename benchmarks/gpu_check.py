@@ -430,6 +430,7 @@ def video_rows(plan: Plan) -> list[Row]:
     check = "video decode (DALI NVDEC)"
     try:
         from portrait.media.dali_gpu import GpuVideoDecoder, gpu_decode_unavailable
+        from portrait.media.limits import VideoLimits
         from portrait.media.video import decode_video
     except ImportError as error:  # PyAV or OpenCV missing: the project's own dependencies
         return [Row(check, 0, note=f"skipped: {error}")]
@@ -440,31 +441,32 @@ def video_rows(plan: Plan) -> list[Row]:
     try:
         _log("video: encoding a synthetic clip")
         data, codec = synthetic_clip()
-        cpu = decode_video(data)
+        limits = VideoLimits()
+        cpu = decode_video(data, limits)
         label = f"video {codec} {VIDEO_SIZE[1]}x{VIDEO_SIZE[0]} {VIDEO_SECONDS}s -> {len(cpu.frames)} frames"
 
         _log("video: first decoder")
         started = time.perf_counter()
         pool = GpuVideoDecoder(device_id, max_clips_in_flight=1)
         built = time.perf_counter()
-        first = pool.decode(data)
+        first = pool.decode(data, limits)
         first_ms, build_ms = (time.perf_counter() - started) * 1000, (built - started) * 1000
         gpu = first.to_video()
         same = (gpu.frames.shape == cpu.frames.shape and np.array_equal(gpu.timestamps, cpu.timestamps))
         diff = f"{np.abs(gpu.frames.astype(np.int16) - cpu.frames).mean():.2g} lvl" if same else "-"
 
         _log(f"video: {VIDEO_CLIPS} clips through the live pool")
-        reused = median_ms(lambda: pool.decode(data), plan.device, VIDEO_CLIPS, warmup=1)
+        reused = median_ms(lambda: pool.decode(data, limits), plan.device, VIDEO_CLIPS, warmup=1)
         pool.close()
 
         def fresh() -> None:
             decoder = GpuVideoDecoder(device_id, max_clips_in_flight=1)
-            decoder.decode(data)
+            decoder.decode(data, limits)
             decoder.close()
 
         _log("video: a new decoder per clip, and PyAV on the CPU")
         per_clip = median_ms(fresh, plan.device, 3, warmup=0)
-        pyav = median_ms(lambda: decode_video(data), plan.device, 5, warmup=1)
+        pyav = median_ms(lambda: decode_video(data, limits), plan.device, 5, warmup=1)
     except Exception as error:  # noqa: BLE001
         return [_failed(Row(check, 0), error)]
     frames = len(cpu.frames)

@@ -47,7 +47,10 @@ def test_batched_call_equals_single_calls(model_repository, face_images):
 
 
 def test_runtime_table_choices():
-    assert runtime_table("auto") == {m: MEASURED.get(m, "onnxruntime") for m in BY_NAME}
+    auto = runtime_table("auto")
+    assert set(auto) == set(BY_NAME)  # every model has a runtime
+    assert {m: r for m, r in auto.items() if m in MEASURED} == MEASURED
+    assert {r for m, r in auto.items() if m not in MEASURED} <= {"onnxruntime"}  # unmeasured: ONNX Runtime
     assert set(runtime_table("onnxruntime").values()) == {"onnxruntime"}
     table = runtime_table("openvino,yunet=onnxruntime")
     assert table["yunet"] == "onnxruntime" and table["sface"] == "openvino"

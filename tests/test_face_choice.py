@@ -59,3 +59,35 @@ def test_a_blurred_background_face_does_not_compete():
     assert detect.primary_face(faces, (800, 1000), sharpness=np.array([900.0, 500.0])) is None
     assert detect.primary_face(faces, (800, 1000), sharpness=np.array([900.0, 40.0])) == 0
     assert detect.primary_face(faces, (800, 1000), sharpness=np.array([40.0, 900.0])) == 1
+
+
+def _side_by_side(testdata, blur_sigma):
+    """A clip made at test time: d0's subject on the left, d18's face as large on the right,
+    sharp or out of focus."""
+    import cv2
+
+    from portrait.media import decode_video
+    from portrait.media.video import Video
+    from portrait.settings import Settings
+
+    limits = Settings().video_limits
+    left = decode_video((testdata / "videos/liveportrait/d0.mp4").read_bytes(), limits).frames[:30]
+    right = decode_video((testdata / "videos/liveportrait/d18.mp4").read_bytes(), limits).frames[:30]
+    frames = []
+    for a, b in zip(left, right):
+        b = cv2.resize(b, (320, 320))
+        frames.append(np.concatenate([cv2.resize(a, (320, 320)), cv2.GaussianBlur(b, (0, 0), blur_sigma) if blur_sigma else b], 1))
+    count = len(frames)
+    return Video(np.stack(frames), np.arange(count) / 15.0, 15.0, "synthetic", count / 15.0, 0)
+
+
+def test_video_seeding_follows_the_same_rule(pipeline, testdata):
+    """Two people side by side: no subject; the same with the second one out of focus: the
+    sharp one is followed."""
+    from portrait.pipeline import Timings
+
+    both = pipeline.analyse_video(_side_by_side(testdata, 0), Timings(), need_embeddings=False)
+    assert both.track.reason == "multiple_faces"
+    blurred = pipeline.analyse_video(_side_by_side(testdata, 5), Timings(), need_embeddings=False)
+    assert blurred.track.reason is None
+    assert (blurred.track.faces[blurred.track.present, 0] < 320).all()  # the left, sharp face

@@ -13,13 +13,14 @@ Clips are made in memory; nothing is written to disk.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import av
 import numpy as np
 import pytest
 
 from portrait.backends import BackendError
-from portrait.media import MediaError, decode_video
+from portrait.media import MediaError, VideoLimits, decode_video
 from portrait.media.dali_gpu import (
     Decoded,
     GpuBusy,
@@ -38,6 +39,8 @@ from portrait.media.dali_gpu import (
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (the GPU paths need it)")
 
 NO_GPU = not torch.cuda.is_available()
+LIMITS = VideoLimits()
+SLOW = replace(LIMITS, target_fps=6.0, max_frames=8)
 needs_no_gpu = pytest.mark.skipif(not NO_GPU, reason="a GPU is present: the refusal cannot happen")
 
 
@@ -95,17 +98,17 @@ def assert_same_video(got, want, exact: bool = True) -> None:
 
 
 def test_overflow_without_a_pool_is_decode_video(h264):
-    decoded = decode_with_overflow(h264, None, target_fps=6.0, max_frames=8)
+    decoded = decode_with_overflow(h264, None, SLOW)
     assert isinstance(decoded, Decoded) and (decoded.path, decoded.reason) == ("cpu", "no_gpu_pool")
-    assert_same_video(decoded.video, decode_video(h264, target_fps=6.0, max_frames=8))
+    assert_same_video(decoded.video, decode_video(h264, SLOW))
     assert len(decoded.video.frames) == 8
 
 
 def test_overflow_refuses_what_decode_video_refuses(h264):
     with pytest.raises(MediaError) as caught:
-        decode_with_overflow(h264[: len(h264) // 3])
+        decode_with_overflow(h264[: len(h264) // 3], None, LIMITS)
     with pytest.raises(MediaError) as expected:
-        decode_video(h264[: len(h264) // 3])
+        decode_video(h264[: len(h264) // 3], LIMITS)
     assert caught.value.code == expected.value.code
 
 
@@ -149,13 +152,13 @@ class CpuDecoder(GpuVideoDecoder):
 
 
 def test_plan_takes_the_frames_decode_video_takes(h264):
-    plan = plan_clip(h264, target_fps=6.0, max_frames=8)
-    video = decode_video(h264, target_fps=6.0, max_frames=8)
+    plan = plan_clip(h264, SLOW)
+    video = decode_video(h264, SLOW)
     assert plan.codec == "h264" and len(plan.indices) == 8
     np.testing.assert_array_equal(plan.times, video.timestamps)
     assert (plan.fps, plan.duration_s, plan.rotation) == (video.fps, video.duration_s, video.rotation)
     with pytest.raises(GpuUnsupported) as caught:
-        plan_clip(h264, codecs=frozenset({"hevc"}))
+        plan_clip(h264, LIMITS, codecs=frozenset({"hevc"}))
     assert caught.value.code == "unsupported_media_type"
 
 
@@ -165,18 +168,33 @@ def test_one_pipeline_decodes_clip_after_clip(vp9, vp9_rotated):
     pipe = build_pipeline("cpu", None, 1)
     codecs = frozenset({"vp9"})
     for data, fps, rotation in ((vp9, 12.0, 0), (vp9_rotated, 12.0, 270), (vp9, 5.0, 0)):
-        plan = plan_clip(data, target_fps=fps, codecs=codecs)
+        limits = replace(LIMITS, target_fps=fps)
+        plan = plan_clip(data, limits, codecs=codecs)
         assert plan.rotation == rotation
-        frames = decode_planned(pipe, data, plan, max_pixels=1920 * 1088)
-        want = decode_video_dali(data, target_fps=fps)
+        frames = decode_planned(pipe, data, plan, limits)
+        want = decode_video_dali(data, limits)
         assert frames.is_contiguous() and frames.dtype == torch.uint8
         np.testing.assert_array_equal(frames.numpy(), want.frames)  # BGR, upright
-        assert_same_video(decode_video(data, target_fps=fps), want, exact=False)
+        assert_same_video(decode_video(data, limits), want, exact=False)
     # DALI's failure is GpuDecodeError, and the pipeline still serves the next clip.
     with pytest.raises(GpuDecodeError):
         run_pipeline(pipe, b"\x1a\x45\xdf\xa3" + bytes(200), [0])
-    plan = plan_clip(vp9, codecs=codecs)
-    assert len(decode_planned(pipe, vp9, plan, max_pixels=1920 * 1088)) == len(plan.indices)
+    plan = plan_clip(vp9, LIMITS, codecs=codecs)
+    assert len(decode_planned(pipe, vp9, plan, LIMITS)) == len(plan.indices)
+
+
+def test_the_gpu_graph_scales_frames_as_the_cpu_decoders_do():
+    """Frames over max_side come out at the size PyAV and DALI on the CPU give, area-averaged."""
+    from portrait.media.dali import decode_video_dali
+
+    data = encode("libvpx-vp9", "webm", count=12, rotation=-90, size=(360, 480))  # shown 360x480
+    limits = replace(LIMITS, max_side=320)
+    pipe = build_pipeline("cpu", None, 1)
+    frames = decode_planned(pipe, data, plan_clip(data, limits, codecs=frozenset({"vp9"})), limits)
+    want = decode_video_dali(data, limits)
+    assert frames.shape[1:] == want.frames.shape[1:] == (320, 240, 3)
+    assert np.abs(frames.numpy().astype(int) - want.frames).mean() < 1.0  # torch vs OpenCV area
+    assert_same_video(decode_video(data, limits), want, exact=False)
 
 
 def test_pool_decodes_and_overflows(vp9, h264):
@@ -184,28 +202,28 @@ def test_pool_decodes_and_overflows(vp9, h264):
 
     pool = CpuDecoder(max_clips_in_flight=1)
     try:
-        decoded = decode_with_overflow(vp9, pool)
+        decoded = decode_with_overflow(vp9, pool, LIMITS)
         assert (decoded.path, decoded.reason) == ("gpu", "") and isinstance(decoded.video, GpuVideo)
-        assert_same_video(decoded.video.to_video(), decode_video_dali(vp9))
+        assert_same_video(decoded.video.to_video(), decode_video_dali(vp9, LIMITS))
 
         held = pool._acquire(wait=False, timeout_s=None)  # every decoder busy
         assert pool.in_flight == 1
         with pytest.raises(GpuBusy):
-            pool.decode(vp9, wait=False)
+            pool.decode(vp9, LIMITS, wait=False)
         with pytest.raises(GpuBusy):
-            pool.decode(vp9, wait=True, timeout_s=0.05)
-        decoded = decode_with_overflow(vp9, pool)
+            pool.decode(vp9, LIMITS, wait=True, timeout_s=0.05)
+        decoded = decode_with_overflow(vp9, pool, LIMITS)
         assert (decoded.path, decoded.reason) == ("cpu", "gpu_busy")
-        assert_same_video(decoded.video, decode_video(vp9))
+        assert_same_video(decoded.video, decode_video(vp9, LIMITS))
         pool._release(held)
 
-        decoded = decode_with_overflow(h264, pool)  # not a codec this pool takes
+        decoded = decode_with_overflow(h264, pool, LIMITS)  # not a codec this pool takes
         assert (decoded.path, decoded.reason) == ("cpu", "codec")
         assert pool.in_flight == 0
     finally:
         pool.close()
     with pytest.raises(RuntimeError, match="closed"):
-        pool.decode(vp9)
+        pool.decode(vp9, LIMITS)
 
 
 def test_pool_falls_back_and_rebuilds_after_a_gpu_failure(vp9, monkeypatch):
@@ -220,10 +238,10 @@ def test_pool_falls_back_and_rebuilds_after_a_gpu_failure(vp9, monkeypatch):
 
     with monkeypatch.context() as patch:
         patch.setattr(dali_gpu, "decode_planned", fail)
-        decoded = decode_with_overflow(vp9, pool)
+        decoded = decode_with_overflow(vp9, pool, LIMITS)
     assert (decoded.path, decoded.reason) == ("cpu", "gpu_decode_failed")
-    assert_same_video(decoded.video, decode_video(vp9))
-    assert decode_with_overflow(vp9, pool).path == "gpu" and built == [1]  # a fresh pipeline
+    assert_same_video(decoded.video, decode_video(vp9, LIMITS))
+    assert decode_with_overflow(vp9, pool, LIMITS).path == "gpu" and built == [1]  # a fresh pipeline
     pool.close()
 
 

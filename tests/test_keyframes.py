@@ -54,7 +54,7 @@ def test_the_fit_maps_mesh_rows_onto_the_detector_rows_it_was_fitted_on():
 
 @pytest.fixture(scope="module")
 def clip(testdata):
-    return decode_video((testdata / "videos/liveportrait/d12.mp4").read_bytes(), **SETTINGS.video_limits)
+    return decode_video((testdata / "videos/liveportrait/d12.mp4").read_bytes(), SETTINGS.video_limits)
 
 
 def test_followed_faces_stay_on_the_detected_face_through_head_turns(model_repository, clip):

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -19,10 +20,13 @@ import cv2
 import numpy as np
 import pytest
 
-from portrait.media import MediaError, Video, decode_image, decode_video, decoder
+from portrait.media import MediaError, Video, VideoLimits, decode_image, decode_video, decoder
 from portrait.media import image as image_module
 from portrait.media import video as video_module
 from portrait.media.video import EvenSampler
+
+# The shipped limits (what Settings builds by default); tests change one field at a time.
+LIMITS = VideoLimits()
 
 # DALI and PyAV convert YUV to RGB slightly differently (chroma upsampling, rounding):
 # mean absolute difference allowed between their frames, in 0..255 units.
@@ -132,6 +136,10 @@ def white_quadrant(image: np.ndarray) -> str:
     return max(means, key=means.get)
 
 
+def limits(**changes) -> VideoLimits:
+    return replace(LIMITS, **changes)
+
+
 def refuse(code: str, function, *args, **kwargs) -> MediaError:
     with pytest.raises(MediaError) as caught:
         function(*args, **kwargs)
@@ -152,7 +160,7 @@ def video_paths(testdata) -> list[Path]:
 @pytest.fixture(scope="module")
 def decoded(video_paths) -> dict[str, Video]:
     """Every test video decoded with the default sampling (d9 is 19.6 s: a longer limit)."""
-    return {path.stem: decode_video(path.read_bytes(), max_duration_s=30.0) for path in video_paths}
+    return {path.stem: decode_video(path.read_bytes(), limits(max_duration_s=30.0)) for path in video_paths}
 
 
 @pytest.fixture(scope="module")
@@ -180,66 +188,101 @@ def test_every_test_video_decodes(decoded, video_paths):
         video = decoded[path.stem]
         with av.open(str(path)) as clip:
             stream = clip.streams.video[0]
-            height, width = stream.height, stream.width
+            width, height = LIMITS.frame_size(stream.width, stream.height)
         count = len(video.frames)
         assert video.frames.dtype == np.uint8 and video.frames.shape == (count, height, width, 3)
-        assert video.frames.flags.c_contiguous
-        assert 2 <= count <= 48 and video.timestamps.shape == (count,)
+        assert video.frames.flags.c_contiguous and max(width, height) <= LIMITS.max_side
+        assert 2 <= count <= LIMITS.max_frames and video.timestamps.shape == (count,)
         assert video.timestamps[0] == 0.0 and np.all(np.diff(video.timestamps) > 0)
         assert video.codec == "h264" and video.rotation == 0 and video.fps > 20
-        expected_rate = min(12.0, 48 / video.duration_s)
+        expected_rate = min(LIMITS.target_fps, LIMITS.max_frames / video.duration_s)
         rate = (count - 1) / video.timestamps[-1]
         assert rate == pytest.approx(expected_rate, rel=0.15), path.name
         assert video.timestamps[-1] > video.duration_s - 2 / expected_rate, "frames span the video"
 
 
-def test_portrait_clip_stays_portrait(decoded):
-    assert decoded["d13"].frames.shape[1:] == (1280, 720, 3)
+def test_portrait_clip_stays_portrait_and_is_scaled_to_max_side(decoded):
+    assert decoded["d13"].frames.shape[1:] == (640, 360, 3)  # coded 720x1280
 
 
 def test_short_clip_is_sampled_at_target_rate(decoded):
-    timestamps = decoded["d0"].timestamps  # 3.1 s at 25 fps: 12 fps fits in 48 frames
-    assert len(timestamps) == pytest.approx(3.12 * 12, abs=2)
-    assert np.all(np.abs(np.diff(timestamps) - 1 / 12) <= 1 / 25 + 1e-6)
+    timestamps = decoded["d0"].timestamps  # 3.1 s at 25 fps: 15 fps fits in 96 frames
+    assert len(timestamps) == pytest.approx(3.12 * 15, abs=2)
+    assert np.all(np.abs(np.diff(timestamps) - 1 / 15) <= 1 / 25 + 1e-6)
 
 
 def test_max_frames_caps_and_still_spans_the_video(d0):
-    video = decode_video(d0, max_frames=5)
+    video = decode_video(d0, limits(max_frames=5))
     assert 3 <= len(video.frames) <= 5
     assert video.timestamps[-1] > 0.6 * video.duration_s
 
 
 def test_header_duration_over_the_limit_is_refused(d0, testdata):
-    error = refuse("video_too_long", decode_video, d0, max_duration_s=2.0)
+    error = refuse("video_too_long", decode_video, d0, limits(max_duration_s=2.0))
     assert error.status == 422
-    refuse("video_too_long", decode_video, (testdata / "videos/liveportrait/d9.mp4").read_bytes())
+    refuse("video_too_long", decode_video, (testdata / "videos/liveportrait/d9.mp4").read_bytes(), LIMITS)
 
 
 def test_duration_is_enforced_without_a_header_duration():
     live = remux(encode(marker_frames(30), "libvpx-vp9", "webm", rate=10), "webm", live="1")  # 3 s
     with av.open(io.BytesIO(live)) as check:
         assert check.duration is None and check.streams.video[0].duration is None
-    refuse("video_too_long", decode_video, live, max_duration_s=2.0)
+    refuse("video_too_long", decode_video, live, limits(max_duration_s=2.0))
     # no duration to plan with: the sampler halves its rate to keep max_frames over the whole video
-    video = decode_video(live, max_frames=8)
+    video = decode_video(live, limits(max_frames=8))
     assert 4 <= len(video.frames) <= 8 and video.timestamps[-1] >= 2.0
 
 
 def test_frame_budget_stops_a_flood_of_tiny_frames():
     data = encode(marker_frames(300, 16, 16), "mjpeg", "avi", rate=1000)  # 0.3 s, 1000 fps
-    error = refuse("video_too_long", decode_video, data, max_duration_s=1.0)
+    error = refuse("video_too_long", decode_video, data, limits(max_duration_s=1.0))
     assert "frames" in str(error)
 
 
 def test_frames_over_max_pixels_are_refused(d0):
-    error = refuse("media_too_large", decode_video, d0, max_pixels=512 * 511)
+    error = refuse("media_too_large", decode_video, d0, limits(max_pixels=512 * 511))
     assert error.status == 413
+
+
+def test_skipping_unused_non_reference_frames_changes_nothing(testdata, monkeypatch):
+    """The B-frames the sampler will not keep are not decoded, and the result is the same."""
+    data = (testdata / "videos/replay_pair/real.mp4").read_bytes()  # H.264 High, with B-frames
+    frames_seen = []
+    original = video_module._frames
+
+    def counted(*args, skipping: bool):
+        frames = original(*args) if skipping else original(*args[:3])
+        for count, frame in enumerate(frames, 1):
+            yield frame
+        frames_seen.append(count)
+
+    monkeypatch.setattr(video_module, "_frames", lambda *args: counted(*args, skipping=True))
+    skipped = decode_video(data, LIMITS)
+    monkeypatch.setattr(video_module, "_frames", lambda *args: counted(*args, skipping=False))
+    full = decode_video(data, LIMITS)
+    np.testing.assert_array_equal(skipped.frames, full.frames)
+    np.testing.assert_array_equal(skipped.timestamps, full.timestamps)
+    assert (skipped.duration_s, skipped.fps) == (full.duration_s, full.fps)
+    assert frames_seen[0] < frames_seen[1] == 112, frames_seen
+
+
+def test_frames_are_scaled_while_decoding_to_max_side(testdata):
+    data = (testdata / "videos/replay_pair/real.mp4").read_bytes()  # 1080x720
+    coded = decode_video(data, limits(max_side=0))
+    scaled = decode_video(data, limits(max_side=480))
+    assert coded.frames.shape[1:] == (720, 1080, 3) and scaled.frames.shape[1:] == (320, 480, 3)
+    np.testing.assert_array_equal(scaled.timestamps, coded.timestamps)
+    # the same pictures: OpenCV's area scaling of the full frames is within a level or two
+    reference = np.stack([cv2.resize(f, (480, 320), interpolation=cv2.INTER_AREA) for f in coded.frames])
+    assert np.abs(reference.astype(np.int16) - scaled.frames).mean() < 2.0
+    with pytest.raises(ValueError, match="below the detector"):
+        limits(max_side=200)
 
 
 def test_truncated_videos_are_corrupt(video_paths):
     for path in video_paths:  # index at the end (open fails) and at the start (frames stop early)
         data = path.read_bytes()
-        refuse("corrupt_media", decode_video, data[: len(data) // 2])
+        refuse("corrupt_media", decode_video, data[: len(data) // 2], LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -248,34 +291,55 @@ def test_truncated_videos_are_corrupt(video_paths):
     ids=["empty", "one-byte", "random", "hls-playlist"],
 )
 def test_non_videos_are_unsupported(data):
-    assert refuse("unsupported_media_type", decode_video, data).status == 415
+    assert refuse("unsupported_media_type", decode_video, data, LIMITS).status == 415
 
 
 def test_garbage_behind_a_video_signature_is_corrupt():
-    refuse("corrupt_media", decode_video, b"\x00\x00\x00\x20ftypisom" + os.urandom(4096))
-    refuse("corrupt_media", decode_video, b"\x1a\x45\xdf\xa3" + os.urandom(4096))
+    refuse("corrupt_media", decode_video, b"\x00\x00\x00\x20ftypisom" + os.urandom(4096), LIMITS)
+    refuse("corrupt_media", decode_video, b"\x1a\x45\xdf\xa3" + os.urandom(4096), LIMITS)
 
 
 def test_an_image_or_unlisted_codec_is_unsupported():
     jpeg = cv2.imencode(".jpg", marker_frames(1)[0])[1].tobytes()
-    refuse("unsupported_media_type", decode_video, jpeg)
-    refuse("unsupported_media_type", decode_video, encode(marker_frames(5), "mpeg4", "mp4"))
+    refuse("unsupported_media_type", decode_video, jpeg, LIMITS)
+    refuse("unsupported_media_type", decode_video, encode(marker_frames(5), "ffv1", "matroska"), LIMITS)
 
 
 def test_a_stream_without_decodable_frames_gives_no_frames():
     data = encode(marker_frames(10), "libx264", "matroska")
     broken = remux(data, "matroska", keep=lambda packet: not packet.is_keyframe)
-    assert refuse("no_frames", decode_video, broken).status == 422
+    assert refuse("no_frames", decode_video, broken, LIMITS).status == 422
 
 
 @pytest.mark.parametrize("name", ["vp9.webm", "vp8.webm", "mjpeg.avi", "mjpeg.mkv"])
 def test_reencoded_clips_decode(reencoded, name):
-    video = decode_video(reencoded[name])
+    video = decode_video(reencoded[name], LIMITS)
     assert video.codec == {"vp9": "vp9", "vp8": "vp8", "mjpeg": "mjpeg"}[name.split(".")[0]]
     assert video.frames.shape == (len(video.timestamps), 512, 512, 3)
-    assert len(video.frames) == pytest.approx(1.6 * 12, abs=1) and video.fps == 25
+    assert len(video.frames) == pytest.approx(1.6 * LIMITS.target_fps, abs=1) and video.fps == 25
     for frame, time in zip(video.frames, video.timestamps):
         assert abs(frame[:32].mean() - band_level(round(time * 25))) < 12  # neighbours: >= 47
+
+
+def test_frames_kept_through_the_samplers_halving_are_the_right_ones(reencoded):
+    video = decode_video(reencoded["mjpeg.avi"], limits(max_frames=5))  # halves twice
+    assert 3 <= len(video.frames) <= 5 and np.all(np.diff(video.timestamps) > 0)
+    for frame, time in zip(video.frames, video.timestamps):
+        assert abs(frame[:32].mean() - band_level(round(time * 25))) < 12
+
+
+def test_a_frame_size_change_midway_is_corrupt():
+    small, large = encode(marker_frames(4, 32, 32), "mjpeg", "avi"), encode(marker_frames(4), "mjpeg", "avi")
+    buffer = io.BytesIO()
+    with av.open(io.BytesIO(small)) as first, av.open(io.BytesIO(large)) as second:
+        with av.open(buffer, "w", format="avi") as out:
+            stream = out.add_stream_from_template(first.streams.video[0])
+            for index, packet in enumerate([*first.demux(video=0), *second.demux(video=0)]):
+                if packet.dts is not None:
+                    packet.stream, packet.pts, packet.dts = stream, index, index
+                    out.mux(packet)
+    error = refuse("corrupt_media", decode_video, buffer.getvalue(), LIMITS)
+    assert "size changes" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -285,7 +349,7 @@ def test_reencoded_clips_decode(reencoded, name):
 def test_display_rotation_is_applied(display_rotation, applied, white):
     # -90 is what a phone writes for portrait video: shown turned 90 degrees clockwise
     data = encode(marker_frames(4), "libx264", "mp4", rotation=display_rotation)
-    video = decode_video(data)
+    video = decode_video(data, LIMITS)
     assert video.rotation == applied
     expected_shape = (32, 64, 3) if applied == 180 else (64, 32, 3)
     assert video.frames.shape[1:] == expected_shape
@@ -307,7 +371,7 @@ def test_frame_threads_only_while_pyav_logging_is_off(monkeypatch):
     assert video_module.thread_type() == "AUTO"
     monkeypatch.setattr(av.logging, "get_level", lambda: av.logging.INFO)
     assert video_module.thread_type() == "NONE"  # PyAV's log callback can deadlock frame threads
-    refuse("corrupt_media", decode_video, b"\x1a\x45\xdf\xa3" + os.urandom(4096))
+    refuse("corrupt_media", decode_video, b"\x1a\x45\xdf\xa3" + os.urandom(4096), LIMITS)
 
 
 def test_decoders_write_nothing_to_disk(tmp_path, d0, testdata):
@@ -315,8 +379,8 @@ def test_decoders_write_nothing_to_disk(tmp_path, d0, testdata):
     (tmp_path / "tmp").mkdir()
     (tmp_path / "cwd").mkdir()
     script = (
-        "import sys; from portrait.media import decode_image, decode_video\n"
-        "decode_video(open(sys.argv[1], 'rb').read())\n"
+        "import sys; from portrait.media import VideoLimits, decode_image, decode_video\n"
+        "decode_video(open(sys.argv[1], 'rb').read(), VideoLimits())\n"
         "decode_image(open(sys.argv[2], 'rb').read())\n"
     )
     image = testdata / "images/deepface/img1.jpg"
@@ -429,7 +493,7 @@ def dali():
 
 @pytest.mark.parametrize("name", ["vp9.webm", "mjpeg.avi"])
 def test_dali_video_matches_pyav(dali, reencoded, name):
-    ours, theirs = decode_video(reencoded[name]), dali.video(reencoded[name])
+    ours, theirs = decode_video(reencoded[name], LIMITS), dali.video(reencoded[name], LIMITS)
     np.testing.assert_allclose(theirs.timestamps, ours.timestamps)
     assert (theirs.fps, theirs.codec, theirs.duration_s) == (ours.fps, ours.codec, ours.duration_s)
     assert theirs.frames.shape == ours.frames.shape and theirs.frames.dtype == np.uint8
@@ -440,18 +504,18 @@ def test_dali_video_matches_pyav(dali, reencoded, name):
 
 def test_dali_video_applies_rotation_and_limits(dali, d0):
     data = encode(marker_frames(4), "mjpeg", "mov", rotation=-90)
-    video = dali.video(data)
+    video = dali.video(data, LIMITS)
     assert video.rotation == 270 and video.frames.shape[1:] == (64, 32, 3)
     assert white_quadrant(video.frames[0]) == "tr"
-    refuse("unsupported_media_type", dali.video, d0)  # H.264 needs DALI's GPU backend
-    refuse("media_too_large", dali.video, data, max_pixels=100)
-    refuse("unsupported_media_type", dali.video, b"")
+    refuse("unsupported_media_type", dali.video, d0, LIMITS)  # H.264 needs DALI's GPU backend
+    refuse("media_too_large", dali.video, data, limits(max_pixels=100))
+    refuse("unsupported_media_type", dali.video, b"", LIMITS)
 
 
 def test_dali_refuses_broken_video(dali, reencoded):
     data = reencoded["vp9.webm"]
     with pytest.raises(MediaError) as caught:
-        dali.video(data[: len(data) // 2])
+        dali.video(data[: len(data) // 2], LIMITS)
     assert caught.value.code == "corrupt_media"
 
 

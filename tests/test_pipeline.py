@@ -20,8 +20,7 @@ SETTINGS = Settings()
 
 
 def _video(testdata, name):
-    return decode_video((testdata / "videos" / name).read_bytes(), target_fps=SETTINGS.video_fps,
-                        max_frames=SETTINGS.video_max_frames, max_duration_s=SETTINGS.video_max_seconds)
+    return decode_video((testdata / "videos" / name).read_bytes(), SETTINGS.video_limits)
 
 
 def _image(testdata, name):
@@ -125,8 +124,14 @@ def test_required_actions_decide_between_retry_and_a_match_decision(pipeline, te
 
 def test_same_and_different_people(pipeline, testdata):
     obama = _image(testdata, "face_recognition/examples/obama.jpg")
-    assert pipeline.compare(obama, _image(testdata, "face_recognition/examples/obama2.jpg"))["decision"] == "match"
-    assert pipeline.compare(obama, _image(testdata, "face_recognition/examples/biden.jpg"))["decision"] == "no_match"
+    same = pipeline.compare(obama, _image(testdata, "face_recognition/examples/obama2.jpg"))
+    other = pipeline.compare(obama, _image(testdata, "face_recognition/examples/biden.jpg"))
+    assert same["decision"] == "match" and other["decision"] == "no_match"
+    method = same["match"]["method"]
+    assert same["match"]["score"] == same["match"]["scores"][method]
+    if method == "fused":
+        assert set(same["match"]["scores"]) == {"sface", "dlib", "fused"}
+        assert same["match"]["scores"]["dlib"] > -0.6 > other["match"]["scores"]["dlib"]  # dlib's own threshold
 
 
 def test_both_backends_give_the_same_decisions(model_repository, pipeline, testdata):
@@ -162,9 +167,16 @@ def test_cli_eval_pairs_reports_accuracy_and_tar(model_repository, testdata, mir
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["pairs"] == 1848
-    assert report["accuracy_at_threshold"] > 0.97
-    assert [t["far_target"] for t in report["tar_at_far"]] == [1e-3, 1e-4]
-    assert report["tar_at_far"][0]["tar"] > 0.9
+    assert report["refusals"]["pairs"] == 0 and report["errors"]["pairs"] == 0
+    for name in ("sface", "dlib", "fused"):
+        score = report["scores"][name]
+        assert score["accuracy_at_threshold"] > 0.99
+        assert [t["far_target"] for t in score["tar_at_far"]] == [1e-3, 1e-4]
+        assert score["tar_at_far"][0]["tar"] > 0.95
+    shipped = report["shipped"]["score"]
+    cv = report["fused_cross_validated"]
+    if shipped == "fused":  # fusion ships only where it wins under cross-validation
+        assert cv["accuracy_10fold"]["fused"]["mean"] > cv["accuracy_10fold"]["sface"]["mean"]
 
 
 def test_cli_verify_and_compare_print_one_json_object(model_repository, testdata):

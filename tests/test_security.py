@@ -538,11 +538,14 @@ def test_rate_limiter_is_shared_by_replicas_through_redis(redis_url: str) -> Non
 def test_rate_limiter_falls_back_to_the_process_when_redis_is_down() -> None:
     limiter = RateLimiter(1.0, 2, f"redis://127.0.0.1:{_free_port()}/0", timeout_s=0.3)
 
-    async def scenario() -> list[float]:
-        return [await limiter.try_acquire("alpha") for _ in range(3)]
+    async def scenario() -> tuple[list[float], float]:
+        started = time.perf_counter()
+        waits = [await limiter.try_acquire("alpha") for _ in range(3)]
+        return waits, time.perf_counter() - started
 
-    waits = asyncio.run(scenario())
+    waits, seconds = asyncio.run(scenario())
     assert waits[:2] == [0.0, 0.0] and waits[2] > 0
+    assert seconds < 0.3 * 2  # one failed Redis call (refused at once, or the 0.3 s limit), not three
 
 
 def test_in_flight_limiter() -> None:

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +30,8 @@ SECRET = "test-challenge-secret-0123456789abcdef0123"
 MAX_UPLOAD = 12 * 1024 * 1024
 
 
-def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None = None) -> dict:
+def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None = None,
+                  args: tuple[str, ...] = ()) -> dict:
     port = free_port()
     tmpdir = tmp / "tmpdir"
     tmpdir.mkdir()
@@ -50,7 +52,9 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
         **(extra_env or {}),
     }
     log = open(log_path, "wb")
-    process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=env, stdout=log,
+    if "--port" in args:
+        port = int(args[args.index("--port") + 1])
+    process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve", *args], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -208,6 +212,14 @@ def test_replayed_token_is_409(service, media):
     assert again.status_code == 409 and again.json()["code"] == "replayed_challenge"
 
 
+def test_concurrent_requests_with_one_token_are_judged_once(service, media):
+    """The claim is atomic: of requests racing with one token, exactly one is judged."""
+    token = _challenge(service, ["blink"])
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: _verify(service, token, media["obama"], media["fake"]), range(4)))
+    assert sorted(r.status_code for r in responses) == [200, 409, 409, 409]
+
+
 def test_expired_and_forged_tokens(service, media):
     expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue("carrier-a", ["blink"]).token
     response = _verify(service, expired, media["obama"], media["fake"])
@@ -248,6 +260,43 @@ def test_missing_field_and_wrong_content_type(service, media):
     response = httpx.post(f"{service['url']}/v1/verifications", data={"challenge": token},
                           files={"video": ("v.mp4", media["d12"], "video/mp4")}, headers=_auth())
     assert response.status_code == 422 and response.json()["code"] == "missing_field"
+
+
+def test_repeated_multipart_field_is_refused(service, media):
+    token = _challenge(service, ["blink"])
+    response = httpx.post(f"{service['url']}/v1/verifications", headers=_auth(), timeout=60, files=[
+        ("challenge", (None, token)), ("challenge", (None, token)),
+        ("id_image", ("id.jpg", media["obama"], "image/jpeg")), ("video", ("v.mp4", media["fake"], "video/mp4"))])
+    assert response.status_code == 422 and response.json()["code"] == "duplicate_field"
+    files = {"image_a": ("a.jpg", media["obama"], "image/jpeg"), "image_b": ("b.jpg", media["biden"], "image/jpeg")}
+    twice = httpx.post(f"{service['url']}/v1/compare", headers=_auth(), timeout=60,
+                       files=[("image_a", files["image_a"]), *files.items()])
+    assert twice.status_code == 422 and twice.json()["code"] == "duplicate_field"
+    # the token was not spent by the refused request
+    assert _verify(service, token, media["obama"], media["fake"]).status_code == 200
+
+
+def test_declared_size_is_refused_before_the_body_is_read(service):
+    """413 on Content-Length alone: the client sends headers and no body, and is answered."""
+    import socket
+
+    host, port = service["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall((f"POST /v1/compare HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n"
+                      f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {MAX_UPLOAD + 1}\r\n\r\n").encode())
+        answer = sock.recv(4096).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413") and "upload_too_large" in answer
+
+
+def test_metric_labels_cannot_be_inflated(service):
+    for method in ("FOOBAR", "BREW", "X-ANYTHING"):
+        assert httpx.request(method, f"{service['url']}/v1/compare", headers=_auth()).status_code == 405
+    assert httpx.get(f"{service['url']}/no/such/path/123").json()["code"] == "not_found"
+    metrics = httpx.get(f"{service['url']}/metrics").text
+    methods = set(re.findall(r'^portrait_request_duration_seconds_count{[^}]*method="([^"]*)"', metrics, re.MULTILINE))
+    endpoints = set(re.findall(r'^portrait_request_duration_seconds_count{endpoint="([^"]*)"', metrics, re.MULTILINE))
+    assert "other" in methods and not methods & {"FOOBAR", "BREW", "X-ANYTHING"}
+    assert "/no/such/path/123" not in endpoints and "unmatched" in endpoints
 
 
 def test_no_temp_files_and_no_keys_in_logs(service):
@@ -435,3 +484,188 @@ def test_two_replicas_share_single_use_challenges_through_redis(tmp_path, model_
     finally:
         stop_service(first)
         stop_service(second)
+
+
+def _redis_pid(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return client.info()["process_id"]
+    finally:
+        client.close()
+
+
+def test_a_redis_that_stops_answering_leaves_healthz_fast_and_readyz_503(tmp_path, model_repository, redis_url, media):
+    """Failure injection on the real Redis: SIGSTOP keeps its socket open and silent (a
+    brownout). With a 3 s limit on each Redis call, anything waiting on Redis on the event
+    loop would hold /healthz for seconds; it must stay at milliseconds, while /readyz turns
+    503 and a verification is refused before it is judged, its token still good for the
+    retry once Redis answers again."""
+    service = start_service(tmp_path, model_repository, {"PORTRAIT_REDIS_URL": redis_url,
+                                                         "PORTRAIT_REDIS_TIMEOUT_S": "3"})
+    pid = _redis_pid(redis_url)
+    client = httpx.Client(base_url=service["url"], timeout=30)
+
+    def timed(path: str) -> tuple[int, float]:
+        started = time.perf_counter()
+        status = client.get(path).status_code
+        return status, time.perf_counter() - started
+
+    try:
+        assert client.get("/readyz").status_code == 200
+        baseline = [timed("/healthz")[1] for _ in range(20)]
+        token = _challenge(service, ["blink"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                pending = pool.submit(_verify, service, token, media["obama"], media["fake"])
+                ready = pool.submit(timed, "/readyz")
+                health = []
+                while not pending.done() and len(health) < 200:
+                    health.append(timed("/healthz"))
+                    time.sleep(0.02)
+                refused = pending.result(timeout=60)
+                ready_status, ready_s = ready.result(timeout=60)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        seconds = sorted(s for _, s in health)
+        print(f"/healthz while Redis is stopped: {len(health)} calls, median {seconds[len(seconds) // 2] * 1000:.1f} ms, "
+              f"slowest {seconds[-1] * 1000:.1f} ms (Redis up: median {sorted(baseline)[10] * 1000:.1f} ms, slowest "
+              f"{max(baseline) * 1000:.1f} ms); /readyz {ready_status} after {ready_s * 1000:.0f} ms")
+        assert {status for status, _ in health} == {200} and len(health) > 20 and seconds[-1] < 1.0
+        assert ready_status == 503
+        assert refused.status_code == 503 and refused.json()["code"] == "nonce_store_unavailable", refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "readiness did not come back with Redis"
+            time.sleep(0.2)
+        again = _verify(service, token, media["obama"], media["fake"])
+        assert again.status_code == 200 and again.json()["decision"] == "reject_spoof", again.text
+    finally:
+        client.close()
+        stop_service(service)
+
+
+def _p95(seconds: list[float]) -> float:
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+def test_one_tenant_flooding_does_not_starve_another(tmp_path, model_repository, media):
+    """Tenant A floods /v1/compare from 16 clients (8x the 2 workers, 4x its cap of 4)
+    while tenant B sends one request at a time: every B request succeeds and A is held at
+    its cap (429). Workers are handed out round-robin by tenant, so B waits behind at most
+    A's running work, never A's queue. B's latency is measured before, during and after the
+    flood (the machine's other load drifts; before and after bracket it)."""
+    service = start_service(tmp_path, model_repository, {
+        "PORTRAIT_WORKERS": "2", "PORTRAIT_MAX_WAITING": "6", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "4",
+        "PORTRAIT_RATE_LIMIT_PER_S": "1000", "PORTRAIT_RATE_LIMIT_BURST": "1000"})
+    files = {"image_a": ("a.jpg", media["obama"], "image/jpeg"), "image_b": ("b.jpg", media["biden"], "image/jpeg")}
+
+    def one(client: httpx.Client, key: str) -> tuple[int, float]:
+        started = time.perf_counter()
+        status = client.post("/v1/compare", files=files, headers=_auth(key)).status_code
+        return status, time.perf_counter() - started
+
+    def tenant_b(n: int) -> list[tuple[int, float]]:
+        with httpx.Client(base_url=service["url"], timeout=120) as client:
+            return [one(client, KEY_B) for _ in range(n)]
+
+    stop = threading.Event()
+    flood: list[int] = []
+
+    def flooder() -> None:
+        with httpx.Client(base_url=service["url"], timeout=120) as client:
+            while not stop.is_set():
+                status, _ = one(client, KEY_A)
+                flood.append(status)
+                if status == 429:
+                    time.sleep(0.01)
+
+    try:
+        tenant_b(2)  # warm-up
+        before = tenant_b(10)
+        with ThreadPoolExecutor(16) as pool:
+            for _ in range(16):
+                pool.submit(flooder)
+            time.sleep(2.0)  # the flood is established
+            during = tenant_b(10)
+            stop.set()
+        after = tenant_b(10)
+        p95 = {name: _p95([s for _, s in runs]) for name, runs in (("before", before), ("during", during),
+                                                                   ("after", after))}
+        counts = {code: flood.count(code) for code in sorted(set(flood))}
+        unloaded = max(p95["before"], p95["after"])
+        print(f"tenant B p95: unloaded {p95['before'] * 1000:.0f} ms before / {p95['after'] * 1000:.0f} ms after, "
+              f"under A's flood {p95['during'] * 1000:.0f} ms (x{p95['during'] / unloaded:.1f}); A's answers {counts}")
+        assert {status for status, _ in before + during + after} == {200}
+        assert counts.get(200, 0) > 0 and counts.get(429, 0) > 0 and not counts.get(503)
+    finally:
+        stop.set()
+        stop_service(service)
+
+
+def test_readiness_is_503_from_the_moment_a_drain_starts(tmp_path, model_repository, media):
+    service = start_service(tmp_path, model_repository, {"PORTRAIT_DRAIN_GRACE_S": "3"})
+    assert httpx.get(f"{service['url']}/readyz").status_code == 200
+    service["process"].send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    ready = httpx.get(f"{service['url']}/readyz")
+    assert ready.status_code == 503 and ready.json()["detail"] == "shutting down"
+    assert httpx.get(f"{service['url']}/healthz").status_code == 200
+    files = {"image_a": ("a.jpg", media["obama"], "image/jpeg"), "image_b": ("b.jpg", media["obama2"], "image/jpeg")}
+    assert httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(), timeout=60).status_code == 200
+    assert time.monotonic() - started < 3  # all of that inside the grace period, listener still open
+    assert service["process"].wait(timeout=60) in (0, -signal.SIGTERM)
+
+
+def test_deadline_is_504_and_leaves_the_token_unspent(tmp_path, model_repository, media):
+    service = start_service(tmp_path, model_repository, {"PORTRAIT_REQUEST_TIMEOUT_S": "0.3"})
+    try:
+        token = _challenge(service, ["turn_left"])
+        for _ in range(2):  # the second try is not a replay: the first was never judged
+            response = _verify(service, token, media["id_d12"], media["d12"])
+            assert response.status_code == 504 and response.json()["code"] == "deadline_exceeded", response.text
+    finally:
+        stop_service(service)
+
+
+def test_serve_flags_win_over_the_environment(tmp_path, model_repository):
+    port = free_port()
+    service = start_service(tmp_path, model_repository, {"PORTRAIT_PORT": "1", "PORTRAIT_WORKERS": "100000"},
+                            args=("--host", "127.0.0.1", "--port", str(port), "--workers", "3"))
+    try:
+        assert service["url"].endswith(f":{port}") and httpx.get(f"{service['url']}/healthz").status_code == 200
+    finally:
+        stop_service(service)
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"PORTRAIT_DECODER": "gpu"}, "PORTRAIT_DECODER=gpu leaves frames on the GPU: set PORTRAIT_FRAMES=gpu too"),
+    ({"PORTRAIT_DECODER": "nvdec"}, "PORTRAIT_DECODER: Input should be 'pyav', 'dali' or 'gpu'"),
+    ({"PORTRAIT_WORKERS": "0"}, "PORTRAIT_WORKERS: Input should be greater than or equal to 1"),
+    ({"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "24"}, "must be below PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING (24)"),
+    ({"PORTRAIT_API_KEYS": "a:short"}, "too short"),
+])
+def test_serve_refuses_bad_settings_with_one_line(model_repository, env, says):
+    result = subprocess.run([sys.executable, "-m", "portrait.cli", "serve"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PORTRAIT_MODEL_REPOSITORY": str(model_repository),
+                                              "PORTRAIT_PORT": str(free_port()), **env})
+    assert result.returncode == 2 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("portrait serve:")]
+    assert len(lines) == 1 and says in lines[0], result.stderr[-2000:]
+
+
+def test_serve_refuses_the_gpu_paths_without_a_gpu(model_repository):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = subprocess.run([sys.executable, "-m", "portrait.cli", "serve"], capture_output=True, text=True,
+                            timeout=180, env={**os.environ, "PORTRAIT_MODEL_REPOSITORY": str(model_repository),
+                                              "PORTRAIT_DECODER": "gpu", "PORTRAIT_FRAMES": "gpu",
+                                              "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A}"})
+    lines = [line for line in result.stderr.splitlines() if line.startswith("portrait serve:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "GPU" in lines[0] or "CUDA" in lines[0]

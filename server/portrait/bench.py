@@ -141,7 +141,7 @@ class InProcess:
         start = time.perf_counter()
         with timings.stage("decode"):
             image = self.decode.image(id_bytes, max_pixels=self.settings.max_image_pixels)
-            video = self.decode.video(video_bytes, **self.settings.video_limits)
+            video = self.decode.video(video_bytes, self.settings.video_limits)
         answer = self.pipeline.verify(image, video, REQUIRED, timings=timings)
         return time.perf_counter() - start, answer
 

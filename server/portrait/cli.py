@@ -78,7 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
                 super().handle_exit(sig, frame)
                 return
             engine.draining = True
-            threading.Timer(settings.drain_grace_s, super().handle_exit, (sig, None)).start()
+            timer = threading.Timer(settings.drain_grace_s, super().handle_exit, (sig, None))
+            timer.daemon = True
+            timer.start()
 
     config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port, log_config=None,
                             timeout_graceful_shutdown=int(settings.request_timeout_s), access_log=False)

@@ -22,7 +22,7 @@ from portrait.settings import Settings
 from portrait.stages import embed, liveness
 from portrait.stages.fusion import Fusion, learn
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".3gp", ".3g2"}
 IMAGE_BATCH = 16  # images decoded and detected together; bounds memory on big sets
 
 
@@ -53,7 +53,7 @@ class Offline:
         return self.decode.image(path.read_bytes(), max_pixels=self.settings.max_image_pixels)
 
     def video(self, path: Path):
-        return self.decode.video(path.read_bytes(), **self.settings.video_limits)
+        return self.decode.video(path.read_bytes(), self.settings.video_limits)
 
     def verify(self, id_image: Path, video: Path, required: Sequence[str], ordered: bool = False,
                mirrored: bool = False) -> dict:

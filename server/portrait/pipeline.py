@@ -132,19 +132,20 @@ class Pipeline:
         results = []
         for image, faces, scale in zip(images, found, scales):
             faces = detect.rescale(faces, scale)
-            index = detect.primary_face(faces, image.shape[:2], sharpness=self.face_sharpness(image, faces))
+            index = detect.primary_face(faces, image.shape[:2], sharpness=self.face_sharpness([image], 0, faces))
             if index is None:
                 results.append(ImageFace(None, "multiple_faces" if len(faces) else "no_face"))
             else:
                 results.append(ImageFace(faces[index], None))
         return results
 
-    def face_sharpness(self, image: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
-        """Sharpness of each face's aligned crop where there is more than one face to choose from."""
+    def face_sharpness(self, frames, index: int, faces: np.ndarray) -> np.ndarray | None:
+        """Sharpness of each face's aligned crop in frames[index], where there is more than one
+        face to choose from (the subject is then the face in focus)."""
         if len(faces) < 2:
             return None
         matrices = align.similarity_transforms(align.landmarks5(faces))
-        return quality.sharpness(self.ops.to_host(self.ops.crops([image], [0] * len(faces), matrices, 112)))
+        return quality.sharpness(self.ops.to_host(self.ops.crops(frames, [index] * len(faces), matrices, 112)))
 
     def aligned_crops(self, images: Sequence[np.ndarray], faces: np.ndarray):
         """One 112x112 aligned crop per (image, face)."""
@@ -212,7 +213,8 @@ class Pipeline:
         with timings.stage("detect"):
             key_detections = self.detect(frames[keys], size)
         with timings.stage("track"):
-            key_track = track_primary(key_detections, frames.shape[1:3])
+            sharpness = [self.face_sharpness(frames, k, faces) for k, faces in zip(keys, key_detections)]
+            key_track = track_primary(key_detections, frames.shape[1:3], sharpness=sharpness)
             faces, present = keyframes.interpolate(keys, key_track.faces, key_track.present, count)
             if key_track.reason is not None:
                 return Track(faces, present, key_track.reason), None

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from portrait.media.limits import MIN_FRAME_SIDE, VideoLimits
+
 
 def _default_mirror() -> Path | None:
     candidate = Path("../shared/models")
@@ -56,13 +58,15 @@ class Settings(BaseSettings):
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC address for the triton backend.")
     decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
-    video_fps: float = Field(default=15.0, gt=0, le=60, description="Frames sampled per second of video.")
+    video_fps: float = Field(default=VideoLimits.target_fps, gt=0, le=60, description="Frames sampled per second of video.")
     video_detect_every: int = Field(default=4, ge=1, description="The detector sees every n-th sampled frame; "
                                     "FaceMesh follows the face between (1: detect on every frame).")
-    video_max_frames: int = Field(default=96, ge=1, le=1000, description="Frames kept per video at most.")
-    video_max_seconds: float = Field(default=12.0, gt=0, le=600, description="Longer videos are refused.")
+    video_max_frames: int = Field(default=VideoLimits.max_frames, ge=2, le=1000, description="Frames kept per video at most.")
+    video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, le=600, description="Longer videos are refused.")
+    video_max_side: int = Field(default=VideoLimits.max_side, ge=0, description="Kept frames are scaled down while "
+                                f"decoding to this longer side ({MIN_FRAME_SIDE} or more; 0 keeps the coded size).")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images are refused.")
-    max_video_pixels: int = Field(default=1920 * 1088, ge=1, description="Larger video frames are refused.")
+    max_video_pixels: int = Field(default=VideoLimits.max_pixels, gt=0, description="Larger video frames are refused.")
 
     # The HTTP service
     host: str = "127.0.0.1"
@@ -114,11 +118,19 @@ class Settings(BaseSettings):
             raise ValueError("PORTRAIT_DEMO=1 needs PORTRAIT_DEMO_TENANT, a tenant of the configured API keys")
         return self
 
+    @field_validator("video_max_side")
+    @classmethod
+    def _frame_side(cls, value: int) -> int:
+        if value and value < MIN_FRAME_SIDE:
+            raise ValueError(f"must be 0 or at least {MIN_FRAME_SIDE} (the video detector's input)")
+        return value
+
     @property
-    def video_limits(self) -> dict[str, float]:
-        """The keyword arguments every video decoder takes."""
-        return {"target_fps": self.video_fps, "max_frames": self.video_max_frames,
-                "max_duration_s": self.video_max_seconds, "max_pixels": self.max_video_pixels}
+    def video_limits(self) -> VideoLimits:
+        """The limits every video decoder takes (their one definition)."""
+        return VideoLimits(target_fps=self.video_fps, max_frames=self.video_max_frames,
+                           max_duration_s=self.video_max_seconds, max_pixels=self.max_video_pixels,
+                           max_side=self.video_max_side)
 
     triton_http_port: int = Field(default=8000, ge=1, le=65535)
     triton_grpc_port: int = Field(default=8001, ge=1, le=65535)

@@ -32,8 +32,9 @@ def runtime_table(choice: str) -> dict[str, str]:
     name puts every model there; `auto,sface=onnxruntime` overrides single models."""
     first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
     if first == "auto":
-        measured = openvino_installed()
-        table = {m: MEASURED.get(m, "onnxruntime") if measured else "onnxruntime" for m in BY_NAME}
+        table = dict.fromkeys(BY_NAME, "onnxruntime")  # a model not measured yet stays on ONNX Runtime
+        if openvino_installed():
+            table.update({model: runtime for model, runtime in MEASURED.items() if model in BY_NAME})
     elif first in RUNTIMES:
         table = dict.fromkeys(BY_NAME, first)
     else:

@@ -16,8 +16,9 @@ import numpy as np
 from portrait.media.clip import Video
 from portrait.media.errors import MediaError
 from portrait.media.image import decode_image
+from portrait.media.limits import VideoLimits
 
-__all__ = ["Decoder", "MediaError", "Video", "decode_image", "decode_video", "decoder"]
+__all__ = ["Decoder", "MediaError", "Video", "VideoLimits", "decode_image", "decode_video", "decoder"]
 
 DECODERS = ("pyav", "dali", "gpu")
 
@@ -34,7 +35,7 @@ def __getattr__(name: str):
 class Decoder(NamedTuple):
     name: str
     image: Callable[..., np.ndarray]
-    video: Callable[..., Video]
+    video: Callable[[bytes, VideoLimits], Video]
 
 
 def decoder(name: str = "pyav") -> Decoder:
@@ -55,8 +56,8 @@ def decoder(name: str = "pyav") -> Decoder:
 
         pool = GpuVideoDecoder()  # raises a clear RuntimeError without CUDA, DALI or NVDEC
 
-        def video(data: bytes, **limits) -> Video:
-            return decode_with_overflow(data, pool, **limits).video
+        def video(data: bytes, limits: VideoLimits) -> Video:
+            return decode_with_overflow(data, pool, limits).video
 
         return Decoder(name, decode_image, video)
     raise ValueError(f"unknown media decoder {name!r}; choose one of {', '.join(DECODERS)}")

@@ -2,12 +2,15 @@
 
 PyAV still reads the container (the header limits, the frame timestamps from the packets,
 the display rotation from the first frame); DALI decodes only the sampled frames. DALI
-returns RGB and ignores the display rotation, so both are applied here.
+returns RGB at the coded size and ignores the display rotation, so the channel order, the
+scaling to `VideoLimits.max_side` (area averaging, as PyAV's scaler) and the rotation are
+applied here.
 """
 
 from __future__ import annotations
 
 import av
+import cv2
 import numpy as np
 import nvidia.dali.experimental.dynamic as ndd
 from av.container import InputContainer
@@ -16,6 +19,7 @@ from nvidia.dali.types import DALIImageType
 
 from portrait.media.errors import MediaError
 from portrait.media.image import check_image_size
+from portrait.media.limits import VideoLimits
 from portrait.media.video import (
     EvenSampler,
     Video,
@@ -46,31 +50,26 @@ def decode_image_dali(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
         raise MediaError("corrupt_media", "image does not decode") from error
 
 
-def decode_video_dali(
-    data: bytes,
-    target_fps: float = 12.0,
-    max_frames: int = 48,
-    max_duration_s: float = 15.0,
-    max_pixels: int = 1920 * 1088,
-) -> Video:
+def decode_video_dali(data: bytes, limits: VideoLimits) -> Video:
     """Like decode_video (same sampling, limits, errors and output), decoding with DALI on CPU."""
     with open_video(data) as (container, stream):
         codec = stream.codec_context.name
         if codec not in DALI_CPU_CODECS:
             raise MediaError("unsupported_media_type", f"DALI on CPU does not decode {codec}")
         duration = header_duration(container, stream)
-        check_header(stream, duration, max_duration_s, max_pixels)
-        times, rotation = _frame_times(container, stream, max_duration_s)
+        check_header(stream, duration, limits.max_duration_s, limits.max_pixels)
+        times, rotation = _frame_times(container, stream, limits.max_duration_s)
         fps = source_fps(stream)
     check_complete(duration, times[-1], fps)
-    period = sample_period(target_fps, max_frames, duration)
-    sampler: EvenSampler[int] = EvenSampler(period, max_frames)
+    period = sample_period(limits.target_fps, limits.max_frames, duration)
+    sampler: EvenSampler[int] = EvenSampler(period, limits.max_frames)
     for index, time in enumerate(times):
         if sampler.wants(time):
             sampler.add(time, index)
     frames = _decode_frames(data, [index for _, index in sampler.kept])
-    check_pixels(frames.shape[2], frames.shape[1], max_pixels)
-    images = (np.rot90(frame[..., ::-1], rotation // 90) for frame in frames)
+    check_pixels(frames.shape[2], frames.shape[1], limits.max_pixels)
+    size = limits.frame_size(frames.shape[2], frames.shape[1])
+    images = (np.rot90(_scaled(frame, size)[..., ::-1], rotation // 90) for frame in frames)
     kept = [(time, image) for (time, _), image in zip(sampler.kept, images)]
     return assemble(kept, fps, codec, duration or times[-1], rotation)
 
@@ -112,6 +111,13 @@ def _decode_frames(data: bytes, indices: list[int]) -> np.ndarray:
     if len(frames) != len(indices):
         raise MediaError("corrupt_media", f"DALI decoded {len(frames)} of {len(indices)} frames")
     return frames
+
+
+def _scaled(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The frame at (width, height), area-averaged when smaller."""
+    if (frame.shape[1], frame.shape[0]) == size:
+        return frame
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 def _tensor(data: bytes) -> ndd.Tensor:

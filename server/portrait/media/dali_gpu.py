@@ -9,7 +9,8 @@ and frame order (upright uint8 BGR) as `decode_video` on the CPU:
   display rotation from the first frame) exactly as `portrait.media.dali` does; DALI decodes
   only the sampled frames, by presentation-order index.
 - DALI's output (RGB, [N,H,W,3], device memory) goes to PyTorch through DLPack without a host
-  copy; the channel flip to BGR and the rotation run on the GPU.
+  copy; the channel flip to BGR, the scaling to `VideoLimits.max_side` (area averaging, as
+  on the CPU) and the rotation run on the GPU.
 
 Set-up is kept out of the request path. Creating a decoder (CUDA stream, thread pool, memory
 pools, the NVDEC decoder and parser) costs more than decoding a short clip, so a
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from portrait.media.errors import MediaError
+from portrait.media.limits import VideoLimits
 from portrait.media.video import (
     EvenSampler,
     Video,
@@ -155,14 +157,7 @@ def gpu_decode_unavailable(device_id: int = 0) -> str | None:
     return None
 
 
-def plan_clip(
-    data: bytes,
-    target_fps: float = 12.0,
-    max_frames: int = 48,
-    max_duration_s: float = 15.0,
-    max_pixels: int = 1920 * 1088,
-    codecs: frozenset[str] = GPU_CODECS,
-) -> ClipPlan:
+def plan_clip(data: bytes, limits: VideoLimits, codecs: frozenset[str] = GPU_CODECS) -> ClipPlan:
     """Read the container on the CPU and choose the frames, as `decode_video_dali` does: the
     same header checks, truncation check and sampler, so the same frames as `decode_video`.
     A codec outside `codecs` raises GpuUnsupported."""
@@ -173,11 +168,12 @@ def plan_clip(
         if codec not in codecs:
             raise GpuUnsupported(codec)
         duration = header_duration(container, stream)
-        check_header(stream, duration, max_duration_s, max_pixels)
-        times, rotation = _frame_times(container, stream, max_duration_s)
+        check_header(stream, duration, limits.max_duration_s, limits.max_pixels)
+        times, rotation = _frame_times(container, stream, limits.max_duration_s)
         fps = source_fps(stream)
     check_complete(duration, times[-1], fps)
-    sampler: EvenSampler[int] = EvenSampler(sample_period(target_fps, max_frames, duration), max_frames)
+    period = sample_period(limits.target_fps, limits.max_frames, duration)
+    sampler: EvenSampler[int] = EvenSampler(period, limits.max_frames)
     for index, time in enumerate(times):
         if sampler.wants(time):
             sampler.add(time, index)
@@ -227,26 +223,43 @@ def run_pipeline(pipe: Any, data: bytes, indices: tuple[int, ...] | list[int]) -
     return sample
 
 
-def to_bgr_upright(rgb: torch.Tensor, rotation: int) -> torch.Tensor:
-    """RGB [N,H,W,3] -> BGR, turned `rotation` degrees counter-clockwise, as a new contiguous
-    tensor on the same device (np.rot90 and torch.rot90 turn the same way)."""
+def to_bgr_upright(rgb: torch.Tensor, rotation: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """RGB [N,H,W,3] -> BGR, scaled to size (width, height) by area averaging when given and
+    smaller, turned `rotation` degrees counter-clockwise, as a new contiguous tensor on the
+    same device (np.rot90 and torch.rot90 turn the same way)."""
     import torch
 
     bgr = rgb.flip(-1)  # a copy: the result no longer refers to DALI's buffer
+    if size is not None and (bgr.shape[2], bgr.shape[1]) != size:
+        bgr = torch.cat([_area_scaled(part, size) for part in bgr.split(_SCALE_CHUNK)])
     if rotation:
         bgr = torch.rot90(bgr, rotation // 90, dims=(1, 2))
     return bgr.contiguous()
 
 
-def decode_planned(pipe: Any, data: bytes, plan: ClipPlan, max_pixels: int) -> torch.Tensor:
-    """The planned frames of `data`, upright BGR [N,H,W,3], on the pipeline's device."""
+# Frames scaled at once on the GPU: bounds the float copy the scaling makes (16 x 1080p = 400 MB).
+_SCALE_CHUNK = 16
+
+
+def _area_scaled(bgr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [N,H,W,3] -> [N,height,width,3] by area averaging (cv2.INTER_AREA's kernel)."""
+    import torch
+
+    planar = bgr.permute(0, 3, 1, 2).float()
+    scaled = torch.nn.functional.interpolate(planar, size=(size[1], size[0]), mode="area")
+    return scaled.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def decode_planned(pipe: Any, data: bytes, plan: ClipPlan, limits: VideoLimits) -> torch.Tensor:
+    """The planned frames of `data`, upright BGR [N,H,W,3] at the kept size, on the
+    pipeline's device."""
     import torch
 
     sample = run_pipeline(pipe, data, plan.indices)
     _, height, width, _ = sample.shape()
-    check_pixels(width, height, max_pixels)
+    check_pixels(width, height, limits.max_pixels)
     rgb = torch.from_dlpack(sample)  # no copy; DLPack's stream handshake orders it after DALI
-    frames = to_bgr_upright(rgb, plan.rotation)
+    frames = to_bgr_upright(rgb, plan.rotation, limits.frame_size(width, height))
     if frames.is_cuda:
         # DALI may reuse its buffer once `sample` is released; the flip must have read it.
         torch.cuda.current_stream(frames.device).synchronize()
@@ -301,9 +314,8 @@ class GpuVideoDecoder:
         """Clips being decoded now."""
         return self._in_flight
 
-    def decode(self, data: bytes, target_fps: float = 12.0, max_frames: int = 48,
-               max_duration_s: float = 15.0, max_pixels: int = 1920 * 1088, *,
-               wait: bool = True, timeout_s: float | None = None) -> GpuVideo:
+    def decode(self, data: bytes, limits: VideoLimits, *, wait: bool = True,
+               timeout_s: float | None = None) -> GpuVideo:
         """Like `decode_video`, frames on the GPU. With wait=False, or after timeout_s, a pool
         with every pipeline in use raises GpuBusy. Raises GpuUnsupported for codecs outside
         `codecs`, GpuDecodeError when DALI fails, MediaError for what decode_video refuses."""
@@ -311,10 +323,10 @@ class GpuVideoDecoder:
             raise RuntimeError("the GPU video decoder is closed")
         if not wait and self._idle.empty():  # cheap early answer; the get below decides
             raise GpuBusy(f"all {self.max_clips_in_flight} GPU video decoders are busy")
-        plan = plan_clip(data, target_fps, max_frames, max_duration_s, max_pixels, self.codecs)
+        plan = plan_clip(data, limits, self.codecs)
         pipe = self._acquire(wait, timeout_s)
         try:
-            frames = decode_planned(pipe, data, plan, max_pixels)
+            frames = decode_planned(pipe, data, plan, limits)
         except BaseException:
             self._release(None)  # rebuilt on next use: a failed pipeline is not trusted
             raise
@@ -355,14 +367,7 @@ class GpuVideoDecoder:
                 return
 
 
-def decode_with_overflow(
-    data: bytes,
-    pool: GpuVideoDecoder | None = None,
-    target_fps: float = 12.0,
-    max_frames: int = 48,
-    max_duration_s: float = 15.0,
-    max_pixels: int = 1920 * 1088,
-) -> Decoded:
+def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: VideoLimits) -> Decoded:
     """Decode on the GPU pool if a pipeline is free right now, else with PyAV on the CPU.
 
     Never waits for the GPU. The CPU also takes codecs the pool does not decode and clips
@@ -370,16 +375,14 @@ def decode_with_overflow(
     while reading the container (limits, truncation) are raised as they are: the CPU would
     refuse the clip the same way. The result says which path ran and why.
     """
-    limits = {"target_fps": target_fps, "max_frames": max_frames,
-              "max_duration_s": max_duration_s, "max_pixels": max_pixels}
     if pool is None:
-        return Decoded(decode_video(data, **limits), "cpu", "no_gpu_pool")
+        return Decoded(decode_video(data, limits), "cpu", "no_gpu_pool")
     try:
-        return Decoded(pool.decode(data, **limits, wait=False), "gpu", "")
+        return Decoded(pool.decode(data, limits, wait=False), "gpu", "")
     except GpuBusy:
         reason = "gpu_busy"
     except GpuUnsupported:
         reason = "codec"
     except GpuDecodeError:
         reason = "gpu_decode_failed"
-    return Decoded(decode_video(data, **limits), "cpu", reason)
+    return Decoded(decode_video(data, limits), "cpu", reason)

@@ -1,15 +1,18 @@
 """Selfie videos to a few evenly spaced, upright uint8 BGR frames, with PyAV (FFmpeg) on CPU.
 
 Everything is read from memory; nothing is written to disk. The work is bounded: limits
-are checked on the header first, and decoding stops past max_duration_s of timestamps or
-past a frame budget, so a hostile file cannot take unbounded time or memory.
+are checked on the header first, decoding stops past max_duration_s of timestamps or past a
+frame budget, and only the sampled frames are converted, by FFmpeg's scaler in one step from
+YUV at the coded size to BGR at the size the models use (`VideoLimits.max_side`). Frames the
+sampler will not keep are not even decoded when no other frame refers to them.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -21,18 +24,23 @@ from av.video.stream import VideoStream
 
 from portrait.media.clip import Video
 from portrait.media.errors import MediaError
+from portrait.media.limits import VideoLimits
 
 # Codecs we decode; anything else is refused rather than handed to a rarely used FFmpeg decoder.
-CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg"})
+# MPEG-4 Part 2 and H.263 are what budget phones record into MP4 and 3GP/3G2.
+CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg", "mpeg4", "h263"})
 # Most frames per second of stream time we decode (phones' slow motion tops out at 240).
 MAX_DECODE_RATE = 240
-# MP4/QuickTime top-level boxes a file may start with (bytes 4..8).
+# MP4/QuickTime/3GP/3G2 top-level boxes a file may start with (bytes 4..8).
 _MP4_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"})
 # How much shorter than its header says a video may decode before we call it truncated
 # (plus one frame): audio and video tracks rarely end together.
 TRUNCATION_SLACK_S = 0.5
 # Slack when comparing a frame time with a sample time (float rounding of rational timestamps).
 _EPS = 1e-6
+# FFmpeg's scaler kernel for the kept frames: area averaging, as cv2.INTER_AREA, so scaling
+# down does not alias fine detail (eyelids, skin texture) the models look at.
+SCALER = "AREA"
 
 T = TypeVar("T")
 
@@ -54,6 +62,11 @@ class EvenSampler(Generic[T]):
     def wants(self, time: float) -> bool:
         return time >= self._next - _EPS
 
+    def same_period(self, earlier: float, time: float) -> bool:
+        """Whether a frame at `time` is sure to be dropped once one at `earlier` (< time) is
+        seen: both fall in one period of the grid, and periods only ever merge in pairs."""
+        return math.floor((earlier + _EPS) / self.period) == math.floor((time + _EPS) / self.period)
+
     def add(self, time: float, item: T) -> None:
         self.kept.append((time, item))
         if len(self.kept) > self.limit:
@@ -68,56 +81,108 @@ def sample_period(target_fps: float, max_frames: int, duration_s: float | None) 
     return max(period, duration_s / max_frames) if duration_s else period
 
 
-def decode_video(
-    data: bytes,
-    target_fps: float = 12.0,
-    max_frames: int = 48,
-    max_duration_s: float = 15.0,
-    max_pixels: int = 1920 * 1088,
-) -> Video:
-    """Decode an upload to at most max_frames upright BGR frames, evenly spaced in time.
+def decode_video(data: bytes, limits: VideoLimits) -> Video:
+    """Decode an upload to at most limits.max_frames upright BGR frames, evenly spaced in time.
 
-    Frames are taken at ~target_fps; when the whole video at that rate would exceed
+    Frames are taken at ~limits.target_fps; when the whole video at that rate would exceed
     max_frames, the rate drops so the frames still span the whole video (the challenge
     actions can happen at any time in it).
     """
     with open_video(data) as (container, stream):
         duration = header_duration(container, stream)
-        check_header(stream, duration, max_duration_s, max_pixels)
+        check_header(stream, duration, limits.max_duration_s, limits.max_pixels)
         fps = source_fps(stream)
-        sampler: EvenSampler[np.ndarray] = EvenSampler(
-            sample_period(target_fps, max_frames, duration), max_frames
+        sampler: EvenSampler[int] = EvenSampler(
+            sample_period(limits.target_fps, limits.max_frames, duration), limits.max_frames
         )
-        last, rotation = _sample(
-            container, stream, sampler, fps or target_fps, max_duration_s, max_pixels
-        )
+        store = FrameStore(limits.max_frames + 1)
+        last, rotation = _sample(container, stream, sampler, store, fps or limits.target_fps, limits)
         codec = stream.codec_context.name
     check_complete(duration, last, fps)
-    return assemble(sampler.kept, fps, codec, duration or last, rotation)
+    return Video(
+        frames=store.first(len(sampler.kept)),
+        timestamps=np.array([time for time, _ in sampler.kept], dtype=np.float64),
+        fps=fps,
+        codec=codec,
+        duration_s=float(duration or last),
+        rotation=rotation,
+    )
+
+
+class FrameStore:
+    """The kept frames, in sampling order, in one array allocated at the first kept frame.
+
+    The clip is handed on without a second copy (stacking a list of frames would double the
+    peak), and the pages of slots never written are never touched.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.array: np.ndarray | None = None
+
+    def put(self, slot: int, image: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.empty((self.slots, *image.shape), np.uint8)
+        elif image.shape != self.array.shape[1:]:
+            message = f"frame size changes within the video: {self.array.shape[1:]} then {image.shape}"
+            raise MediaError("corrupt_media", message)
+        self.array[slot] = image
+
+    def pack(self, slots: list[int]) -> None:
+        """Move the frames at these ascending slots to the front, keeping their order."""
+        assert self.array is not None
+        for index, slot in enumerate(slots):
+            if index != slot:
+                self.array[index] = self.array[slot]
+
+    def first(self, count: int) -> np.ndarray:
+        assert self.array is not None
+        return self.array[:count]
 
 
 def _sample(
     container: InputContainer,
     stream: VideoStream,
-    sampler: EvenSampler[np.ndarray],
+    sampler: EvenSampler[int],
+    store: FrameStore,
     fps: float,
-    max_duration_s: float,
-    max_pixels: int,
+    limits: VideoLimits,
 ) -> tuple[float, int]:
-    """Decode every frame, converting only the wanted ones; returns (last frame time, rotation)."""
+    """Decode the frames the sampler may want and convert only those it keeps, at the kept
+    size, into `store` (the sampler holds their slots); returns (last frame time, rotation)."""
     stream.thread_type = thread_type()
     start = last = None
     rotation = 0
-    for index, frame in enumerate(_frames(container, stream, max_duration_s)):
+    demuxed: list[float] = []  # the times of the packets read so far, sorted
+
+    def unwanted(packet: av.Packet) -> bool:
+        """The sampler is certain to drop this packet's frame: an earlier frame of the same
+        period has been read (packets come in decode order, frames in presentation order)."""
+        if packet.pts is None:
+            return False
+        time = float(packet.pts * stream.time_base)
+        earlier = bisect.bisect_left(demuxed, time - _EPS)
+        bisect.insort(demuxed, time)
+        if start is None or earlier == 0 or demuxed[earlier - 1] < start - _EPS:
+            return False
+        return sampler.same_period(demuxed[earlier - 1] - start, time - start)
+
+    for index, frame in enumerate(_frames(container, stream, limits.max_duration_s, unwanted)):
         time = frame.time if frame.time is not None else index / fps
         if start is None:
             start, rotation = time, upright_rotation(frame.rotation)
         last = time - start
-        check_pixels(frame.width, frame.height, max_pixels)
-        check_time(last, max_duration_s)
+        check_pixels(frame.width, frame.height, limits.max_pixels)
+        check_time(last, limits.max_duration_s)
         if sampler.wants(last):
-            image = frame.to_ndarray(format="bgr24")
-            sampler.add(last, np.rot90(image, rotation // 90))
+            width, height = limits.frame_size(frame.width, frame.height)
+            image = frame.to_ndarray(width=width, height=height, format="bgr24", interpolation=SCALER)
+            slot = len(sampler.kept)
+            store.put(slot, np.rot90(image, rotation // 90))
+            sampler.add(last, slot)
+            if len(sampler.kept) <= slot:  # the sampler dropped every other frame
+                store.pack([kept for _, kept in sampler.kept])
+                sampler.kept = [(time, index) for index, (time, _) in enumerate(sampler.kept)]
     if last is None:
         raise MediaError("no_frames", "the video has no decodable frame")
     return last, rotation
@@ -146,14 +211,15 @@ def open_video(data: bytes) -> Iterator[tuple[InputContainer, VideoStream]]:
 
 
 def sniff_container(data: bytes) -> str:
-    """The FFmpeg demuxer for MP4/MOV, Matroska/WebM or AVI data; anything else is refused."""
+    """The FFmpeg demuxer for MP4/MOV/3GP/3G2, Matroska/WebM or AVI data; anything else is
+    refused. FFmpeg's "mov" demuxer reads all four ISO base media flavours."""
     if data[4:8] in _MP4_BOXES:
         return "mov"
     if data[:4] == b"\x1a\x45\xdf\xa3":
         return "matroska"
     if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
         return "avi"
-    raise MediaError("unsupported_media_type", "not an MP4, MOV, WebM, MKV or AVI video")
+    raise MediaError("unsupported_media_type", "not an MP4, MOV, 3GP, WebM, MKV or AVI video")
 
 
 def header_duration(container: InputContainer, stream: VideoStream) -> float | None:
@@ -219,14 +285,24 @@ def frame_budget(max_duration_s: float) -> int:
 
 
 def _frames(
-    container: InputContainer, stream: VideoStream, max_duration_s: float
+    container: InputContainer,
+    stream: VideoStream,
+    max_duration_s: float,
+    unwanted: Callable[[av.Packet], bool] = lambda packet: False,
 ) -> Iterator[av.VideoFrame]:
-    """Decoded frames; refuses a stream that passes the frame budget, maps FFmpeg errors."""
+    """Decoded frames; refuses a stream that passes the frame budget, maps FFmpeg errors.
+
+    A packet whose frame is `unwanted` is decoded only if other frames refer to it: FFmpeg
+    skips non-reference frames (B-frames, mostly), so every frame that is returned is
+    decoded exactly as without skipping.
+    """
     budget = frame_budget(max_duration_s)
+    context = stream.codec_context
     packets = frames = 0
     try:
         for packet in container.demux(stream):
             packets += 1
+            context.skip_frame = "NONREF" if unwanted(packet) else "DEFAULT"
             for frame in packet.decode():
                 frames += 1
                 yield frame

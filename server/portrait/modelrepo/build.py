@@ -177,5 +177,5 @@ def build_repository(repository: Path, cache_dir: Path, mirror: Path | None,
         "built": rebuilt,
         "cached": [r.name for r in records if r.name not in rebuilt],
         "seconds": round(time.perf_counter() - started, 2),
-        "models": [{"name": r.name, "version": r.version, "sha256": r.sha256} for r in records],
+        "models": [record.served() for record in records],
     }

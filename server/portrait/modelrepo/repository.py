@@ -27,6 +27,10 @@ class ModelRecord:
     fingerprint: str
     max_batch_size: int
 
+    def served(self) -> dict[str, str]:
+        """How answers, receipts and metrics name the model."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
 
 def model_path(repository: Path, name: str) -> Path:
     return repository / name / "1" / "model.onnx"
@@ -42,7 +46,7 @@ def read_manifest(repository: Path) -> dict[str, ModelRecord]:
 
 def served_models(repository: Path) -> list[dict[str, str]]:
     """The models named in every answer and receipt: name, version and sha256 of each file."""
-    return [{"name": r.name, "version": r.version, "sha256": r.sha256} for r in read_manifest(repository).values()]
+    return [record.served() for record in read_manifest(repository).values()]
 
 
 def verified_models(repository: Path, names: list[str]) -> dict[str, ModelRecord]:

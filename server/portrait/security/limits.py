@@ -3,8 +3,9 @@
 The rate limit is the `limits` library's moving window: `burst` requests in any window of
 `burst / rate` seconds (at least one second). With a Redis URL the windows live in Redis,
 so replicas share one limit instead of each granting it; when Redis cannot answer in time
-the limiter falls back to this process's own windows (availability over precision; single
-use of challenges still fails closed). The concurrency cap is per process: it protects this
+the limiter falls back to this process's own windows for a few seconds (availability over
+precision; single use of challenges still fails closed), so an outage costs each request
+one timeout at most once per pause, not every time. The concurrency cap is per process: it protects this
 process's workers.
 """
 
@@ -21,6 +22,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 log = logging.getLogger("portrait.limits")
+FALLBACK_S = 5.0  # after a failed Redis call, count locally this long before trying Redis again
 
 
 class RateLimiter:
@@ -37,6 +39,7 @@ class RateLimiter:
         self._timeout_s = timeout_s
         self._local = MovingWindowRateLimiter(MemoryStorage())
         self._shared: MovingWindowRateLimiter | None = None
+        self._shared_down_until = 0.0
         if redis_url:
             storage = RedisStorage("async+" + redis_url, implementation="redispy", key_prefix=prefix,
                                    socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -48,10 +51,11 @@ class RateLimiter:
     async def try_acquire(self, tenant: str) -> float:
         """0.0 and one request counted if allowed; else the seconds until one is (for
         Retry-After), counting nothing."""
-        if self._shared is not None:
+        if self._shared is not None and time.monotonic() >= self._shared_down_until:
             try:
                 return await asyncio.wait_for(self._hit(self._shared, tenant), self._timeout_s)
-            except Exception as error:  # redis errors and the timeout: count here instead
+            except Exception as error:  # redis errors and the timeout: count here instead, for a while
+                self._shared_down_until = time.monotonic() + FALLBACK_S
                 log.warning("shared rate limit unavailable; using this process's", extra={"error": type(error).__name__})
         return await self._hit(self._local, tenant)
 

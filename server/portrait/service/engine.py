@@ -74,7 +74,7 @@ class Run:
 
     def video(self, data: bytes) -> Any:
         settings = self._engine.settings
-        return self._decode("video", lambda: self._engine.inference.decode.video(data, **settings.video_limits))
+        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits))
 
     def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
         with self.timings.stage("decode"):

@@ -46,5 +46,5 @@ def learn(sface: np.ndarray, dlib: np.ndarray, same: np.ndarray) -> Fusion:
     within = np.cov(z_gen, rowvar=False) + np.cov(z_imp, rowvar=False)
     weights = np.linalg.solve(within, z_gen.mean(0) - z_imp.mean(0))
     weights = np.clip(weights, 0.0, None)  # a score can be left out, never counted against
-    weights = weights / weights.sum()
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(2, 0.5)
     return Fusion(tuple(float(m) for m in mean), tuple(float(s) for s in std), tuple(float(w) for w in weights))

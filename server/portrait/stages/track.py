@@ -1,6 +1,7 @@
 """One primary face followed through a video.
 
-The subject is chosen where one face clearly dominates (size, centrality), then followed
+The subject is chosen where one face clearly dominates (size, centrality, focus: the rule
+of `detect.primary_face`, as for photos), then followed
 frame to frame by box overlap, so a bystander who walks in is not mistaken for the
 subject. Too few frames with the subject, or another face as prominent for much of the
 clip, mean the video cannot be judged: the caller answers `retry`.
@@ -37,11 +38,15 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def track_primary(detections: list[np.ndarray], image_hw: tuple[int, int], min_iou: float = MIN_IOU,
-                  min_coverage: float = MIN_COVERAGE, max_crowded: float = 0.3, dominance: float = 1.6) -> Track:
+                  min_coverage: float = MIN_COVERAGE, max_crowded: float = 0.3, dominance: float = 1.6,
+                  sharpness: list[np.ndarray | None] | None = None) -> Track:
+    """`sharpness`: per frame, each face's sharpness where the frame has several faces (None
+    where it has one or none, or where it was not measured)."""
     n = len(detections)
+    sharpness = sharpness or [None] * n
     faces = np.zeros((n, 15), np.float32)
     present = np.zeros(n, bool)
-    seeds = [(i, primary_face(d, image_hw, dominance)) for i, d in enumerate(detections)]
+    seeds = [(i, primary_face(d, image_hw, dominance, sharpness[i])) for i, d in enumerate(detections)]
     seed = next(((i, j) for i, j in seeds if j is not None), None)
     if seed is None:
         crowded = any(len(d) > 1 for d in detections)
@@ -60,8 +65,9 @@ def track_primary(detections: list[np.ndarray], image_hw: tuple[int, int], min_i
         if overlaps[best] < min_iou:
             continue
         faces[i], present[i], last = candidates[best], True, candidates[best]
-        others = np.delete(prominence(candidates, image_hw), best)
-        if len(others) and others.max() * dominance > prominence(candidates[best : best + 1], image_hw)[0]:
+        scores = prominence(candidates, image_hw, sharpness[i])
+        others = np.delete(scores, best)
+        if len(others) and others.max() * dominance > scores[best]:
             crowded_frames += 1
     if crowded_frames > max_crowded * n:
         return Track(faces, present, "multiple_faces")

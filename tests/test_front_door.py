@@ -1,0 +1,161 @@
+"""The front door's parts that need no models: the fair hand-out of workers, the error
+catalogue and its documentation, settings validation, the log line of a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from portrait.security.tokens import _MESSAGES as TOKEN_CODES
+from portrait.service.app import AccessMiddleware
+from portrait.service.inference import FairWorkers
+from portrait.service.logs import JsonFormatter
+from portrait.service.metrics import Metrics
+from portrait.service.problems import CODES
+from portrait.settings import Settings, settings_error
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# Fair workers -------------------------------------------------------------------------
+
+
+def test_fair_workers_serve_tenants_round_robin() -> None:
+    async def scenario() -> list[str]:
+        workers = FairWorkers(1)
+        order: list[str] = []
+        await workers.acquire("a")  # the one place is taken
+
+        async def wait(tenant: str) -> None:
+            await workers.acquire(tenant)
+            order.append(tenant)
+
+        tasks = [asyncio.create_task(wait(t)) for t in ("a", "a", "a", "a", "b", "b", "c")]
+        await asyncio.sleep(0)
+        assert workers.waiting() == 7
+        for _ in range(7):
+            workers.release()
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return order
+
+    # a flooding tenant waits behind itself: b and c are served after at most one more a
+    assert asyncio.run(scenario()) == ["a", "b", "c", "a", "b", "a", "a"]
+
+
+def test_fair_workers_cancelled_waiter_leaves_the_line() -> None:
+    async def scenario() -> None:
+        workers = FairWorkers(1)
+        await workers.acquire("a")
+        leaving = asyncio.create_task(workers.acquire("b"))
+        staying = asyncio.create_task(workers.acquire("c"))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        await asyncio.sleep(0)
+        assert workers.waiting() == 1
+        workers.release()
+        await staying
+        workers.release()
+        assert workers.free == 1 and workers.waiting() == 0
+
+    asyncio.run(scenario())
+
+
+# The error catalogue ------------------------------------------------------------------
+
+
+def _raised_codes() -> set[str]:
+    codes = set()
+    for path in (ROOT / "server" / "portrait").rglob("*.py"):
+        text = path.read_text()
+        codes |= set(re.findall(r'problem\(\s*"([a-z_]+)"', text))
+        codes |= set(re.findall(r'Problem\(\s*\d{3},\s*"([a-z_]+)"', text))
+    return codes
+
+
+def test_every_raised_code_is_catalogued() -> None:
+    raised = _raised_codes() | set(TOKEN_CODES)
+    assert raised and raised <= set(CODES), sorted(raised - set(CODES))
+
+
+def test_readme_has_every_error_code_in_its_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = {code: int(status) for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", readme, re.MULTILINE)}
+    assert rows == {code: status for code, (status, _) in CODES.items()}
+
+
+# Settings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values, says", [
+    ({"decoder": "gpu"}, "PORTRAIT_DECODER=gpu leaves frames on the GPU: set PORTRAIT_FRAMES=gpu too"),
+    ({"backend": "tensorrt"}, "PORTRAIT_BACKEND: Input should be 'embedded' or 'triton'"),
+    ({"frames": "cuda"}, "PORTRAIT_FRAMES: Input should be 'host' or 'gpu'"),
+    ({"log_level": "LOUD"}, "PORTRAIT_LOG_LEVEL: Input should be"),
+    ({"port": 70000}, "PORTRAIT_PORT: Input should be less than or equal to 65535"),
+    ({"rate_limit_per_s": 0}, "PORTRAIT_RATE_LIMIT_PER_S: Input should be greater than 0"),
+    ({"max_in_flight_per_tenant": 30}, "must be below PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING (24)"),
+    ({"workers": 2, "max_waiting": 0}, "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT (12) must be below"),
+])
+def test_settings_refused_with_one_line(values: dict, says: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(**values)
+    line = settings_error(info.value)
+    assert says in line and "\n" not in line
+
+
+def test_default_settings_are_valid_and_the_tenant_cap_is_below_admission() -> None:
+    settings = Settings()
+    assert settings.max_in_flight_per_tenant < settings.workers + settings.max_waiting
+    assert Settings(decoder="gpu", frames="gpu").decoder == "gpu"  # the GPU itself is checked at start
+
+
+# The log line of a 500 ----------------------------------------------------------------
+
+
+def test_a_500_logs_its_request_id_and_traceback_and_answers_problem_json() -> None:
+    """Failure injection: a route that raises stands in for a bug; the middleware is the real one."""
+
+    async def broken(request):
+        raise RuntimeError("boom in the pipeline")
+
+    app = Starlette(routes=[Route("/broken", broken)], middleware=[Middleware(AccessMiddleware)])
+    app.state.engine = SimpleNamespace(metrics=Metrics())
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("portrait.access")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        async def call() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.get("/broken", headers={"x-request-id": "rid-500-test"})
+
+        response = asyncio.run(call())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert response.status_code == 500 and response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "internal_error" and response.json()["request_id"] == "rid-500-test"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    error = next(line for line in lines if line["msg"] == "unhandled error")
+    assert error["request_id"] == "rid-500-test" and error["error"] == "RuntimeError"
+    assert error["traceback"][0].startswith("Traceback") and "boom in the pipeline" in error["traceback"][-1]
+    assert any("in broken" in line for line in error["traceback"])
+    access = next(line for line in lines if line["msg"] == "request")
+    assert access["status"] == 500 and access["request_id"] == "rid-500-test"
