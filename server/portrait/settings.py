@@ -37,8 +37,10 @@ class Settings(BaseSettings):
     runtime: str = Field(default="auto", description="Embedded runtime per model: `auto` (the measured "
                          "table in portrait.backends), `onnxruntime`, `openvino`, or overrides such as "
                          "`auto,sface=onnxruntime`.")
-    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads of each embedded model call; "
-                                   "0 lets the runtime choose (all cores).")
+    inference_threads: int = Field(default=1, ge=0, description="Intra-op threads of each embedded model call; "
+                                   "0 lets the runtime choose (all cores). One thread per call, with the "
+                                   "models' batchers and the pipeline workers running side by side, cost the "
+                                   "least CPU per verification (benchmarks/bench_threads.py).")
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
