@@ -278,8 +278,9 @@ class Pipeline:
         embeddings, continuity, second = None, None, None
         if need_embeddings:
             with timings.stage("embed"):
-                picked = np.concatenate([best[: cfg.match_frames], spread])
-                vectors = self.embed_crops(aligned[picked])
+                # A frame that is both a match frame and a continuity frame is embedded once.
+                picked, where = np.unique(np.concatenate([best[: cfg.match_frames], spread]), return_inverse=True)
+                vectors = self.embed_crops(aligned[picked])[where]
                 embeddings = vectors[: cfg.match_frames]
                 if cfg.fusion is not None:
                     chosen_frames = best[: cfg.match_frames]
