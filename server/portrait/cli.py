@@ -180,6 +180,24 @@ def _calibrate(args: argparse.Namespace) -> int:
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from portrait.bench import main_args
+
+    return main_args(args)
+
+
+def _levels(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ("plain", "in_process", "service")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; choose from plain, in_process, service")
+    return modes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portrait", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -261,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(func=_calibrate)
+
+    bench = commands.add_parser("bench", help="verifications/s and latency of the standard workload, in process "
+                                "and through the service, beside a plain OpenCV job in the same run")
+    bench.add_argument("--id-image", type=Path, default=None, help="default: testdata images/compreface/004_A.jpg")
+    bench.add_argument("--video", type=Path, default=None, help="default: testdata videos/replay_pair/real.mp4")
+    bench.add_argument("--concurrency", type=_levels, default=[1, 4, 16], help="comma-separated levels (1,4,16)")
+    bench.add_argument("--requests", type=int, default=3, help="requests per client at each level")
+    bench.add_argument("--quick", action="store_true", help="one request per client at each level (CI)")
+    bench.add_argument("--modes", type=_modes, default=["plain", "in_process", "service"],
+                       help="comma-separated: plain, in_process, service")
+    bench.add_argument("--url", default=None, help="a running service; default: start `portrait serve` here")
+    bench.add_argument("--api-key", default=None, help="API key for --url")
+    bench.set_defaults(func=_bench)
     return parser
 
 

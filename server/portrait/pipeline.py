@@ -21,10 +21,11 @@ from portrait.challenge import ChallengeSpec
 from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
-from portrait.stages import align, decide, detect, embed, landmarks, liveness, pad, quality
+from portrait.settings import get_settings
+from portrait.stages import align, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
 from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
-from portrait.stages.track import Track, track_primary
+from portrait.stages.track import MIN_COVERAGE, MIN_IOU, Track, iou, track_primary
 
 CALIBRATION = Path(__file__).with_name("calibration.json")
 
@@ -54,6 +55,7 @@ def _shipped_fusion() -> Fusion | None:
 class PipelineConfig:
     image_detector_size: int = 640
     video_detector_size: int = 320
+    detect_every: int = field(default_factory=lambda: get_settings().video_detect_every)
     detection_score: float = 0.7
     match_threshold: float = field(default_factory=_shipped_match_score_threshold)  # of the shipped score
     fusion: Fusion | None = field(default_factory=_shipped_fusion)  # None: SFace's cosine alone decides
@@ -184,27 +186,78 @@ class Pipeline:
             logits[model] = self.run(model, self.ops.model_input(crops, pad.INPUT))["logits"]
         return pad.live_scores(logits)
 
-    def face_geometry(self, frames: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """FaceMesh and iris models on one face per frame -> (eye openness [N,2], angles
-        [N,2], mouth openness [N])."""
-        count = len(faces)
+    def face_mesh(self, frames: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FaceMesh on one face per frame -> (frame->crop matrices [N,2,3], points [N,468,3]
+        in crop pixels, face probability [N])."""
         crop_matrices = landmarks.crop_transforms(faces)
-        crops = self.ops.crops(frames, range(count), crop_matrices, landmarks.CROP)
-        points, _ = landmarks.mesh_points(self.run("facemesh", self.ops.model_input(crops, landmarks.INPUT)))
+        crops = self.ops.crops(frames, range(len(faces)), crop_matrices, landmarks.CROP)
+        points, presence = landmarks.mesh_points(self.run("facemesh", self.ops.model_input(crops, landmarks.INPUT)))
+        return crop_matrices, points, presence
+
+    def face_geometry(self, frames: np.ndarray, faces: np.ndarray,
+                      mesh: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FaceMesh (unless `mesh` holds its result for these faces) and the iris model on one
+        face per frame -> (eye openness [N,2], angles [N,2], mouth openness [N])."""
+        count = len(faces)
+        crop_matrices, points, _ = mesh if mesh is not None else self.face_mesh(frames, faces)
         eye_matrices = landmarks.eye_transforms(points, crop_matrices)
         eyes = self.ops.crops(frames, [*range(count), *range(count)], eye_matrices, landmarks.EYE_CROP)
         openness = landmarks.eye_openness(self.run("iris_landmark", self.ops.model_input(eyes, landmarks.INPUT)))
         return openness, landmarks.head_angles(points), landmarks.mouth_openness(points)
 
+    def track_video(self, frames, timings: Timings) -> tuple[Track, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """The subject through the clip: detected on key frames, followed between them by
+        FaceMesh (see `stages.keyframes`), detected again where the mesh loses the face.
+        Returns the track over every frame and the mesh of its present frames, in order."""
+        cfg = self.config
+        count, size = len(frames), cfg.video_detector_size
+        keys = keyframes.key_indices(count, cfg.detect_every)
+        with timings.stage("detect"):
+            key_detections = self.detect(frames[keys], size)
+        with timings.stage("track"):
+            sharpness = [self.face_sharpness(frames, k, faces) for k, faces in zip(keys, key_detections)]
+            key_track = track_primary(key_detections, frames.shape[1:3], sharpness=sharpness)
+            faces, present = keyframes.interpolate(keys, key_track.faces, key_track.present, count)
+            if key_track.reason is not None:
+                return Track(faces, present, key_track.reason), None
+        with timings.stage("landmarks"):
+            detected = np.zeros(count, bool)
+            detected[keys[key_track.present]] = True
+            kept = np.flatnonzero(present)
+            matrices, points, presence = self.face_mesh(frames[kept], faces[kept])
+            follow = ~detected[kept]
+            fit = keyframes.fit_to_detector(keyframes.mesh_rows(keyframes.frame_points(points[~follow], matrices[~follow])),
+                                            faces[kept[~follow]])
+            lost = kept[(presence < keyframes.PRESENT) & follow]
+        if len(lost):
+            with timings.stage("detect"):
+                found = self.detect(frames[lost], size)
+            with timings.stage("landmarks"):
+                for i, candidates in zip(lost, found):
+                    overlaps = iou(faces[i, :4], candidates[:, :4]) if len(candidates) else np.zeros(1)
+                    best = int(np.argmax(overlaps))
+                    present[i] = detected[i] = bool(overlaps[best] >= MIN_IOU)
+                    if present[i]:
+                        faces[i] = candidates[best]
+                again = np.isin(kept, lost[present[lost]])
+                if again.any():
+                    matrices[again], points[again], presence[again] = self.face_mesh(frames[kept[again]], faces[kept[again]])
+                still = present[kept]
+                kept, matrices, points, presence = kept[still], matrices[still], points[still], presence[still]
+        with timings.stage("track"):
+            follow = ~detected[kept]
+            if follow.any():
+                raw = keyframes.mesh_rows(keyframes.frame_points(points[follow], matrices[follow]))
+                faces[kept[follow]] = keyframes.apply_fit(raw, fit, presence[follow])
+            reason = None if present.mean() >= MIN_COVERAGE else "face_lost"
+        return Track(faces, present, reason), (matrices, points, presence)
+
     def analyse_video(self, video: Video, timings: Timings, mirrored: bool = False,
                       need_embeddings: bool = True) -> VideoAnalysis:
         cfg = self.config
         frames = self.ops.prepare(video.frames)
-        with timings.stage("detect"):
-            detections = self.detect(frames, cfg.video_detector_size)
-        with timings.stage("track"):
-            sharpness = [self.face_sharpness(frames, i, faces) for i, faces in enumerate(detections)]
-            track = track_primary(detections, frames.shape[1:3], sharpness=sharpness)
+        track, mesh = self.track_video(frames, timings)
         if track.reason is not None:
             return VideoAnalysis(track, video.timestamps, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), [],
                                  None, None, None)
@@ -213,7 +266,7 @@ class Pipeline:
         times = video.timestamps[kept] - (video.timestamps[0] if len(video.timestamps) else 0.0)
         frames, faces = frames[kept], track.faces[kept]
         with timings.stage("landmarks"):
-            openness, angles, mouth = self.face_geometry(frames, faces)
+            openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
             events = liveness.observe(openness, angles, mouth, times, mirrored, cfg.liveness)
         with timings.stage("quality"):
@@ -229,8 +282,9 @@ class Pipeline:
         embeddings, continuity, second = None, None, None
         if need_embeddings:
             with timings.stage("embed"):
-                picked = np.concatenate([best[: cfg.match_frames], spread])
-                vectors = self.embed_crops(aligned[picked])
+                # A frame that is both a match frame and a continuity frame is embedded once.
+                picked, where = np.unique(np.concatenate([best[: cfg.match_frames], spread]), return_inverse=True)
+                vectors = self.embed_crops(aligned[picked])[where]
                 embeddings = vectors[: cfg.match_frames]
                 if cfg.fusion is not None:
                     chosen_frames = best[: cfg.match_frames]

@@ -37,8 +37,10 @@ class Settings(BaseSettings):
     runtime: str = Field(default="auto", description="Embedded runtime per model: `auto` (the measured "
                          "table in portrait.backends), `onnxruntime`, `openvino`, or overrides such as "
                          "`auto,sface=onnxruntime`.")
-    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads of each embedded model call; "
-                                   "0 lets the runtime choose (all cores).")
+    inference_threads: int = Field(default=1, ge=0, description="Intra-op threads of each embedded model call; "
+                                   "0 lets the runtime choose (all cores). One thread per call, with the "
+                                   "models' batchers and the pipeline workers running side by side, cost the "
+                                   "least CPU per verification (benchmarks/bench_threads.py).")
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
@@ -59,6 +61,8 @@ class Settings(BaseSettings):
     decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
     video_fps: float = Field(default=VideoLimits.target_fps, gt=0, le=60, description="Frames sampled per second of video.")
+    video_detect_every: int = Field(default=4, ge=1, description="The detector sees every n-th sampled frame; "
+                                    "FaceMesh follows the face between (1: detect on every frame).")
     video_max_frames: int = Field(default=VideoLimits.max_frames, ge=2, le=1000, description="Frames kept per video at most.")
     video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, le=600, description="Longer videos are refused.")
     video_max_side: int = Field(default=VideoLimits.max_side, ge=0, description="Kept frames are scaled down while "
