@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from portrait.challenge import ACTIONS, MAX_ACTIONS, MAX_RECORD_S
 
@@ -12,6 +12,9 @@ Action = Literal[ACTIONS]  # type: ignore[valid-type]
 
 
 class ChallengeRequest(BaseModel):
+    # Strict: what the schema refuses is refused (no `false` read as 0.0 s, no "true" read as true).
+    model_config = ConfigDict(strict=True)
+
     mirrored: bool | None = Field(
         default=None, description="Whether the capture client mirrors the recording (left and right swapped). "
         "Signed into the challenge; the default is the tenant's setting (else false).")
