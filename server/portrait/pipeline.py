@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from portrait.backends.base import InferenceBackend
+from portrait.challenge import ChallengeSpec
 from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
@@ -91,6 +92,7 @@ class VideoAnalysis:
     times: np.ndarray
     openness: np.ndarray  # [M,2] for present frames
     angles: np.ndarray  # [M,2] yaw, pitch
+    mouth: np.ndarray  # [M] lip gap over mouth width
     events: list[ActionEvent]
     passive_score: float | None
     continuity: float | None  # lowest similarity between two frames sampled across the clip
@@ -193,15 +195,16 @@ class Pipeline:
         return crop_matrices, points, presence
 
     def face_geometry(self, frames: np.ndarray, faces: np.ndarray,
-                      mesh: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      mesh: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """FaceMesh (unless `mesh` holds its result for these faces) and the iris model on one
-        face per frame -> (openness [N,2], angles [N,2])."""
+        face per frame -> (eye openness [N,2], angles [N,2], mouth openness [N])."""
         count = len(faces)
         crop_matrices, points, _ = mesh if mesh is not None else self.face_mesh(frames, faces)
         eye_matrices = landmarks.eye_transforms(points, crop_matrices)
         eyes = self.ops.crops(frames, [*range(count), *range(count)], eye_matrices, landmarks.EYE_CROP)
         openness = landmarks.eye_openness(self.run("iris_landmark", self.ops.model_input(eyes, landmarks.INPUT)))
-        return openness, landmarks.head_angles(points)
+        return openness, landmarks.head_angles(points), landmarks.mouth_openness(points)
 
     def track_video(self, frames, timings: Timings) -> tuple[Track, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
         """The subject through the clip: detected on key frames, followed between them by
@@ -256,15 +259,16 @@ class Pipeline:
         frames = self.ops.prepare(video.frames)
         track, mesh = self.track_video(frames, timings)
         if track.reason is not None:
-            return VideoAnalysis(track, video.timestamps, np.zeros((0, 2)), np.zeros((0, 2)), [], None, None, None)
+            return VideoAnalysis(track, video.timestamps, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), [],
+                                 None, None, None)
         kept = np.flatnonzero(track.present)
-        frames, faces, times = frames[kept], track.faces[kept], video.timestamps[kept]
+        # Seconds after the start of recording, as the challenge's schedule counts them.
+        times = video.timestamps[kept] - (video.timestamps[0] if len(video.timestamps) else 0.0)
+        frames, faces = frames[kept], track.faces[kept]
         with timings.stage("landmarks"):
-            openness, angles = self.face_geometry(frames, faces, mesh)
+            openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
-            events = [*liveness.blinks(openness, angles[:, 1], times, cfg.liveness),
-                      *liveness.head_moves(angles[:, 0], angles[:, 1], times, mirrored, cfg.liveness)]
-            events.sort(key=lambda e: e.start_s)
+            events = liveness.observe(openness, angles, mouth, times, mirrored, cfg.liveness)
         with timings.stage("quality"):
             aligned = self.aligned_crops(frames, faces)  # also what the embedder takes, below
             sharp = quality.sharpness(self.ops.to_host(aligned))
@@ -289,16 +293,17 @@ class Pipeline:
                 if len(sampled) > 1:
                     similarity = sampled @ sampled.T
                     continuity = float(similarity[np.triu_indices(len(sampled), 1)].min())
-        return VideoAnalysis(track, times, openness, angles, events, passive, continuity, embeddings, second)
+        return VideoAnalysis(track, times, openness, angles, mouth, events, passive, continuity, embeddings, second)
 
-    def verify(self, id_image: np.ndarray, video: Video, required: Sequence[str] = (),
-               ordered: bool = False, mirrored: bool = False, timings: Timings | None = None) -> dict:
+    def verify(self, id_image: np.ndarray, video: Video, challenge: ChallengeSpec | None = None,
+               timings: Timings | None = None) -> dict:
         """The whole verification: is a live person in the video, and are they the person
-        on the document? Returns the answer in the shape the API and CLI print."""
+        on the document? Without a challenge the active check is skipped (offline use).
+        Returns the answer in the shape the API and CLI print."""
         timings = timings or Timings()
         with timings.stage("detect"):
             id_face = self.image_faces([id_image])[0]
-        analysis = self.analyse_video(video, timings, mirrored)
+        analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored)
         match = None
         if id_face.face is not None and analysis.embeddings is not None:
             with timings.stage("embed"):
@@ -308,22 +313,22 @@ class Pipeline:
                     id_vectors = (id_vectors[0], self.embed_second([id_image], id_face.face[None])[0])
                     template = (template[0], analysis.second_embeddings.mean(0))
                 match = self.match_scores(template, id_vectors)
-        return self._answer(analysis, video, required, ordered, timings, id_face.reason, match)
+        return self._answer(analysis, video, challenge, timings, id_face.reason, match)
 
-    def liveness(self, video: Video, required: Sequence[str] = (), ordered: bool = False,
-                 mirrored: bool = False, timings: Timings | None = None) -> dict:
+    def liveness(self, video: Video, challenge: ChallengeSpec | None = None, timings: Timings | None = None) -> dict:
         """Is a live person in the video? The verification without an ID photo."""
         timings = timings or Timings()
-        analysis = self.analyse_video(video, timings, mirrored)
-        answer = self._answer(analysis, video, required, ordered, timings, None, None)
+        analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored)
+        answer = self._answer(analysis, video, challenge, timings, None, None)
         answer.pop("match")
         return answer
 
-    def _answer(self, analysis: VideoAnalysis, video: Video, required: Sequence[str], ordered: bool,
+    def _answer(self, analysis: VideoAnalysis, video: Video, challenge: ChallengeSpec | None,
                 timings: Timings, id_problem: str | None, match: dict[str, float] | None) -> dict:
         cfg = self.config
-        tracked = analysis.track.reason is None
-        missing = liveness.unmet(required, analysis.events, ordered) if tracked else list(required)
+        verdict = None
+        if challenge is not None and analysis.track.reason is None:
+            verdict = liveness.judge(challenge, analysis.events, float(video.duration_s))
         with timings.stage("decide"):
             decision, reasons = decide.decide(decide.Evidence(
                 id_face_problem=id_problem,
@@ -332,7 +337,7 @@ class Pipeline:
                 passive_threshold=cfg.pad_threshold,
                 continuity=analysis.continuity,
                 continuity_threshold=cfg.continuity_threshold,
-                missing_actions=missing,
+                challenge_problem=None if verdict is None else verdict.reason,
                 match_score=None if match is None else match["score"],
                 match_threshold=cfg.match_threshold,
             ))
@@ -342,10 +347,11 @@ class Pipeline:
             "match": self._match_answer(match),
             "liveness": {
                 "active": {
-                    "required": list(required),
-                    "ordered": ordered,
+                    "challenge": None if challenge is None else challenge.claims(),
                     "observed": [vars(e) for e in analysis.events],
-                    "missing": missing,
+                    "missing": [] if verdict is None else verdict.missing,
+                    "unrequested": [] if verdict is None else [vars(e) for e in verdict.unrequested],
+                    "reason": None if verdict is None else verdict.reason,
                 },
                 "passive": {"score": _round(analysis.passive_score), "threshold": cfg.pad_threshold},
                 "continuity": {"score": _round(analysis.continuity), "threshold": cfg.continuity_threshold},
@@ -356,8 +362,16 @@ class Pipeline:
                 "duration_s": round(float(video.duration_s), 3),
                 "codec": video.codec,
             },
+            "thresholds": self.thresholds(),
             "timings_ms": timings.ms,
         }
+
+    def thresholds(self) -> dict:
+        """Every threshold a video decision uses, for the answer and its receipt."""
+        cfg = self.config
+        return {"detection_score": cfg.detection_score, "match": cfg.match_threshold,
+                "fusion": None if cfg.fusion is None else cfg.fusion.to_record(), "passive": cfg.pad_threshold,
+                "continuity": cfg.continuity_threshold, "liveness": asdict(cfg.liveness)}
 
     def compare(self, first: np.ndarray, second: np.ndarray) -> dict:
         """Photo against photo: the similarity of the two primary faces."""
@@ -377,6 +391,7 @@ class Pipeline:
             "decision": "retry" if problems else ("match" if same else "no_match"),
             "reasons": problems,
             "match": self._match_answer(scores),
+            "thresholds": {k: v for k, v in self.thresholds().items() if k in ("detection_score", "match", "fusion")},
             "timings_ms": timings.ms,
         }
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from portrait.media.limits import MIN_FRAME_SIDE, VideoLimits
+from portrait.media.limits import MAX_IMAGE_PIXELS, MIN_FRAME_SIDE, VideoLimits
 
 
 def _default_mirror() -> Path | None:
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, le=600, description="Longer videos are refused.")
     video_max_side: int = Field(default=VideoLimits.max_side, ge=0, description="Kept frames are scaled down while "
                                 f"decoding to this longer side ({MIN_FRAME_SIDE} or more; 0 keeps the coded size).")
-    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images are refused.")
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1, description="Larger images are refused.")
     max_video_pixels: int = Field(default=VideoLimits.max_pixels, gt=0, description="Larger video frames are refused.")
 
     # The HTTP service
@@ -79,7 +79,11 @@ class Settings(BaseSettings):
     challenge_secret: str = Field(default="", description="HMAC secret for challenge tokens; random per "
                                   "process when empty (set it when several replicas share traffic).")
     challenge_ttl_s: float = Field(default=120.0, gt=0, le=3600)
-    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions.")
+    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions "
+                                       "and schedule (kiosks, tests).")
+    mirrored: bool = Field(default=False, description="Whether capture clients mirror the recording, unless "
+                           "the tenant is in mirrored_tenants or the challenge request says.")
+    mirrored_tenants: str = Field(default="", description="Comma-separated tenants whose capture client mirrors.")
     receipt_key_file: Path | None = Field(default=None, description="Ed25519 private key (PEM) signing "
                                           "receipts; generated per process when unset.")
     redis_url: str = Field(default="", description="Single-use challenge nonces in Redis (several replicas).")
@@ -133,6 +137,10 @@ class Settings(BaseSettings):
         return VideoLimits(target_fps=self.video_fps, max_frames=self.video_max_frames,
                            max_duration_s=self.video_max_seconds, max_pixels=self.max_video_pixels,
                            max_side=self.video_max_side)
+
+    def mirrored_for(self, tenant: str) -> bool:
+        """Whether this tenant's capture client mirrors, when its challenge request does not say."""
+        return self.mirrored or tenant in {t.strip() for t in self.mirrored_tenants.split(",") if t.strip()}
 
     triton_http_port: int = Field(default=8000, ge=1, le=65535)
     triton_grpc_port: int = Field(default=8001, ge=1, le=65535)
