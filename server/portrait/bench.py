@@ -183,7 +183,8 @@ class Service:
             child_env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"bench:{KEY}",
                          "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
                          "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING",
-                         "PORTRAIT_MAX_WAITING": "64", **(env or {})}
+                         "PORTRAIT_MAX_WAITING": "64", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "63",
+                         "PORTRAIT_REQUEST_TIMEOUT_S": "600", **(env or {})}
             self.process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=child_env,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             url = f"http://127.0.0.1:{port}"
