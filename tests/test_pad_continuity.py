@@ -140,3 +140,18 @@ def _spliced(pipeline: Pipeline, first: Video, second: Video) -> Video:
 def test_splices_are_caught(pipeline, testdata, first, second):
     answer = pipeline.liveness(_spliced(pipeline, _video(testdata, first), _video(testdata, second)))
     assert answer["decision"] == "reject_spoof" and "identity_changed" in answer["reasons"], answer["liveness"]
+
+
+def test_liveness_plot_draws_both_distributions_and_the_threshold(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    from portrait.plots import liveness_plot
+
+    path = tmp_path / "liveness.png"
+    liveness_plot({"live": np.array([0.9, 0.95, 0.6]), "spoof": np.array([0.05, 0.2])}, 0.3, path, "dev")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_per_frame_summary():
+    from portrait.offline import _summary
+
+    assert _summary(np.array([0.2, 0.9, 0.8])) == {"count": 3, "min": 0.2, "median": 0.8, "max": 0.9}
