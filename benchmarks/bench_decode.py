@@ -5,8 +5,9 @@ size (what the models then scale down themselves). Shipped: FFmpeg's scaler conv
 scales the sampled frames in one step to `VideoLimits.max_side`, and frames the sampler is
 sure to drop are not decoded when nothing refers to them. Two ablations show each lever on
 its own. Variants run round-robin so machine load hits them alike; each prints wall time
-(median, p95), CPU seconds per decode, the frames FFmpeg returned, and the peak of Python
-allocations (tracemalloc: the frames and their stacking) in one more decode.
+(median, p95), CPU seconds per decode, the frames FFmpeg returned, and the resident memory
+one decode adds at its peak in a fresh process (Linux: VmHWM; FFmpeg's buffers included; a
+process that decoded before reuses the memory it freed, which would hide the difference).
 
     python benchmarks/bench_decode.py [--video clip.mp4] [--upscale] [--repeats 9]
 
@@ -19,8 +20,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import time
-import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -78,6 +79,21 @@ def counting_frames(skip: bool):
     return frames, counts, original
 
 
+def resident_gain(work: Callable[[], object]) -> int:
+    """Bytes the process's resident size rose by at its peak while `work` ran (Linux)."""
+    def status(field: str) -> int:
+        with open("/proc/self/status") as lines:
+            return int(next(l for l in lines if l.startswith(field + ":")).split()[1]) * 1024
+
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM starts again from the current resident size
+    base = status("VmRSS")
+    result = work()
+    peak = status("VmHWM")
+    del result
+    return peak - base
+
+
 def upscaled_1080p(data: bytes) -> bytes:
     """The clip fitted into 1920x1080 (centred on black), H.264 in memory."""
     buffer = io.BytesIO()
@@ -99,6 +115,25 @@ def upscaled_1080p(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def all_variants(limits: VideoLimits) -> dict[str, tuple[Callable, VideoLimits, bool]]:
+    """name -> (decoder, limits, skip unused frames)."""
+    coded = replace(limits, max_side=0)
+    return {
+        "plain (before)": (plain_decode, coded, False),
+        "skip only": (decode_video, coded, True),
+        f"scale only ({limits.max_side})": (decode_video, limits, False),
+        f"shipped (skip + scale {limits.max_side})": (decode_video, limits, True),
+    }
+
+
+def child_gain(name: str, data: bytes, limits: VideoLimits) -> int:
+    """In a fresh process: the resident memory one decode of variant `name` adds."""
+    decode, lims, skip = all_variants(limits)[name]
+    patched, _, _ = counting_frames(skip)
+    video_module._frames = patched
+    return resident_gain(lambda: decode(data, lims))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--video", type=Path, default=TESTDATA / "videos/replay_pair/real.mp4")
@@ -109,13 +144,7 @@ def main() -> None:
     if args.upscale:
         data = upscaled_1080p(data)
     limits = Settings().video_limits
-    coded = replace(limits, max_side=0)
-    variants: dict[str, tuple[Callable, VideoLimits, bool]] = {
-        "plain (before)": (plain_decode, coded, False),
-        "skip only": (decode_video, coded, True),
-        f"scale only ({limits.max_side})": (decode_video, limits, False),
-        f"shipped (skip + scale {limits.max_side})": (decode_video, limits, True),
-    }
+    variants = all_variants(limits)
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     frames_out: dict[str, int | str] = {}
@@ -136,32 +165,26 @@ def main() -> None:
                 cpu[name].append(cpu_used)
             frames_out[name] = counts[0] if counts else "all"
             shapes[name] = video.frames.shape
-    for name, (decode, lims, skip) in variants.items():
-        patched, _, original = counting_frames(skip)
-        video_module._frames = patched
-        tracemalloc.start()
-        try:
-            decode(data, lims)
-            peaks[name] = tracemalloc.get_traced_memory()[1] / 2**20
-        finally:
-            tracemalloc.stop()
-            video_module._frames = original
+    spawn = multiprocessing.get_context("spawn")
+    for name in variants:
+        with spawn.Pool(1) as child:
+            peaks[name] = child.apply(child_gain, (name, data, limits)) / 2**20
     with av.open(io.BytesIO(data)) as clip:
         stream = clip.streams.video[0]
         print(f"clip: {stream.codec_context.name} {stream.width}x{stream.height}, {stream.frames} frames; "
               f"limits: {limits}")
     base = float(np.median(cpu["plain (before)"]))
     print(f"{'variant':<32}{'wall p50 ms':>12}{'p95 ms':>9}{'CPU s':>8}{'CPU x':>7}{'frames out':>11}"
-          f"{'kept':>18}{'peak MiB':>10}")
+          f"{'kept':>20}{'+RSS MiB':>10}")
     report = {}
     for name in variants:
         p50, p95 = np.percentile(wall[name], 50) * 1000, np.percentile(wall[name], 95) * 1000
         cpu_s = float(np.median(cpu[name]))
         print(f"{name:<32}{p50:>12.0f}{p95:>9.0f}{cpu_s:>8.3f}{base / cpu_s:>7.2f}{str(frames_out[name]):>11}"
-              f"{str(shapes[name]):>18}{peaks[name]:>10.1f}")
+              f"{str(shapes[name]):>20}{peaks[name]:>10.1f}")
         report[name] = {"wall_ms_p50": round(p50, 1), "wall_ms_p95": round(p95, 1), "cpu_s": round(cpu_s, 4),
                         "frames_decoded": frames_out[name], "kept": list(shapes[name]),
-                        "tracemalloc_peak_mib": round(peaks[name], 1)}
+                        "resident_peak_gain_mib": round(peaks[name], 1)}
     print(json.dumps(report))
 
 

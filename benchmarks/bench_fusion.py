@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from portrait.backends.onnxruntime import OnnxRuntimeBackend
+from portrait.backends import backend_from_settings
 from portrait.media import decode_image, decode_video
 from portrait.pipeline import Pipeline, PipelineConfig, Timings
 from portrait.settings import Settings
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--other-image", type=Path, default=TESTDATA / "images/face_recognition/examples/obama2.jpg")
     args = parser.parse_args()
     settings = Settings()
-    backend = OnnxRuntimeBackend(settings.model_repository, threads=settings.ort_threads)
+    backend = backend_from_settings(settings)  # the runtimes the service would use
     fused_config = PipelineConfig()
     if fused_config.fusion is None:
         raise SystemExit("the calibration record ships SFace alone: nothing to compare")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from portrait.backends.onnxruntime import OnnxRuntimeBackend
+from portrait.challenge import ChallengeSpec
 from portrait.media import decode_image, decode_video
 from portrait.media.video import Video
 from portrait.pipeline import Pipeline, Timings
@@ -60,7 +61,7 @@ def _run(pipeline: Pipeline, id_bytes: bytes, video_bytes: bytes, settings: Sett
         with timings.stage("decode"):
             image = decode_image(id_bytes)
             video = _three_seconds(decode_video(video_bytes, settings.video_limits))
-        pipeline.verify(image, video, ["blink"], timings=timings)
+        pipeline.verify(image, video, ChallengeSpec(("blink",)), timings=timings)
         totals.append(time.perf_counter() - start)
         stages.append(timings.ms)
     names = stages[0].keys()
@@ -85,7 +86,7 @@ def main() -> None:
     id_bytes, video_bytes = args.id_image.read_bytes(), args.video.read_bytes()
     report = {}
     for name, pipeline in (("batched", Pipeline(inner)), ("frame_by_frame", Pipeline(baseline_backend))):
-        pipeline.verify(decode_image(id_bytes), _three_seconds(decode_video(video_bytes, settings.video_limits)), ["blink"])  # warm-up
+        pipeline.verify(decode_image(id_bytes), _three_seconds(decode_video(video_bytes, settings.video_limits)), ChallengeSpec(("blink",)))  # warm-up
         report[name] = _run(pipeline, id_bytes, video_bytes, settings, args.repeats)
     report["frame_by_frame"]["model_calls_per_verification"] = baseline_backend.calls // (args.repeats + 1)
     stages = list(report["batched"]["stages_ms_median"])

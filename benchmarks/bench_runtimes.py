@@ -23,14 +23,16 @@ from portrait.settings import Settings
 SHAPES = {"yunet": (3, 320, 320)}
 
 
-def _time(backend, model: str, batch: np.ndarray, repeats: int) -> float:
-    backend.infer(model, batch)
-    times = []
+def _time(runtimes: dict, model: str, batch: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median ms per call of each runtime, calls interleaved so that a change of load on a
+    shared machine falls on both alike."""
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
     for _ in range(repeats):
-        start = time.perf_counter()
-        backend.infer(model, batch)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000
+        for name, backend in runtimes.items():
+            start = time.perf_counter()
+            backend.infer(model, batch)
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) * 1000 for name, t in times.items()}
 
 
 def main() -> None:
@@ -38,21 +40,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--models", nargs="+", default=list(BY_NAME))
     args = parser.parse_args()
     repository = Settings().model_repository
-    runtimes = {"onnxruntime": OnnxRuntimeBackend(repository, threads=args.threads),
-                "openvino": OpenVinoBackend(repository, threads=args.threads)}
+    runtimes = {"onnxruntime": OnnxRuntimeBackend(repository, args.models, threads=args.threads),
+                "openvino": OpenVinoBackend(repository, args.models, threads=args.threads)}
     rng = np.random.default_rng(0)
     report = {}
     print(f"batch {args.batch}, {args.threads} thread(s), median of {args.repeats}")
     print(f"{'model':<17}{'onnxruntime ms':>15}{'openvino ms':>13}{'speed-up':>10}{'max |diff|':>12}")
-    for model, spec in BY_NAME.items():
+    for model in args.models:
+        spec = BY_NAME[model]
         shape = SHAPES.get(model, spec.input.dims)
-        batch = rng.uniform(0, 255 if model in ("yunet", "sface", "minifasnet_v2", "minifasnet_v1se") else 1,
+        batch = rng.uniform(0, 1 if model in ("facemesh", "iris_landmark") else 255,
                             (args.batch, *shape)).astype(np.float32)
         outputs = {name: r.infer(model, batch) for name, r in runtimes.items()}
         diff = max(float(np.abs(outputs["onnxruntime"][k] - outputs["openvino"][k]).max()) for k in outputs["onnxruntime"])
-        ms = {name: _time(r, model, batch, args.repeats) for name, r in runtimes.items()}
+        ms = _time(runtimes, model, batch, args.repeats)
         report[model] = {**{k: round(v, 2) for k, v in ms.items()},
                          "speedup": round(ms["onnxruntime"] / ms["openvino"], 2), "max_abs_diff": diff}
         print(f"{model:<17}{ms['onnxruntime']:>15.2f}{ms['openvino']:>13.2f}"

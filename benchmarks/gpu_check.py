@@ -8,7 +8,7 @@ Needs only PyTorch, Triton, onnx, onnxruntime and numpy (plus PyAV, OpenCV and D
 optional video rows): no TensorRT, Triton server or network. The project need not be
 installed (the `server/` folder beside this one is put on the path). The models come from
 a repository built beforehand with `portrait models build`. They run as PyTorch modules made
-by the small ONNX-to-PyTorch converter below, which covers exactly the ops these six models
+by the small ONNX-to-PyTorch converter below, which covers exactly the ops these seven models
 use (onnx2torch 1.5.15 lacks Resize-19 and Constant-21 and imports torchvision); each is
 checked against ONNX Runtime on the CPU.
 
@@ -138,9 +138,76 @@ def _gather(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
     return data[(slice(None),) * attrs.get("axis", 0) + (index,)]
 
 
+def _torch_dtype(onnx_type: int) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, helper.tensor_dtype_to_np_dtype(onnx_type))).dtype
+
+
+def _constant_of_shape(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+    return torch.from_numpy(np.full(inputs[0].tolist(), value.reshape(-1)[0], value.dtype))
+
+
+def _slice(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    """Slices of shape arithmetic (dlib's exported padding: host integers, negative steps);
+    data tensors only with positive steps."""
+    x, starts, ends = inputs[0], inputs[1].tolist(), inputs[2].tolist()
+    axes = inputs[3].tolist() if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
+    steps = inputs[4].tolist() if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[axis] = slice(start, end, step)
+    if x.device.type == "cpu" and not x.is_floating_point():
+        return torch.from_numpy(np.ascontiguousarray(x.numpy()[tuple(index)]))
+    if any(step < 0 for step in steps):
+        raise NotImplementedError("Slice with a negative step on a data tensor")
+    return x[tuple(index)]
+
+
+def _average_pool(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    kernel = attrs["kernel_shape"]
+    x, padding = _conv_padding(inputs[0], attrs.get("pads", [0] * 2 * len(kernel)), 0.0)
+    return F.avg_pool2d(x, kernel, attrs.get("strides", kernel), padding, ceil_mode=bool(attrs.get("ceil_mode", 0)),
+                        count_include_pad=bool(attrs.get("count_include_pad", 0)))
+
+
 def _flatten(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
     x, axis = inputs[0], attrs.get("axis", 1)
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+_DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
+
+
+def _div(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    if inputs[0].is_floating_point():
+        return inputs[0] / inputs[1]
+    return torch.div(inputs[0], inputs[1], rounding_mode="trunc")  # ONNX integer division truncates
+
+
+def _constant_of_shape(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    value = torch.from_numpy(numpy_helper.to_array(attrs["value"]).copy()) if "value" in attrs else torch.zeros(1)
+    return torch.full([int(s) for s in inputs[0].tolist()], value.item(), dtype=value.dtype)
+
+
+def _slice(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    x, starts, ends = inputs[0], inputs[1].tolist(), inputs[2].tolist()
+    axes = inputs[3].tolist() if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
+    steps = inputs[4].tolist() if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        # Python's slice clamping is ONNX's, negative steps included (torch slicing has none).
+        kept = range(*slice(start, end, step).indices(x.shape[axis]))
+        x = x.index_select(axis, torch.tensor(list(kept), dtype=torch.int64, device=x.device))
+    return x
+
+
+def _average_pool(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
+    kernel = attrs["kernel_shape"]
+    pads = attrs.get("pads", [0] * 2 * len(kernel))
+    if pads[: len(kernel)] != pads[len(kernel) :]:
+        raise NotImplementedError("AveragePool with asymmetric padding")
+    return F.avg_pool2d(inputs[0], kernel, attrs.get("strides", kernel), pads[: len(kernel)],
+                        ceil_mode=bool(attrs.get("ceil_mode", 0)),
+                        count_include_pad=bool(attrs.get("count_include_pad", 0)))
 
 
 OPS: dict[str, Op] = {
@@ -159,6 +226,12 @@ OPS: dict[str, Op] = {
     "Add": lambda i, a: i[0] + i[1],
     "Sub": lambda i, a: i[0] - i[1],
     "Mul": lambda i, a: i[0] * i[1],
+    "Div": _div,
+    "Cast": lambda i, a: i[0].to(_DTYPES[a["to"]]),
+    "ConstantOfShape": _constant_of_shape,
+    "Slice": _slice,
+    "AveragePool": _average_pool,
+    "ReduceMean": lambda i, a: i[0].mean(tuple(a["axes"]), keepdim=bool(a.get("keepdims", 1))),
     "MatMul": lambda i, a: torch.matmul(i[0], i[1]),
     "Transpose": lambda i, a: i[0].permute(a["perm"]),
     "Concat": lambda i, a: torch.cat(i, a["axis"]),
@@ -166,11 +239,18 @@ OPS: dict[str, Op] = {
     "BatchNormalization": lambda i, a: F.batch_norm(i[0], i[3], i[4], i[1], i[2], False, 0.0, a.get("epsilon", 1e-5)),
     "Shape": lambda i, a: torch.tensor(i[0].shape, dtype=torch.int64),
     "Dropout": lambda i, a: i[0],  # inference: identity
+    "Div": lambda i, a: i[0] / i[1],
+    "Cast": lambda i, a: i[0].to(_torch_dtype(a["to"])),
+    "ConstantOfShape": _constant_of_shape,
+    "Slice": _slice,
+    "AveragePool": _average_pool,
+    "ReduceMean": lambda i, a: i[0].mean(tuple(a["axes"]), keepdim=bool(a.get("keepdims", 1))),
 }
 # Inputs that are sizes, axes or indices, not data: they stay on the host as CPU tensors, so
 # reading them never syncs with the GPU and CUDA graphs can capture the forward pass.
 HOST_INPUTS: dict[str, tuple[int, ...]] = {
     "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Reshape": (1,), "Unsqueeze": (1,), "Gather": (1,), "Dropout": (1, 2),
+    "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,),
 }
 
 

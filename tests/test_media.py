@@ -531,3 +531,18 @@ def test_dali_image_matches_opencv(dali, testdata):
     assert dali.image(cv2.imencode(".png", deep)[1].tobytes())[0, 0].tolist() == [156, 0, 0]
     refuse("media_too_large", dali.image, png_bomb(40000, 40000))
     refuse("corrupt_media", dali.image, data[: len(data) // 2])
+
+
+def test_settings_build_the_one_video_limits(monkeypatch):
+    from pydantic import ValidationError
+
+    from portrait.settings import Settings
+
+    for name in ("VIDEO_FPS", "VIDEO_MAX_FRAMES", "VIDEO_MAX_SECONDS", "VIDEO_MAX_SIDE", "MAX_VIDEO_PIXELS"):
+        monkeypatch.delenv(f"PORTRAIT_{name}", raising=False)
+    assert Settings().video_limits == LIMITS
+    monkeypatch.setenv("PORTRAIT_VIDEO_MAX_SIDE", "0")
+    assert Settings().video_limits == limits(max_side=0)
+    monkeypatch.setenv("PORTRAIT_VIDEO_MAX_SIDE", "200")
+    with pytest.raises(ValidationError, match="at least 320"):
+        Settings()

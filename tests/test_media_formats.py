@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from portrait.backends.onnxruntime import OnnxRuntimeBackend
+from portrait.challenge import ChallengeSpec
 from portrait.media import MediaError, VideoLimits, decode_video
 from portrait.pipeline import Pipeline
 
@@ -115,7 +116,8 @@ def test_a_verification_on_old_formats_decides_as_on_the_original(model_reposito
         "mpeg4 3gp": reencode(d0, "mpeg4", "3gp", (512, 512)),
         "h263 3g2 CIF": reencode(d0, "h263", "3g2", CIF),
     }
-    answers = {name: pipeline.verify(id_photo, decode_video(data, LIMITS), ["blink"])
+    blink = ChallengeSpec.timed(["blink"], [2.0])  # d0 blinks at 2.6 s
+    answers = {name: pipeline.verify(id_photo, decode_video(data, LIMITS), blink)
                for name, data in clips.items()}
     for name, answer in answers.items():
         print(name, answer["decision"], answer["match"]["score"], answer["liveness"]["passive"]["score"],

@@ -14,7 +14,7 @@ import pytest
 from portrait import ort
 from portrait.modelrepo import specs
 from portrait.modelrepo.build import build_repository
-from portrait.modelrepo.configs import render_cpu, render_gpu
+from portrait.modelrepo.configs import render_cpu, render_gpu, render_openvino
 from portrait.modelrepo.repository import ModelRepositoryError, model_path, read_manifest, verified_models
 from portrait.modelrepo.sources import SourceError, fetch
 from portrait.settings import Settings
@@ -262,6 +262,7 @@ def test_committed_configs_are_the_generated_ones(spec):
     folder = ROOT / "model_repository" / spec.name
     assert (folder / "config.pbtxt").read_text() == render_cpu(spec)
     assert (folder / "configs" / "gpu.pbtxt").read_text() == render_gpu(spec)
+    assert (folder / "configs" / "openvino.pbtxt").read_text() == render_openvino(spec)
 
 
 def test_cli_build_prints_json(model_repository, mirror):

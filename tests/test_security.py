@@ -30,8 +30,9 @@ from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreErr
 from portrait.security.receipts import (
     ReceiptError, ReceiptSigner, generate_key, receipt_key_id, seed_from_passphrase, verify_receipt,
 )
+from portrait.challenge import ACTIONS, MAX_RECORD_S, TAIL_S, WINDOW_S, ChallengeSpec, random_challenge
 from portrait.security.tokens import (
-    ACTIONS, MAX_TOKEN_LENGTH, Challenge, ChallengeSigner, TokenError, parse_actions, random_actions,
+    MAX_TOKEN_LENGTH, Challenge, ChallengeSigner, TokenError, parse_actions, parse_schedule,
 )
 
 KEY_A = "alpha-key-0123456789"
@@ -184,32 +185,42 @@ def sign_payload(payload: object, secret: bytes = SECRET) -> str:
     return f"{body}.{b64e(hmac.new(secret, body.encode(), hashlib.sha256).digest())}"
 
 
+def timed(actions: list[str], mirrored: bool = False) -> ChallengeSpec:
+    """A challenge with prompts 2 s apart from 1 s (no validation: `issue` does that)."""
+    schedule = tuple(1.0 + 2.0 * i for i in range(len(actions)))
+    end = schedule[-1] + WINDOW_S[1] + TAIL_S if schedule else 1.0
+    return ChallengeSpec(tuple(actions), schedule, WINDOW_S, end, mirrored)
+
+
 def good_payload(clock: Clock, **changes: object) -> dict:
-    payload = {"v": 1, "tenant": "alpha", "actions": ["blink", "turn_left"], "nonce": b64e(bytes(16)),
+    payload = {"v": 2, "tenant": "alpha", "actions": ["blink", "turn_left"], "schedule": [1.0, 3.0],
+               "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": b64e(bytes(16)),
                "iat": clock.now, "exp": clock.now + 120}
     payload.update(changes)
     return payload
 
 
 def test_issue_and_verify(signer: ChallengeSigner, clock: Clock) -> None:
-    issued = signer.issue("alpha", ["turn_left", "blink"])
+    issued = signer.issue("alpha", timed(["turn_left", "blink"]))
     assert isinstance(issued, Challenge)
     assert issued.actions == ["turn_left", "blink"] and issued.tenant == "alpha"
+    assert issued.spec == timed(["turn_left", "blink"])
     assert issued.issued_at == clock.now and issued.expires_at == clock.now + 120
     assert len(b64d(issued.nonce)) == 16
     body, signature = issued.token.split(".")
     payload = json.loads(b64d(body))
-    assert payload == {"v": 1, "tenant": "alpha", "actions": ["turn_left", "blink"], "nonce": issued.nonce,
+    assert payload == {"v": 2, "tenant": "alpha", "actions": ["turn_left", "blink"], "schedule": [1.0, 3.0],
+                       "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": issued.nonce,
                        "iat": clock.now, "exp": clock.now + 120}
     assert b64d(signature) == hmac.new(SECRET, body.encode(), hashlib.sha256).digest()
     clock.now += 119.9
     assert signer.verify(issued.token, "alpha") == issued
     assert ChallengeSigner(SECRET, clock=clock).verify(issued.token, "alpha") == issued  # another replica
-    assert signer.issue("alpha", ["blink"]).nonce != issued.nonce
+    assert signer.issue("alpha", timed(["blink"])).nonce != issued.nonce
 
 
 def test_expired(signer: ChallengeSigner, clock: Clock) -> None:
-    token = signer.issue("alpha", ["blink"]).token
+    token = signer.issue("alpha", timed(["blink"])).token
     clock.now += 120
     with pytest.raises(TokenError) as info:
         signer.verify(token, "alpha")
@@ -217,7 +228,7 @@ def test_expired(signer: ChallengeSigner, clock: Clock) -> None:
 
 
 def test_wrong_tenant(signer: ChallengeSigner) -> None:
-    token = signer.issue("alpha", ["blink"]).token
+    token = signer.issue("alpha", timed(["blink"])).token
     with pytest.raises(TokenError) as info:
         signer.verify(token, "bravo")
     assert info.value.code == "wrong_tenant"
@@ -229,6 +240,8 @@ def forged_variants(token: str) -> Iterator[str]:
     yield f"{b64e(json.dumps({**payload, 'tenant': 'bravo'}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'exp': payload['exp'] + 3600}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'actions': ['blink']}).encode())}.{signature}"
+    yield f"{b64e(json.dumps({**payload, 'mirrored': not payload['mirrored']}).encode())}.{signature}"
+    yield f"{b64e(json.dumps({**payload, 'schedule': [s + 1 for s in payload['schedule']]}).encode())}.{signature}"
     yield f"{b64e(b'{not json')}.{signature}"  # garbage with a bad signature: not parsed
     mac = bytearray(b64d(signature))
     mac[0] ^= 1
@@ -239,7 +252,7 @@ def forged_variants(token: str) -> Iterator[str]:
 
 
 def test_forged(signer: ChallengeSigner) -> None:
-    token = signer.issue("alpha", ["blink", "look_up"]).token
+    token = signer.issue("alpha", timed(["blink", "look_up"])).token
     for forged in forged_variants(token):
         with pytest.raises(TokenError) as info:
             signer.verify(forged, "bravo")
@@ -247,7 +260,7 @@ def test_forged(signer: ChallengeSigner) -> None:
 
 
 def test_malformed_structure(signer: ChallengeSigner) -> None:
-    token = signer.issue("alpha", ["blink"]).token
+    token = signer.issue("alpha", timed(["blink"])).token
     body, signature = token.split(".")
     noncanonical = signature[:-1] + chr(ord(signature[-1]) + 1)  # same bytes, other spelling
     assert b64d(noncanonical) == b64d(signature)
@@ -262,12 +275,17 @@ def test_malformed_structure(signer: ChallengeSigner) -> None:
 
 def test_malformed_payload_even_when_signed(signer: ChallengeSigner, clock: Clock) -> None:
     assert signer.verify(sign_payload(good_payload(clock)), "alpha").actions == ["blink", "turn_left"]
+    assert signer.verify(sign_payload(good_payload(clock, mirrored=True)), "alpha").spec.mirrored is True
     bad_payloads: list[object] = [
         b"{not json", b"\xff\xfe", b"[]", b'"string"', b"null",
-        good_payload(clock, v=2), good_payload(clock, v=True), good_payload(clock, v="1"),
+        good_payload(clock, v=1), good_payload(clock, v=True), good_payload(clock, v="2"),
         good_payload(clock, tenant=""), good_payload(clock, tenant=7),
         good_payload(clock, actions=["blink", "smile"]), good_payload(clock, actions=[]),
         good_payload(clock, actions=["blink", "blink"]), good_payload(clock, actions="blink"),
+        good_payload(clock, schedule=[1.0]), good_payload(clock, schedule=[3.0, 1.0]),
+        good_payload(clock, schedule=None), good_payload(clock, mirrored="false"), good_payload(clock, mirrored=0),
+        good_payload(clock, window_s=[3.0, 0.3]), good_payload(clock, window_s=0.3),
+        good_payload(clock, record_s="6"), good_payload(clock, record_s=None),
         good_payload(clock, nonce=""), good_payload(clock, nonce=5), good_payload(clock, nonce="n" * 65),
         good_payload(clock, iat="now"), good_payload(clock, exp=None), good_payload(clock, exp=True),
         good_payload(clock, exp=clock.now - 1), good_payload(clock, extra=1),
@@ -285,43 +303,47 @@ def test_malformed_payload_even_when_signed(signer: ChallengeSigner, clock: Cloc
 def test_issue_validates(signer: ChallengeSigner) -> None:
     for actions in ([], ["smile"], ["blink", "blink"], list(ACTIONS) + ["blink"]):
         with pytest.raises(TokenError) as info:
-            signer.issue("alpha", actions)
+            signer.issue("alpha", timed(actions))
         assert info.value.code == "invalid_actions"
     with pytest.raises(ValueError):
-        signer.issue("", ["blink"])
+        signer.issue("", timed(["blink"]))
     with pytest.raises(ValueError, match="tenant name too long"):
-        signer.issue("t" * 2000, ["blink"])
+        signer.issue("t" * 2000, timed(["blink"]))
     with pytest.raises(ValueError, match="at least 32 bytes"):
         ChallengeSigner(b"short")
     with pytest.raises(ValueError):
         ChallengeSigner(SECRET, ttl_s=0)
-    assert ChallengeSigner("x" * 32).issue("a", ["blink"]).token  # str secrets are UTF-8 encoded
+    assert ChallengeSigner("x" * 32).issue("a", timed(["blink"])).token  # str secrets are UTF-8 encoded
     assert "sss" not in repr(signer)
 
 
 def test_parse_actions() -> None:
     assert parse_actions(["look_down", "blink"]) == ["look_down", "blink"]
-    assert parse_actions(tuple(ACTIONS)) == list(ACTIONS)
+    assert parse_actions(("open_mouth", "blink", "open_mouth")) == ["open_mouth", "blink", "open_mouth"]
     for bad in ([], None, "blink", ["blink", "blink"], ["Blink"], ["blink", 1], [["blink"]],
-                list(ACTIONS) + ["blink"], {"blink": 1}):
+                list(ACTIONS), ["turn_left", "blink", "blink"], {"blink": 1}):
         with pytest.raises(TokenError) as info:
             parse_actions(bad)
         assert info.value.code == "invalid_actions" and "blink" in str(info.value)
 
 
-def test_random_actions() -> None:
-    seen_orders, seen_lengths = set(), set()
-    rng = random.Random(7)
-    for _ in range(500):
-        actions = random_actions(rng)
-        assert parse_actions(actions) == actions
-        assert "blink" in actions and len(actions) in (2, 3)
-        assert not {"turn_left", "turn_right"} <= set(actions)
-        assert not {"look_up", "look_down"} <= set(actions)
-        seen_orders.add(actions.index("blink"))
-        seen_lengths.add(len(actions))
-    assert seen_orders == {0, 1, 2} and seen_lengths == {2, 3}
-    assert set(random_actions()) <= set(ACTIONS)  # the default, system randomness
+def test_parse_schedule() -> None:
+    assert parse_schedule([1, 2.5], 2) == [1.0, 2.5]
+    longest = MAX_RECORD_S - WINDOW_S[1] - TAIL_S
+    assert parse_schedule([longest], 1) == [longest]
+    for bad, count in (([1.0], 2), ([2.0, 1.0], 2), ([1.0, 1.0], 2), ([-0.5], 1), ([float("nan")], 1),
+                       ([longest + 0.1], 1), ("1.0", 1), ([True], 1), (None, 1), ([], 0)):
+        with pytest.raises(TokenError) as info:
+            parse_schedule(bad, count)
+        assert info.value.code == "invalid_schedule", bad
+
+
+def test_random_challenges_round_trip_through_tokens(signer: ChallengeSigner) -> None:
+    for mirrored in (False, True):
+        spec = random_challenge(mirrored)
+        assert signer.verify(signer.issue("alpha", spec).token, "alpha").spec == spec
+    with pytest.raises(ValueError, match="schedule"):
+        signer.issue("alpha", ChallengeSpec(("blink", "turn_left")))
 
 
 # Nonces ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import cv2
 import httpx
 import pytest
 
+from portrait.challenge import ChallengeSpec
 from portrait.security.receipts import ReceiptSigner, generate_key, verify_receipt
 from portrait.security.tokens import ChallengeSigner
 
@@ -28,6 +29,7 @@ KEY_B = "carrier-b-key-0123456789abcdef"
 KEY_C = "carrier-c-key-0123456789abcdef"
 SECRET = "test-challenge-secret-0123456789abcdef0123"
 MAX_UPLOAD = 12 * 1024 * 1024
+BLINK_AT_1S = ChallengeSpec.timed(["blink"], [1.0])
 
 
 def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None = None,
@@ -45,6 +47,7 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
         "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A},carrier-b:{KEY_B},carrier-c:{KEY_C}",
         "PORTRAIT_CHALLENGE_SECRET": SECRET,
         "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1",
+        "PORTRAIT_MIRRORED_TENANTS": "carrier-b",
         "PORTRAIT_RECEIPT_KEY_FILE": str(key_file),
         "PORTRAIT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "PORTRAIT_BATCH_MAX_DELAY_MS": "20",
@@ -93,10 +96,21 @@ def _auth(key=KEY_A):
     return {"Authorization": f"Bearer {key}"}
 
 
-def _challenge(service, actions, key=KEY_A):
-    response = httpx.post(f"{service['url']}/v1/challenges", json={"actions": actions}, headers=_auth(key))
+def _challenge(service, actions, schedule=None, key=KEY_A):
+    body = {"actions": actions} if schedule is None else {"actions": actions, "schedule": schedule}
+    response = httpx.post(f"{service['url']}/v1/challenges", json=body, headers=_auth(key))
     assert response.status_code == 200, response.text
     return response.json()["token"]
+
+
+# What d18 does, as the pipeline sees it: opens its mouth wide at ~2.2 s, blinks at ~3.2 s
+# (mid-yawn) and opens its mouth again at ~4.1 s; nothing else. A challenge whose prompts
+# came just before each is answered exactly.
+D18 = (["open_mouth", "blink", "open_mouth"], [1.8, 2.8, 3.7])
+
+
+def _d18_challenge(service, key=KEY_A):
+    return _challenge(service, *D18, key=key)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +121,12 @@ def media(testdata):
     with av.open(str(testdata / "videos/liveportrait/d12.mp4")) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="bgr24")
     ok, jpeg = cv2.imencode(".jpg", frame)
+    with av.open(str(testdata / "videos/liveportrait/d18.mp4")) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="bgr24")
+    ok, jpeg_d18 = cv2.imencode(".jpg", frame)
     return {
+        "id_d18": jpeg_d18.tobytes(),
+        "d18": (testdata / "videos/liveportrait/d18.mp4").read_bytes(),
         "id_d12": jpeg.tobytes(),
         "d12": (testdata / "videos/liveportrait/d12.mp4").read_bytes(),
         "fake": (testdata / "videos/replay_pair/fake.mp4").read_bytes(),
@@ -131,18 +150,27 @@ def test_health_readiness_and_openapi(service):
 
 
 def test_challenge_then_verification_accepts_the_live_subject(service, media):
-    token = _challenge(service, ["turn_left", "turn_right"])
-    response = _verify(service, token, media["id_d12"], media["d12"])
+    token = _d18_challenge(service)
+    response = _verify(service, token, media["id_d18"], media["d18"])
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["decision"] == "accept", answer["reasons"]
-    assert answer["liveness"]["active"]["missing"] == []
+    active = answer["liveness"]["active"]
+    assert active["missing"] == [] and active["unrequested"] == [] and active["reason"] is None
     assert answer["match"]["score"] > answer["match"]["threshold"]
     assert {m["name"] for m in answer["models"]} >= {"yunet", "facemesh", "iris_landmark", "sface"}
     public = ReceiptSigner(service["key_file"].read_bytes()).public_key_pem()
     claims = verify_receipt(answer["receipt"], public)
     assert claims["decision"] == "accept" and claims["tenant"] == "carrier-a"
-    assert claims["inputs"]["video_sha256"] == __import__("hashlib").sha256(media["d12"]).hexdigest()
+    assert claims["inputs"]["video_sha256"] == __import__("hashlib").sha256(media["d18"]).hexdigest()
+    # What was asked, what was seen, every threshold and every model's digest.
+    assert claims["challenge"] == {"actions": D18[0], "schedule": D18[1], "window_s": [0.3, 3.0],
+                                   "record_s": D18[1][-1] + 3.5, "mirrored": False}
+    assert [e["action"] for e in claims["events"]] == ["open_mouth", "blink", "open_mouth"]
+    assert all(set(e) == {"action", "start_s", "end_s"} for e in claims["events"])
+    assert {"match", "passive", "continuity", "detection_score", "liveness"} <= set(claims["thresholds"])
+    assert claims["thresholds"]["liveness"]["mouth_open_ratio"] > 0
+    assert all(len(m["sha256"]) == 64 for m in claims["models"])
 
 
 def test_replay_video_is_a_spoof(service, media):
@@ -151,20 +179,68 @@ def test_replay_video_is_a_spoof(service, media):
     assert answer["decision"] == "reject_spoof"
 
 
-def test_actions_in_the_wrong_order_are_not_enough(service, media):
-    """d12 turns left first, then right: a challenge asking right then left... also ends
-    with a left turn, so ask for something the clip never does after its turns."""
-    token = _challenge(service, ["turn_right", "turn_left", "look_down"])
+def test_an_unrequested_head_move_is_refused(service, media):
+    """d12 turns left (~1.5 s) and right (~3.2 s) as asked, then opens its mouth and turns
+    left again: not asked for."""
+    token = _challenge(service, ["turn_left", "turn_right"], [1.0, 2.8])
     answer = _verify(service, token, media["id_d12"], media["d12"]).json()
-    assert answer["decision"] == "retry" and "look_down" in answer["liveness"]["active"]["missing"]
+    assert answer["decision"] == "retry" and answer["reasons"] == ["unrequested_action"]
+    assert "open_mouth" in {e["action"] for e in answer["liveness"]["active"]["unrequested"]}
+
+
+def test_the_right_actions_at_the_wrong_times_are_refused(service, media):
+    token = _challenge(service, D18[0], [3.0, 4.0, 5.0])  # the mouth opened before its prompt
+    answer = _verify(service, token, media["id_d18"], media["d18"]).json()
+    assert answer["decision"] == "retry" and answer["reasons"] == ["action_out_of_window"]
+
+
+def test_a_challenge_carries_its_schedule_and_mirroring(service):
+    drawn = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth()).json()
+    assert set(drawn) == {"token", "actions", "schedule", "window_s", "record_s", "mirrored", "expires_at"}
+    assert 2 <= len(drawn["actions"]) <= 4 and len(drawn["schedule"]) == len(drawn["actions"])
+    assert all(a != b for a, b in zip(drawn["actions"], drawn["actions"][1:]))
+    assert drawn["schedule"] == sorted(drawn["schedule"]) and drawn["window_s"] == [0.3, 3.0]
+    assert drawn["record_s"] == round(drawn["schedule"][-1] + 3.5, 3) and drawn["mirrored"] is False
+    tenant_b = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth(KEY_B)).json()
+    assert tenant_b["mirrored"] is True  # PORTRAIT_MIRRORED_TENANTS
+    said = httpx.post(f"{service['url']}/v1/challenges", json={"mirrored": True}, headers=_auth()).json()
+    assert said["mirrored"] is True
+    named = httpx.post(f"{service['url']}/v1/challenges", json={"actions": ["blink", "turn_left"]},
+                       headers=_auth()).json()
+    assert named["actions"] == ["blink", "turn_left"] and len(named["schedule"]) == 2  # drawn by the server
+    for body in ({"actions": ["blink"], "schedule": [2.0, 1.0]}, {"actions": ["blink"], "schedule": [60.0]},
+                 {"schedule": [1.0]}, {"actions": ["blink", "blink"]}):
+        refused = httpx.post(f"{service['url']}/v1/challenges", json=body, headers=_auth())
+        assert refused.status_code == 422 and refused.json()["code"] in ("invalid_schedule", "invalid_actions"), body
+
+
+def test_a_request_cannot_set_mirrored(service, media):
+    """Mirroring is signed into the token; saying it on the request is refused, whatever
+    the value, and does not spend the challenge."""
+    token = _d18_challenge(service)
+    for value in ("true", "false"):
+        files = {"id_image": ("id.jpg", media["id_d18"], "image/jpeg"), "video": ("v.mp4", media["d18"], "video/mp4")}
+        refused = httpx.post(f"{service['url']}/v1/verifications", data={"challenge": token, "mirrored": value},
+                             files=files, headers=_auth(), timeout=120)
+        assert refused.status_code == 422 and refused.json()["code"] == "mirrored_not_accepted"
+        live = httpx.post(f"{service['url']}/v1/liveness", data={"challenge": token, "mirrored": value},
+                          files={"video": ("v.mp4", media["d18"], "video/mp4")}, headers=_auth(), timeout=120)
+        assert live.status_code == 422 and live.json()["code"] == "mirrored_not_accepted"
+    answer = _verify(service, token, media["id_d18"], media["d18"]).json()
+    assert answer["decision"] == "accept" and answer["liveness"]["active"]["challenge"]["mirrored"] is False
+    # The same clip under a challenge issued as mirrored: the token says so, and it is applied.
+    mirrored = httpx.post(f"{service['url']}/v1/challenges", json={"actions": D18[0], "schedule": D18[1],
+                                                                   "mirrored": True}, headers=_auth()).json()
+    answer = _verify(service, mirrored["token"], media["id_d18"], media["d18"]).json()
+    assert answer["liveness"]["active"]["challenge"]["mirrored"] is True
 
 
 def test_compare_and_liveness_building_blocks(service, media):
     files = {"image_a": ("a.jpg", media["obama"], "image/jpeg"), "image_b": ("b.jpg", media["obama2"], "image/jpeg")}
     assert httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(), timeout=60).json()["decision"] == "match"
-    token = _challenge(service, ["turn_left"])
+    token = _d18_challenge(service)
     live = httpx.post(f"{service['url']}/v1/liveness", data={"challenge": token},
-                      files={"video": ("v.mp4", media["d12"], "video/mp4")}, headers=_auth(), timeout=120)
+                      files={"video": ("v.mp4", media["d18"], "video/mp4")}, headers=_auth(), timeout=120)
     assert live.status_code == 200 and live.json()["decision"] == "accept"
 
 
@@ -221,10 +297,10 @@ def test_concurrent_requests_with_one_token_are_judged_once(service, media):
 
 
 def test_expired_and_forged_tokens(service, media):
-    expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue("carrier-a", ["blink"]).token
+    expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue("carrier-a", BLINK_AT_1S).token
     response = _verify(service, expired, media["obama"], media["fake"])
     assert response.status_code == 410 and response.json()["code"] == "expired_challenge"
-    forged = ChallengeSigner("another-secret-0123456789abcdef-0123456").issue("carrier-a", ["blink"]).token
+    forged = ChallengeSigner("another-secret-0123456789abcdef-0123456").issue("carrier-a", BLINK_AT_1S).token
     assert _verify(service, forged, media["obama"], media["fake"]).json()["code"] == "forged_challenge"
     assert _verify(service, "garbage", media["obama"], media["fake"]).json()["code"] == "malformed_challenge"
 
@@ -319,6 +395,9 @@ def test_receipt_verify_command(service, media, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "portrait.cli", "receipt", "verify", receipt, "--public-key",
                          str(tmp_path / "public.pem")], capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["claims"]["decision"] == "reject_spoof"
+    printed = json.loads(ok.stdout)["claims"]
+    assert printed["challenge"]["actions"] == ["blink"] and printed["challenge"]["mirrored"] is False
+    assert "events" in printed and printed["thresholds"]["passive"] > 0 and printed["models"]
     head, payload, signature = receipt.split(".")
     tampered = ".".join([head, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1], signature])
     bad = subprocess.run([sys.executable, "-m", "portrait.cli", "receipt", "verify", tampered, "--public-key",
@@ -328,9 +407,9 @@ def test_receipt_verify_command(service, media, tmp_path):
 
 def test_graceful_shutdown_finishes_in_flight_work(tmp_path, model_repository, media):
     service = start_service(tmp_path, model_repository)
-    token = _challenge(service, ["turn_left"])
+    token = _d18_challenge(service)
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_verify, service, token, media["id_d12"], media["d12"])
+        pending = pool.submit(_verify, service, token, media["id_d18"], media["d18"])
         time.sleep(1.0)  # the request is in progress
         service["process"].send_signal(signal.SIGTERM)
         response = pending.result(timeout=120)
@@ -356,8 +435,8 @@ def triton_service(tmp_path_factory, model_repository):
 
 
 def test_verification_through_a_real_triton_server(triton_service, media):
-    token = _challenge(triton_service, ["turn_left", "turn_right"])
-    answer = _verify(triton_service, token, media["id_d12"], media["d12"]).json()
+    token = _d18_challenge(triton_service)
+    answer = _verify(triton_service, token, media["id_d18"], media["d18"]).json()
     assert answer["decision"] == "accept", answer["reasons"]
     token = _challenge(triton_service, ["blink"])
     assert _verify(triton_service, token, media["obama"], media["fake"]).json()["decision"] == "reject_spoof"
@@ -393,7 +472,7 @@ def test_overload_is_503_and_a_retry_with_the_same_token_is_answered(tmp_path, m
     try:
         token = _challenge(service, ["blink"], key=KEY_C)
         with ThreadPoolExecutor(2) as pool:
-            busy = [pool.submit(_verify, service, _challenge(service, ["turn_left"], key), media["id_d12"], media["d12"],
+            busy = [pool.submit(_verify, service, _challenge(service, ["turn_left"], key=key), media["id_d12"], media["d12"],
                                 key) for key in (KEY_A, KEY_B)]
             deadline = time.monotonic() + 30
             while _in_flight(service) < 3:  # both verifications and this /metrics call
@@ -422,9 +501,9 @@ def test_a_client_that_disconnects_stops_costing_work(service, media):
             text, "portrait_batch_dropped_total", 'reason="deadline"')
 
     before = httpx.get(f"{service['url']}/metrics").text
-    token = _challenge(service, ["turn_left"])
+    token = _d18_challenge(service)
     with pytest.raises(httpx.TimeoutException):
-        _verify(service, token, media["id_d12"], media["d12"], timeout=0.8)  # the client gives up
+        _verify(service, token, media["id_d18"], media["d18"], timeout=0.8)  # the client gives up
     deadline = time.monotonic() + 60
     while True:
         after = httpx.get(f"{service['url']}/metrics").text
@@ -435,9 +514,9 @@ def test_a_client_that_disconnects_stops_costing_work(service, media):
         time.sleep(0.5)
     assert httpx.get(f"{service['url']}/readyz").status_code == 200
     # The abandoned request was never judged: its challenge was given back, and is good once.
-    retry = _verify(service, token, media["id_d12"], media["d12"])
+    retry = _verify(service, token, media["id_d18"], media["d18"])
     assert retry.status_code == 200 and retry.json()["decision"] == "accept", retry.text
-    assert _verify(service, token, media["id_d12"], media["d12"]).json()["code"] == "replayed_challenge"
+    assert _verify(service, token, media["id_d18"], media["d18"]).json()["code"] == "replayed_challenge"
 
 
 def test_rate_limit_is_429_with_retry_after(tmp_path, model_repository):

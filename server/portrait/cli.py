@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from portrait.settings import get_settings
-from portrait.stages.liveness import ACTIONS
+from portrait.challenge import ACTIONS, ChallengeSpec
 
 
 def _models_build(args: argparse.Namespace) -> int:
@@ -97,7 +97,7 @@ def _receipt_verify(args: argparse.Namespace) -> int:
     except ReceiptError as error:
         print(json.dumps({"valid": False, "code": error.code, "detail": str(error)}))
         return 1
-    print(json.dumps({"valid": True, "claims": claims}))
+    print(json.dumps({"valid": True, "claims": claims}, indent=None if args.json else 2))
     return 0
 
 
@@ -131,8 +131,32 @@ def _emit(result: dict, as_json: bool) -> int:
     return 0
 
 
+def _seconds(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("give seconds separated by commas, e.g. 1.2,3.0") from None
+
+
+def _asked(args: argparse.Namespace) -> ChallengeSpec | None:
+    """The challenge the video answers: timed when a schedule is given, else order only."""
+    if not args.require:
+        if args.schedule:
+            raise ValueError("--schedule needs --require")
+        return None
+    from portrait.security.tokens import TokenError, parse_actions, parse_schedule
+
+    try:
+        actions = parse_actions(args.require)
+        if args.schedule is None:
+            return ChallengeSpec(tuple(actions), mirrored=args.mirrored)
+        return ChallengeSpec.timed(actions, parse_schedule(args.schedule, len(actions)), args.mirrored)
+    except TokenError as error:
+        raise ValueError(str(error)) from None
+
+
 def _verify(args: argparse.Namespace) -> int:
-    return _emit(_offline().verify(args.id_image, args.video, args.require, mirrored=args.mirrored), args.json)
+    return _emit(_offline().verify(args.id_image, args.video, _asked(args)), args.json)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -148,12 +172,34 @@ def _eval_liveness(args: argparse.Namespace) -> int:
     return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot), args.json)
 
 
+def _eval_challenge(args: argparse.Namespace) -> int:
+    return _emit(_offline().eval_challenge(args.root, args.draws, args.seed), args.json)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     if (args.pairs is None) == (args.liveness is None):
         raise ValueError("give --pairs (match thresholds) or --liveness (PAD and continuity), one of them")
     if args.liveness is not None:
         return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from portrait.bench import main_args
+
+    return main_args(args)
+
+
+def _levels(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ("plain", "in_process", "service")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; choose from plain, in_process, service")
+    return modes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = receipt.add_parser("verify", help="check a receipt's signature; print its claims (exit 1 if invalid)")
     check.add_argument("receipt", help="the receipt token, or - to read it from standard input")
     check.add_argument("--public-key", type=Path, required=True, help="the service's Ed25519 public key (PEM)")
+    check.add_argument("--json", action="store_true", help="one line of JSON")
     check.set_defaults(func=_receipt_verify)
     public = receipt.add_parser("public-key", help="print the public key of PORTRAIT_RECEIPT_KEY_FILE")
     public.set_defaults(func=_receipt_public_key)
@@ -188,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--id-image", type=Path, required=True)
     verify.add_argument("--video", type=Path, required=True)
     verify.add_argument("--require", type=_actions, default=[],
-                        help=f"comma-separated actions the video must show, any order ({', '.join(ACTIONS)})")
+                        help="comma-separated actions the video must show, exactly and in this order "
+                             f"({', '.join(ACTIONS)})")
+    verify.add_argument("--schedule", type=_seconds, default=None,
+                        help="seconds after the start of recording at which each prompt was shown; "
+                             "with it each action must begin in its window")
     verify.add_argument("--mirrored", action="store_true", help="the video was flipped (front camera preview)")
     verify.add_argument("--json", action="store_true", help="one line of JSON")
     verify.set_defaults(func=_verify)
@@ -218,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
 
+    sim = evaluate.add_parser("challenge", help="how many random server challenges each video under ROOT "
+                              "would answer if replayed, and the best a crafted recording does")
+    sim.add_argument("--root", type=Path, required=True)
+    sim.add_argument("--draws", type=int, default=100_000)
+    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=_eval_challenge)
+
     calibrate = commands.add_parser("calibrate", help="match thresholds (SFace, dlib, fused) for a target false-match"
                                     " rate, the fusion's parameters, and whether fusion ships")
     calibrate.add_argument("--pairs", type=Path, default=None, help="CSV img_a,img_b,same_person: match thresholds")
@@ -228,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(func=_calibrate)
+
+    bench = commands.add_parser("bench", help="verifications/s and latency of the standard workload, in process "
+                                "and through the service, beside a plain OpenCV job in the same run")
+    bench.add_argument("--id-image", type=Path, default=None, help="default: testdata images/compreface/004_A.jpg")
+    bench.add_argument("--video", type=Path, default=None, help="default: testdata videos/replay_pair/real.mp4")
+    bench.add_argument("--concurrency", type=_levels, default=[1, 4, 16], help="comma-separated levels (1,4,16)")
+    bench.add_argument("--requests", type=int, default=3, help="requests per client at each level")
+    bench.add_argument("--quick", action="store_true", help="one request per client at each level (CI)")
+    bench.add_argument("--modes", type=_modes, default=["plain", "in_process", "service"],
+                       help="comma-separated: plain, in_process, service")
+    bench.add_argument("--url", default=None, help="a running service; default: start `portrait serve` here")
+    bench.add_argument("--api-key", default=None, help="API key for --url")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from portrait import evaluation
+from portrait import challenge, evaluation
 from portrait.backends import InferenceBackend, backend_from_settings
 from portrait.media import MediaError, decoder
 from portrait.modelrepo.repository import served_models
@@ -61,12 +61,11 @@ class Offline:
     def video(self, path: Path):
         return self.decode.video(path.read_bytes(), self.settings.video_limits)
 
-    def verify(self, id_image: Path, video: Path, required: Sequence[str], ordered: bool = False,
-               mirrored: bool = False) -> dict:
+    def verify(self, id_image: Path, video: Path, asked: challenge.ChallengeSpec | None = None) -> dict:
         timings = Timings()
         with timings.stage("decode"):
             image, clip = self.image(id_image), self.video(video)
-        result = self.pipeline.verify(image, clip, required, ordered, mirrored, timings)
+        result = self.pipeline.verify(image, clip, asked, timings)
         return {**result, "models": self.models}
 
     def compare(self, first: Path, second: Path) -> dict:
@@ -388,7 +387,8 @@ class Offline:
 
     def _video_liveness(self, path: Path, required: Sequence[str]) -> dict:
         cfg = self.pipeline.config
-        analysis = self.pipeline.analyse_video(self.video(path), Timings())
+        video = self.video(path)
+        analysis = self.pipeline.analyse_video(video, Timings())
         if analysis.track.reason:
             return {"live": None, "reasons": [f"video_{analysis.track.reason}"]}
         reasons = []
@@ -396,13 +396,38 @@ class Offline:
             reasons.append("passive_spoof")
         if analysis.continuity is not None and analysis.continuity < cfg.continuity_threshold:
             reasons.append("identity_changed")
-        if liveness.unmet(required, analysis.events, ordered=False):
-            reasons.append("challenge_incomplete")
+        if required:  # exactly these actions in this order; untimed, as files carry no schedule
+            verdict = liveness.judge(challenge.ChallengeSpec(tuple(required)), analysis.events, video.duration_s)
+            reasons += [verdict.reason] if verdict.reason else []
         return {"live": not reasons, "reasons": reasons, "passive_score": round(analysis.passive_score, 4),
                 "passive_frames": _summary(analysis.passive_frames),
                 "continuity": None if analysis.continuity is None else round(analysis.continuity, 4),
                 "actions": sorted({e.action for e in analysis.events})}
 
+    def eval_challenge(self, root: Path, draws: int, seed: int | None) -> dict:
+        """What a replayed recording answers: every video under `root`, its actions as the
+        pipeline sees them, against `draws` random server challenges. Clips longer than the
+        service accepts (up to 2 minutes) are still analysed; the challenge's own length rule
+        then applies."""
+        rng = np.random.default_rng(seed)
+        index, schedules = challenge.draw(rng, draws)
+        limits = replace(self.settings.video_limits, max_duration_s=120.0)  # longer dev clips too
+        clips = {}
+        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
+            video = self.decode.video(path.read_bytes(), limits)
+            analysis = self.pipeline.analyse_video(video, Timings(), need_embeddings=False)
+            answered = liveness.count_answered(analysis.events, video.duration_s, index, schedules)
+            clips[str(path.relative_to(root))] = {
+                "answered": answered, "rate": answered / draws, "duration_s": round(video.duration_s, 2),
+                "actions": [e.action for e in analysis.events]}
+        return {
+            "draws": draws, "sequences": len(challenge.sequences()),
+            "distinct_challenges": challenge.distinct_challenges(),
+            "window_s": list(challenge.WINDOW_S), "max_record_s": challenge.MAX_RECORD_S,
+            "worst_clip_rate": max((c["rate"] for c in clips.values()), default=None),
+            "clips": clips,
+            "crafted_recording": liveness.best_crafted_rate(index, schedules),
+        }
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:

@@ -10,20 +10,22 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from portrait.backends.base import InferenceBackend
+from portrait.challenge import ChallengeSpec
 from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
-from portrait.stages import align, continuity, decide, detect, embed, landmarks, liveness, pad, quality
+from portrait.settings import get_settings
+from portrait.stages import align, continuity, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
 from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
-from portrait.stages.track import Track, track_primary
+from portrait.stages.track import MIN_COVERAGE, MIN_IOU, Track, iou, track_primary
 
 CALIBRATION = Path(__file__).with_name("calibration.json")
 
@@ -61,6 +63,7 @@ def shipped_continuity_threshold() -> float:
 class PipelineConfig:
     image_detector_size: int = 640
     video_detector_size: int = 320
+    detect_every: int = field(default_factory=lambda: get_settings().video_detect_every)
     detection_score: float = 0.7
     match_threshold: float = field(default_factory=_shipped_match_score_threshold)  # of the shipped score
     fusion: Fusion | None = field(default_factory=_shipped_fusion)  # None: SFace's cosine alone decides
@@ -98,6 +101,7 @@ class VideoAnalysis:
     times: np.ndarray
     openness: np.ndarray  # [M,2] for present frames
     angles: np.ndarray  # [M,2] yaw, pitch
+    mouth: np.ndarray  # [M] lip gap over mouth width
     events: list[ActionEvent]
     passive_score: float | None  # median of passive_frames
     continuity: float | None  # see stages/continuity.py
@@ -195,36 +199,89 @@ class Pipeline:
             logits[model] = self.run(model, self.ops.model_input(crops, pad.INPUT))["logits"]
         return pad.live_scores(logits)
 
-    def face_geometry(self, frames: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """FaceMesh and iris models on one face per frame -> (openness [N,2], angles [N,2])."""
-        count = len(faces)
+    def face_mesh(self, frames: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FaceMesh on one face per frame -> (frame->crop matrices [N,2,3], points [N,468,3]
+        in crop pixels, face probability [N])."""
         crop_matrices = landmarks.crop_transforms(faces)
-        crops = self.ops.crops(frames, range(count), crop_matrices, landmarks.CROP)
-        points, _ = landmarks.mesh_points(self.run("facemesh", self.ops.model_input(crops, landmarks.INPUT)))
+        crops = self.ops.crops(frames, range(len(faces)), crop_matrices, landmarks.CROP)
+        points, presence = landmarks.mesh_points(self.run("facemesh", self.ops.model_input(crops, landmarks.INPUT)))
+        return crop_matrices, points, presence
+
+    def face_geometry(self, frames: np.ndarray, faces: np.ndarray,
+                      mesh: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FaceMesh (unless `mesh` holds its result for these faces) and the iris model on one
+        face per frame -> (eye openness [N,2], angles [N,2], mouth openness [N])."""
+        count = len(faces)
+        crop_matrices, points, _ = mesh if mesh is not None else self.face_mesh(frames, faces)
         eye_matrices = landmarks.eye_transforms(points, crop_matrices)
         eyes = self.ops.crops(frames, [*range(count), *range(count)], eye_matrices, landmarks.EYE_CROP)
         openness = landmarks.eye_openness(self.run("iris_landmark", self.ops.model_input(eyes, landmarks.INPUT)))
-        return openness, landmarks.head_angles(points)
+        return openness, landmarks.head_angles(points), landmarks.mouth_openness(points)
+
+    def track_video(self, frames, timings: Timings) -> tuple[Track, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """The subject through the clip: detected on key frames, followed between them by
+        FaceMesh (see `stages.keyframes`), detected again where the mesh loses the face.
+        Returns the track over every frame and the mesh of its present frames, in order."""
+        cfg = self.config
+        count, size = len(frames), cfg.video_detector_size
+        keys = keyframes.key_indices(count, cfg.detect_every)
+        with timings.stage("detect"):
+            key_detections = self.detect(frames[keys], size)
+        with timings.stage("track"):
+            sharpness = [self.face_sharpness(frames, k, faces) for k, faces in zip(keys, key_detections)]
+            key_track = track_primary(key_detections, frames.shape[1:3], sharpness=sharpness)
+            faces, present = keyframes.interpolate(keys, key_track.faces, key_track.present, count)
+            if key_track.reason is not None:
+                return Track(faces, present, key_track.reason), None
+        with timings.stage("landmarks"):
+            detected = np.zeros(count, bool)
+            detected[keys[key_track.present]] = True
+            kept = np.flatnonzero(present)
+            matrices, points, presence = self.face_mesh(frames[kept], faces[kept])
+            follow = ~detected[kept]
+            fit = keyframes.fit_to_detector(keyframes.mesh_rows(keyframes.frame_points(points[~follow], matrices[~follow])),
+                                            faces[kept[~follow]])
+            lost = kept[(presence < keyframes.PRESENT) & follow]
+        if len(lost):
+            with timings.stage("detect"):
+                found = self.detect(frames[lost], size)
+            with timings.stage("landmarks"):
+                for i, candidates in zip(lost, found):
+                    overlaps = iou(faces[i, :4], candidates[:, :4]) if len(candidates) else np.zeros(1)
+                    best = int(np.argmax(overlaps))
+                    present[i] = detected[i] = bool(overlaps[best] >= MIN_IOU)
+                    if present[i]:
+                        faces[i] = candidates[best]
+                again = np.isin(kept, lost[present[lost]])
+                if again.any():
+                    matrices[again], points[again], presence[again] = self.face_mesh(frames[kept[again]], faces[kept[again]])
+                still = present[kept]
+                kept, matrices, points, presence = kept[still], matrices[still], points[still], presence[still]
+        with timings.stage("track"):
+            follow = ~detected[kept]
+            if follow.any():
+                raw = keyframes.mesh_rows(keyframes.frame_points(points[follow], matrices[follow]))
+                faces[kept[follow]] = keyframes.apply_fit(raw, fit, presence[follow])
+            reason = None if present.mean() >= MIN_COVERAGE else "face_lost"
+        return Track(faces, present, reason), (matrices, points, presence)
 
     def analyse_video(self, video: Video, timings: Timings, mirrored: bool = False,
                       need_embeddings: bool = True) -> VideoAnalysis:
         cfg = self.config
         frames = self.ops.prepare(video.frames)
-        with timings.stage("detect"):
-            detections = self.detect(frames, cfg.video_detector_size)
-        with timings.stage("track"):
-            sharpness = [self.face_sharpness(frames, i, faces) for i, faces in enumerate(detections)]
-            track = track_primary(detections, frames.shape[1:3], sharpness=sharpness)
+        track, mesh = self.track_video(frames, timings)
         if track.reason is not None:
-            return VideoAnalysis(track, video.timestamps, np.zeros((0, 2)), np.zeros((0, 2)), [], None, None, None)
+            return VideoAnalysis(track, video.timestamps, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), [],
+                                 None, None, None)
         kept = np.flatnonzero(track.present)
-        frames, faces, times = frames[kept], track.faces[kept], video.timestamps[kept]
+        # Seconds after the start of recording, as the challenge's schedule counts them.
+        times = video.timestamps[kept] - (video.timestamps[0] if len(video.timestamps) else 0.0)
+        frames, faces = frames[kept], track.faces[kept]
         with timings.stage("landmarks"):
-            openness, angles = self.face_geometry(frames, faces)
+            openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
-            events = [*liveness.blinks(openness, angles[:, 1], times, cfg.liveness),
-                      *liveness.head_moves(angles[:, 0], angles[:, 1], times, mirrored, cfg.liveness)]
-            events.sort(key=lambda e: e.start_s)
+            events = liveness.observe(openness, angles, mouth, times, mirrored, cfg.liveness)
         with timings.stage("quality"):
             aligned = self.aligned_crops(frames, faces)  # also what the embedder takes, below
             sharp = quality.sharpness(self.ops.to_host(aligned))
@@ -247,18 +304,19 @@ class Pipeline:
             with timings.stage("continuity"):
                 sample = continuity.Sample(vectors, angles[picked], times[picked], faces[picked, :4])
                 kept_together = continuity.continuity(sample)
-        return VideoAnalysis(track, times, openness, angles, events, passive,
+        return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
                              None if kept_together is None else kept_together.score, embeddings, second, per_frame,
                              sample)
 
-    def verify(self, id_image: np.ndarray, video: Video, required: Sequence[str] = (),
-               ordered: bool = False, mirrored: bool = False, timings: Timings | None = None) -> dict:
+    def verify(self, id_image: np.ndarray, video: Video, challenge: ChallengeSpec | None = None,
+               timings: Timings | None = None) -> dict:
         """The whole verification: is a live person in the video, and are they the person
-        on the document? Returns the answer in the shape the API and CLI print."""
+        on the document? Without a challenge the active check is skipped (offline use).
+        Returns the answer in the shape the API and CLI print."""
         timings = timings or Timings()
         with timings.stage("detect"):
             id_face = self.image_faces([id_image])[0]
-        analysis = self.analyse_video(video, timings, mirrored)
+        analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored)
         match = None
         if id_face.face is not None and analysis.embeddings is not None:
             with timings.stage("embed"):
@@ -268,22 +326,22 @@ class Pipeline:
                     id_vectors = (id_vectors[0], self.embed_second([id_image], id_face.face[None])[0])
                     template = (template[0], analysis.second_embeddings.mean(0))
                 match = self.match_scores(template, id_vectors)
-        return self._answer(analysis, video, required, ordered, timings, id_face.reason, match)
+        return self._answer(analysis, video, challenge, timings, id_face.reason, match)
 
-    def liveness(self, video: Video, required: Sequence[str] = (), ordered: bool = False,
-                 mirrored: bool = False, timings: Timings | None = None) -> dict:
+    def liveness(self, video: Video, challenge: ChallengeSpec | None = None, timings: Timings | None = None) -> dict:
         """Is a live person in the video? The verification without an ID photo."""
         timings = timings or Timings()
-        analysis = self.analyse_video(video, timings, mirrored)
-        answer = self._answer(analysis, video, required, ordered, timings, None, None)
+        analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored)
+        answer = self._answer(analysis, video, challenge, timings, None, None)
         answer.pop("match")
         return answer
 
-    def _answer(self, analysis: VideoAnalysis, video: Video, required: Sequence[str], ordered: bool,
+    def _answer(self, analysis: VideoAnalysis, video: Video, challenge: ChallengeSpec | None,
                 timings: Timings, id_problem: str | None, match: dict[str, float] | None) -> dict:
         cfg = self.config
-        tracked = analysis.track.reason is None
-        missing = liveness.unmet(required, analysis.events, ordered) if tracked else list(required)
+        verdict = None
+        if challenge is not None and analysis.track.reason is None:
+            verdict = liveness.judge(challenge, analysis.events, float(video.duration_s))
         with timings.stage("decide"):
             decision, reasons = decide.decide(decide.Evidence(
                 id_face_problem=id_problem,
@@ -292,7 +350,7 @@ class Pipeline:
                 passive_threshold=cfg.pad_threshold,
                 continuity=analysis.continuity,
                 continuity_threshold=cfg.continuity_threshold,
-                missing_actions=missing,
+                challenge_problem=None if verdict is None else verdict.reason,
                 match_score=None if match is None else match["score"],
                 match_threshold=cfg.match_threshold,
             ))
@@ -302,10 +360,11 @@ class Pipeline:
             "match": self._match_answer(match),
             "liveness": {
                 "active": {
-                    "required": list(required),
-                    "ordered": ordered,
+                    "challenge": None if challenge is None else challenge.claims(),
                     "observed": [vars(e) for e in analysis.events],
-                    "missing": missing,
+                    "missing": [] if verdict is None else verdict.missing,
+                    "unrequested": [] if verdict is None else [vars(e) for e in verdict.unrequested],
+                    "reason": None if verdict is None else verdict.reason,
                 },
                 "passive": {"score": _round(analysis.passive_score), "threshold": cfg.pad_threshold},
                 "continuity": {"score": _round(analysis.continuity), "threshold": cfg.continuity_threshold},
@@ -316,8 +375,16 @@ class Pipeline:
                 "duration_s": round(float(video.duration_s), 3),
                 "codec": video.codec,
             },
+            "thresholds": self.thresholds(),
             "timings_ms": timings.ms,
         }
+
+    def thresholds(self) -> dict:
+        """Every threshold a video decision uses, for the answer and its receipt."""
+        cfg = self.config
+        return {"detection_score": cfg.detection_score, "match": cfg.match_threshold,
+                "fusion": None if cfg.fusion is None else cfg.fusion.to_record(), "passive": cfg.pad_threshold,
+                "continuity": cfg.continuity_threshold, "liveness": asdict(cfg.liveness)}
 
     def compare(self, first: np.ndarray, second: np.ndarray) -> dict:
         """Photo against photo: the similarity of the two primary faces."""
@@ -337,6 +404,7 @@ class Pipeline:
             "decision": "retry" if problems else ("match" if same else "no_match"),
             "reasons": problems,
             "match": self._match_answer(scores),
+            "thresholds": {k: v for k, v in self.thresholds().items() if k in ("detection_score", "match", "fusion")},
             "timings_ms": timings.ms,
         }
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from portrait.media.limits import MIN_FRAME_SIDE, VideoLimits
+from portrait.media.limits import MAX_IMAGE_PIXELS, MIN_FRAME_SIDE, VideoLimits
 
 
 def _default_mirror() -> Path | None:
@@ -37,8 +37,10 @@ class Settings(BaseSettings):
     runtime: str = Field(default="auto", description="Embedded runtime per model: `auto` (the measured "
                          "table in portrait.backends), `onnxruntime`, `openvino`, or overrides such as "
                          "`auto,sface=onnxruntime`.")
-    inference_threads: int = Field(default=0, ge=0, description="Intra-op threads of each embedded model call; "
-                                   "0 lets the runtime choose (all cores).")
+    inference_threads: int = Field(default=1, ge=0, description="Intra-op threads of each embedded model call; "
+                                   "0 lets the runtime choose (all cores). One thread per call, with the "
+                                   "models' batchers and the pipeline workers running side by side, cost the "
+                                   "least CPU per verification (benchmarks/bench_threads.py).")
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
@@ -59,11 +61,13 @@ class Settings(BaseSettings):
     decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
     video_fps: float = Field(default=VideoLimits.target_fps, gt=0, le=60, description="Frames sampled per second of video.")
+    video_detect_every: int = Field(default=4, ge=1, description="The detector sees every n-th sampled frame; "
+                                    "FaceMesh follows the face between (1: detect on every frame).")
     video_max_frames: int = Field(default=VideoLimits.max_frames, ge=2, le=1000, description="Frames kept per video at most.")
     video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, le=600, description="Longer videos are refused.")
     video_max_side: int = Field(default=VideoLimits.max_side, ge=0, description="Kept frames are scaled down while "
                                 f"decoding to this longer side ({MIN_FRAME_SIDE} or more; 0 keeps the coded size).")
-    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images are refused.")
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1, description="Larger images are refused.")
     max_video_pixels: int = Field(default=VideoLimits.max_pixels, gt=0, description="Larger video frames are refused.")
 
     # The HTTP service
@@ -75,7 +79,11 @@ class Settings(BaseSettings):
     challenge_secret: str = Field(default="", description="HMAC secret for challenge tokens; random per "
                                   "process when empty (set it when several replicas share traffic).")
     challenge_ttl_s: float = Field(default=120.0, gt=0, le=3600)
-    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions.")
+    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions "
+                                       "and schedule (kiosks, tests).")
+    mirrored: bool = Field(default=False, description="Whether capture clients mirror the recording, unless "
+                           "the tenant is in mirrored_tenants or the challenge request says.")
+    mirrored_tenants: str = Field(default="", description="Comma-separated tenants whose capture client mirrors.")
     receipt_key_file: Path | None = Field(default=None, description="Ed25519 private key (PEM) signing "
                                           "receipts; generated per process when unset.")
     redis_url: str = Field(default="", description="Single-use challenge nonces in Redis (several replicas).")
@@ -129,6 +137,10 @@ class Settings(BaseSettings):
         return VideoLimits(target_fps=self.video_fps, max_frames=self.video_max_frames,
                            max_duration_s=self.video_max_seconds, max_pixels=self.max_video_pixels,
                            max_side=self.video_max_side)
+
+    def mirrored_for(self, tenant: str) -> bool:
+        """Whether this tenant's capture client mirrors, when its challenge request does not say."""
+        return self.mirrored or tenant in {t.strip() for t in self.mirrored_tenants.split(",") if t.strip()}
 
     triton_http_port: int = Field(default=8000, ge=1, le=65535)
     triton_grpc_port: int = Field(default=8001, ge=1, le=65535)

@@ -19,7 +19,7 @@ from nvidia.dali.types import DALIImageType
 
 from portrait.media.errors import MediaError
 from portrait.media.image import check_image_size
-from portrait.media.limits import VideoLimits
+from portrait.media.limits import MAX_IMAGE_PIXELS, VideoLimits
 from portrait.media.video import (
     EvenSampler,
     Video,
@@ -40,7 +40,7 @@ from portrait.media.video import (
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 
 
-def decode_image_dali(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+def decode_image_dali(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Like decode_image (uint8 BGR, EXIF orientation applied, size checked first), with DALI."""
     check_image_size(data, max_pixels)
     try:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from portrait.media.errors import MediaError
+from portrait.media.limits import MAX_IMAGE_PIXELS
 
 # JPEG start-of-frame markers (SOF0..SOF15 less DHT, JPG and DAC): they carry the image size.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -15,7 +16,7 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode an upload to uint8 BGR [H, W, 3], upright (EXIF orientation applied).
 
     BGR because OpenCV and the face detector work in BGR. The size is read from the header

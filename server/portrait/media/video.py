@@ -38,6 +38,16 @@ _MP4_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"})
 TRUNCATION_SLACK_S = 0.5
 # Slack when comparing a frame time with a sample time (float rounding of rational timestamps).
 _EPS = 1e-6
+# FFmpeg threads per decode. Each frame thread holds a frame of the coded size, and left to
+# itself FFmpeg starts one per core plus one (17 on a 16-core node) for each of the service's
+# concurrent decodes; the workers already spread decodes over the cores.
+DECODER_THREADS = 4
+# Frames FFmpeg may hold at the coded size during a decode: the largest reference picture
+# buffer of H.264 and HEVC (16), one per frame thread, and the one being converted.
+DECODER_FRAMES = 16 + DECODER_THREADS + 1
+# Bytes a pixel of a decoded frame takes at most in the formats phones record: 10-bit 4:2:0
+# (HDR HEVC) or 8-bit 4:4:4.
+DECODED_PIXEL_BYTES = 3
 # FFmpeg's scaler kernel for the kept frames: area averaging, as cv2.INTER_AREA, so scaling
 # down does not alias fine detail (eyelids, skin texture) the models look at.
 SCALER = "AREA"
@@ -140,6 +150,14 @@ class FrameStore:
         return self.array[:count]
 
 
+def decode_peak_bytes(limits: VideoLimits) -> int:
+    """The most memory one decode takes at these limits: the kept frames (max_frames + 1
+    slots of the largest kept frame: the sampler holds one more before it thins out) and
+    FFmpeg's frames at the largest coded size."""
+    kept = (limits.max_frames + 1) * limits.frame_bytes()
+    return kept + DECODER_FRAMES * limits.max_pixels * DECODED_PIXEL_BYTES
+
+
 def _sample(
     container: InputContainer,
     stream: VideoStream,
@@ -151,6 +169,7 @@ def _sample(
     """Decode the frames the sampler may want and convert only those it keeps, at the kept
     size, into `store` (the sampler holds their slots); returns (last frame time, rotation)."""
     stream.thread_type = thread_type()
+    stream.codec_context.thread_count = DECODER_THREADS
     start = last = None
     rotation = 0
     demuxed: list[float] = []  # the times of the packets read so far, sorted
@@ -182,7 +201,7 @@ def _sample(
             sampler.add(last, slot)
             if len(sampler.kept) <= slot:  # the sampler dropped every other frame
                 store.pack([kept for _, kept in sampler.kept])
-                sampler.kept = [(time, index) for index, (time, _) in enumerate(sampler.kept)]
+                sampler.kept = [(kept_time, slot) for slot, (kept_time, _) in enumerate(sampler.kept)]
     if last is None:
         raise MediaError("no_frames", "the video has no decodable frame")
     return last, rotation

@@ -151,6 +151,7 @@ def _write_configs(spec: ModelSpec, repository: Path) -> None:
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     _write_if_changed(folder / "config.pbtxt", configs.render_cpu(spec))
     _write_if_changed(folder / "configs" / f"{configs.GPU_CONFIG_NAME}.pbtxt", configs.render_gpu(spec))
+    _write_if_changed(folder / "configs" / f"{configs.OPENVINO_CONFIG_NAME}.pbtxt", configs.render_openvino(spec))
 
 
 def _write_if_changed(path: Path, text: str) -> None:

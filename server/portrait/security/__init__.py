@@ -12,11 +12,11 @@ from portrait.security.receipts import (
     seed_from_passphrase,
     verify_receipt,
 )
-from portrait.security.tokens import ACTIONS, Challenge, ChallengeSigner, TokenError, parse_actions, random_actions
+from portrait.security.tokens import Challenge, ChallengeSigner, TokenError, parse_actions, parse_schedule
 
 __all__ = [
-    "ACTIONS", "ApiKeys", "Challenge", "ChallengeSigner", "InFlightLimiter", "KeyConfigError",
+    "ApiKeys", "Challenge", "ChallengeSigner", "InFlightLimiter", "KeyConfigError",
     "MemoryNonceStore", "NonceStore", "NonceStoreError", "RateLimiter", "ReceiptError", "ReceiptSigner",
-    "RedisNonceStore", "TokenError", "generate_key", "key_id", "parse_actions", "random_actions",
+    "RedisNonceStore", "TokenError", "generate_key", "key_id", "parse_actions", "parse_schedule",
     "receipt_key_id", "seed_from_passphrase", "verify_receipt",
 ]

@@ -8,8 +8,11 @@ that knows OKP/Ed25519), long after the media are gone.
 
 Claims the service puts in (this module does not impose them): `rid` (receipt / request
 id), `tenant`, `iat` (epoch seconds), `inputs` (sha256 hex of each input: id image, video;
-the challenge nonce), `decision`, `reasons`, `scores`, `models` (name -> version). Claims
-must be plain JSON: NaN or infinity is refused.
+the challenge nonce), `decision`, `reasons`, `scores`, `models` (name, version, sha256),
+`thresholds` (every threshold the decision used) and, for videos, `challenge` (the actions,
+schedule, window, recording length and `mirrored` that were asked) and `events` (each
+action seen, with its start and end in seconds). Claims must be plain JSON: NaN or
+infinity is refused.
 """
 
 from __future__ import annotations

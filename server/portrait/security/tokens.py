@@ -1,11 +1,12 @@
 """Challenge tokens: the server's word that it asked this tenant for these actions.
 
 A token is `base64url(json payload).base64url(HMAC-SHA256(secret, first part))`, payload
-`{v, tenant, actions, nonce, iat, exp}`. The front door keeps no state: any replica holding
-the secret can check a token; only the single-use check of the nonce needs a shared store
-(see `nonces.py`). The signature is checked before the payload is parsed, so JSON from an
-unauthenticated client is never parsed; a well-formed token with a wrong signature is
-`forged_challenge`.
+`{v, tenant, actions, schedule, window_s, record_s, mirrored, nonce, iat, exp}`: everything
+the verification is judged against comes from here, never from the request. The front door
+keeps no state: any replica holding the secret can check a token; only the single-use check
+of the nonce needs a shared store (see `nonces.py`). The signature is checked before the
+payload is parsed, so JSON from an unauthenticated client is never parsed; a well-formed
+token with a wrong signature is `forged_challenge`.
 """
 
 from __future__ import annotations
@@ -16,26 +17,26 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from random import Random
 
+from portrait.challenge import ACTIONS, MAX_ACTIONS, MAX_RECORD_S, ChallengeSpec, valid_actions, valid_schedule
 from portrait.security._b64 import b64d, b64e
 
-ACTIONS: tuple[str, ...] = ("blink", "turn_left", "turn_right", "look_up", "look_down")
-HEAD_AXES: tuple[tuple[str, str], ...] = (("turn_left", "turn_right"), ("look_up", "look_down"))
-MAX_ACTIONS = 5
 MAX_TOKEN_LENGTH = 2048
 MIN_SECRET_BYTES = 32
-VERSION = 1
-_FIELDS = frozenset({"v", "tenant", "actions", "nonce", "iat", "exp"})
+VERSION = 2
+_FIELDS = frozenset({"v", "tenant", "actions", "schedule", "window_s", "record_s", "mirrored", "nonce", "iat", "exp"})
 
 _MESSAGES = {
     "malformed_challenge": "the challenge token is not a well-formed Portrait challenge",
     "forged_challenge": "the challenge token's signature is not valid",
     "expired_challenge": "the challenge has expired; request a new one",
     "wrong_tenant": "the challenge was issued to another tenant",
-    "invalid_actions": f"actions must be 1-{MAX_ACTIONS} distinct names from {', '.join(ACTIONS)}",
+    "invalid_actions": f"actions must be 1-{MAX_ACTIONS} names from {', '.join(ACTIONS)}, "
+                       "no action twice in a row",
+    "invalid_schedule": "schedule must give one prompt time per action, in seconds from the start of "
+                        f"recording, increasing, with the recording ending by {MAX_RECORD_S} s",
     "replayed_challenge": "this challenge was already used; request a new one",
 }
 
@@ -52,29 +53,28 @@ class TokenError(ValueError):
 class Challenge:
     token: str
     tenant: str
-    actions: list[str]
+    spec: ChallengeSpec
     nonce: str
     issued_at: float
     expires_at: float
 
-
-def random_actions(rng: Random | None = None) -> list[str]:
-    """A blink plus one or two head moves on different axes, in random order (so a recorded
-    answer to one challenge rarely fits the next)."""
-    rng = rng or secrets.SystemRandom()
-    axes = rng.sample(HEAD_AXES, rng.choice((1, 2)))
-    actions = ["blink", *(rng.choice(axis) for axis in axes)]
-    rng.shuffle(actions)
-    return actions
+    @property
+    def actions(self) -> list[str]:
+        return list(self.spec.actions)
 
 
 def parse_actions(actions: object) -> list[str]:
-    """Validate client-named actions: a non-empty list of at most 5 distinct known names."""
-    if not isinstance(actions, (list, tuple)) or not 1 <= len(actions) <= MAX_ACTIONS:
+    """Validate client-named actions: 1 to MAX_ACTIONS known names, none twice in a row."""
+    if not valid_actions(actions):
         raise TokenError("invalid_actions")
-    if not all(isinstance(a, str) and a in ACTIONS for a in actions) or len(set(actions)) != len(actions):
-        raise TokenError("invalid_actions")
-    return list(actions)
+    return list(actions)  # type: ignore[arg-type]
+
+
+def parse_schedule(schedule: object, count: int) -> list[float]:
+    """Validate a client-named schedule for `count` actions (see `challenge.valid_schedule`)."""
+    if not valid_schedule(schedule, count):
+        raise TokenError("invalid_schedule")
+    return [float(s) for s in schedule]  # type: ignore[union-attr]
 
 
 class ChallengeSigner:
@@ -97,19 +97,22 @@ class ChallengeSigner:
     def _mac(self, signed: str) -> bytes:
         return hmac.new(self._secret, signed.encode("ascii"), hashlib.sha256).digest()
 
-    def issue(self, tenant: str, actions: Sequence[str]) -> Challenge:
+    def issue(self, tenant: str, spec: ChallengeSpec) -> Challenge:
         if not isinstance(tenant, str) or not tenant:
             raise ValueError("tenant must be a non-empty string")
-        actions = parse_actions(list(actions))
+        parse_actions(list(spec.actions))
+        if spec.schedule is None:
+            raise ValueError("a challenge token needs a schedule")
+        parse_schedule(list(spec.schedule), len(spec.actions))
         nonce = b64e(secrets.token_bytes(16))
         iat = self._clock()
         exp = iat + self.ttl_s
-        payload = {"v": VERSION, "tenant": tenant, "actions": actions, "nonce": nonce, "iat": iat, "exp": exp}
+        payload = {"v": VERSION, "tenant": tenant, **spec.claims(), "nonce": nonce, "iat": iat, "exp": exp}
         body = b64e(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8"))
         token = f"{body}.{b64e(self._mac(body))}"
         if len(token) > MAX_TOKEN_LENGTH:
             raise ValueError("tenant name too long for a challenge token")
-        return Challenge(token, tenant, actions, nonce, iat, exp)
+        return Challenge(token, tenant, spec, nonce, iat, exp)
 
     def verify(self, token: str, tenant: str) -> Challenge:
         """The challenge `token` stands for, if it is genuine, current and `tenant`'s.
@@ -129,8 +132,9 @@ class ChallengeSigner:
             raise TokenError("wrong_tenant")
         if self._clock() >= payload["exp"]:
             raise TokenError("expired_challenge")
-        return Challenge(token, payload["tenant"], payload["actions"], payload["nonce"],
-                         float(payload["iat"]), float(payload["exp"]))
+        spec = ChallengeSpec(tuple(payload["actions"]), tuple(payload["schedule"]), tuple(payload["window_s"]),
+                             float(payload["record_s"]), payload["mirrored"])
+        return Challenge(token, payload["tenant"], spec, payload["nonce"], float(payload["iat"]), float(payload["exp"]))
 
 
 def _payload(raw: bytes) -> dict:
@@ -139,18 +143,22 @@ def _payload(raw: bytes) -> dict:
     except (UnicodeDecodeError, ValueError):
         raise TokenError("malformed_challenge") from None
     number = (int, float)
+
+    def finite(value: object) -> bool:
+        return isinstance(value, number) and not isinstance(value, bool) and math.isfinite(value)
+
     ok = (
         isinstance(payload, dict) and payload.keys() == _FIELDS
         and type(payload["v"]) is int and payload["v"] == VERSION
         and isinstance(payload["tenant"], str) and payload["tenant"]
         and isinstance(payload["nonce"], str) and 16 <= len(payload["nonce"]) <= 64
-        and all(isinstance(payload[k], number) and not isinstance(payload[k], bool)
-                and math.isfinite(payload[k]) for k in ("iat", "exp"))
+        and all(finite(payload[k]) for k in ("iat", "exp", "record_s"))
+        and isinstance(payload["mirrored"], bool)
+        and isinstance(payload["window_s"], list) and len(payload["window_s"]) == 2
+        and all(finite(w) for w in payload["window_s"]) and 0 <= payload["window_s"][0] < payload["window_s"][1]
+        and valid_actions(payload["actions"])
+        and valid_schedule(payload["schedule"], len(payload["actions"]))
     )
     if not ok or not payload["exp"] > payload["iat"]:
         raise TokenError("malformed_challenge")
-    try:
-        payload["actions"] = parse_actions(payload["actions"])
-    except TokenError:
-        raise TokenError("malformed_challenge") from None
     return payload

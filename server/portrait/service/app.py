@@ -16,7 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from portrait.security.tokens import MAX_TOKEN_LENGTH, random_actions
+from portrait.challenge import ChallengeSpec, random_challenge, random_schedule
+from portrait.security.tokens import MAX_TOKEN_LENGTH
 from portrait.service import capture, schemas
 from portrait.service.engine import Engine
 from portrait.service.logs import request_id
@@ -39,9 +40,10 @@ _VIDEO = ("video_too_long", "no_frames")
 _CHALLENGE = ("malformed_challenge", "forged_challenge", "wrong_tenant", "replayed_challenge", "expired_challenge",
               "nonce_store_unavailable")
 ERRORS = {
-    "/v1/challenges": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_request"),
-    "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE),
-    "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE),
+    "/v1/challenges": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_schedule",
+                       "invalid_request"),
+    "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
+    "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
     "/v1/compare": (*_CALLER, *_BODY, *_MEDIA),
 }
 
@@ -118,15 +120,20 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def challenges(request: Request, body: schemas.ChallengeRequest | None = None,
                          tenant: str = Depends(tenant_of)) -> schemas.ChallengeResponse:
         guard = engine_of(request).guard
-        if body is not None and body.actions is not None:
+        body = body or schemas.ChallengeRequest()
+        mirrored = settings.mirrored_for(tenant) if body.mirrored is None else body.mirrored
+        if body.actions is not None or body.schedule is not None:
             if not settings.allow_client_actions:
-                raise problem("client_actions_disabled", "this server chooses the challenge actions")
-            actions = guard.actions(list(body.actions))
+                raise problem("client_actions_disabled", "this server chooses the challenge actions and schedule")
+            actions = guard.actions(body.actions)
+            if body.schedule is None:
+                spec = random_schedule(actions, mirrored)
+            else:
+                spec = ChallengeSpec.timed(actions, guard.schedule(body.schedule, len(actions)), mirrored)
         else:
-            actions = random_actions()
-        challenge = guard.challenges.issue(tenant, actions)
-        return schemas.ChallengeResponse(token=challenge.token, actions=challenge.actions,
-                                         expires_at=_iso(challenge.expires_at))
+            spec = random_challenge(mirrored)
+        challenge = guard.challenges.issue(tenant, spec)
+        return schemas.ChallengeResponse(**spec.claims(), token=challenge.token, expires_at=_iso(challenge.expires_at))
 
     @app.post("/v1/verifications", response_model=schemas.VerificationResponse, tags=["verification"],
               responses=problem_responses(ERRORS["/v1/verifications"]),

@@ -97,6 +97,11 @@ class Operation:
     work: Callable[[Run, Parts, Challenge | None], dict]
 
     def parts(self, upload: Upload) -> Parts:
+        if self.challenge and upload.field("mirrored", required=False) is not None:
+            # Signed into the challenge: were it said here, a client could swap left and
+            # right after seeing the actions. Refused whatever its value.
+            raise problem("mirrored_not_accepted", "mirrored is fixed when the challenge is issued "
+                          "(POST /v1/challenges) and cannot be set on this request")
         files = {name: upload.file(name) for name in self.files}
         token = upload.field("challenge") if self.challenge else None
         return Parts(files, {name: _flag(upload, name) for name in self.flags}, token)
@@ -218,8 +223,12 @@ class Engine:
         claims = {
             "rid": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
             "inputs": inputs, "decision": answer["decision"], "reasons": answer["reasons"],
-            "scores": _scores(answer), "models": self.models,
+            "scores": _scores(answer), "models": self.models, "thresholds": answer["thresholds"],
         }
+        if "liveness" in answer:  # what was asked, and what was seen
+            active = answer["liveness"]["active"]
+            claims["challenge"] = active["challenge"]
+            claims["events"] = [{k: e[k] for k in ("action", "start_s", "end_s")} for e in active["observed"]]
         body = {**answer, "models": self.models, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
         log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"]})
         return JSONResponse(body, headers={"x-portrait-outcome": answer["decision"]})

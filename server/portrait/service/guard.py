@@ -14,7 +14,7 @@ from portrait.security.keys import ApiKeys
 from portrait.security.limits import InFlightLimiter, RateLimiter
 from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore
 from portrait.security.receipts import ReceiptSigner, generate_key
-from portrait.security.tokens import Challenge, ChallengeSigner, TokenError, parse_actions
+from portrait.security.tokens import Challenge, ChallengeSigner, TokenError, parse_actions, parse_schedule
 from portrait.service.problems import problem
 from portrait.settings import Settings
 
@@ -52,10 +52,17 @@ class Guard:
         if wait > 0:
             raise problem("rate_limited", "this tenant's request rate is over its limit", retry_after_s=wait)
 
-    def actions(self, names: list[str]) -> list[str]:
+    def actions(self, names: list[str] | None) -> list[str]:
         """Client-named actions, where the server allows them."""
         try:
             return parse_actions(names)
+        except TokenError as error:
+            raise problem(error.code, str(error)) from None
+
+    def schedule(self, seconds: list[float], count: int) -> list[float]:
+        """A client-named schedule for `count` actions, where the server allows it."""
+        try:
+            return parse_schedule(seconds, count)
         except TokenError as error:
             raise problem(error.code, str(error)) from None
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from fastapi.responses import JSONResponse
 
+from portrait.challenge import MAX_ACTIONS, MAX_RECORD_S
 from portrait.media.errors import _STATUS as MEDIA_STATUS
 
 PROBLEM_JSON = "application/problem+json"
@@ -54,7 +55,11 @@ CODES: dict[str, tuple[int, str]] = {
     "field_too_large": (413, "a text field of the multipart body is over 8 KiB"),
     "unsupported_content_type": (415, "the body is not `multipart/form-data` with a boundary"),
     "invalid_request": (422, "the JSON body does not match its schema"),
-    "invalid_actions": (422, "actions must be 1-5 distinct known action names"),
+    "invalid_actions": (422, f"actions must be 1-{MAX_ACTIONS} known action names, none twice in a row"),
+    "invalid_schedule": (422, "schedule must give one increasing prompt time per action, the recording ending "
+                              f"by {MAX_RECORD_S} s"),
+    "mirrored_not_accepted": (422, "a verification or liveness request carries `mirrored`: it is fixed when the "
+                                   "challenge is issued; the challenge is not spent"),
     "missing_field": (422, "a required multipart field is missing or empty"),
     "invalid_field": (422, "a multipart field has a value outside its schema"),
     "duplicate_field": (422, "a multipart field is sent more than once"),

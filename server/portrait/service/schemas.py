@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-Action = Literal["blink", "turn_left", "turn_right", "look_up", "look_down"]
+from portrait.challenge import ACTIONS, MAX_ACTIONS, MAX_RECORD_S
+
+Action = Literal[ACTIONS]  # type: ignore[valid-type]
 
 
 class ChallengeRequest(BaseModel):
+    mirrored: bool | None = Field(
+        default=None, description="Whether the capture client mirrors the recording (left and right swapped). "
+        "Signed into the challenge; the default is the tenant's setting (else false).")
     actions: list[Action] | None = Field(
-        default=None, min_length=1, max_length=5, json_schema_extra={"uniqueItems": True},
-        description="1-5 distinct actions; only when the server allows client-chosen actions (kiosks, tests).",
-    )
+        default=None, min_length=1, max_length=MAX_ACTIONS,
+        description=f"1-{MAX_ACTIONS} actions, none twice in a row; only when the server allows client-named "
+        "challenges (kiosks, tests).")
+    schedule: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_ACTIONS,
+        description="With `actions`, when client-named challenges are allowed: seconds after the start of "
+        f"recording at which each prompt is shown, one per action, increasing, the recording ending by {MAX_RECORD_S} "
+        "s; drawn by the server when absent.")
 
 
 class ChallengeResponse(BaseModel):
     token: str
     actions: list[Action]
+    schedule: list[float] = Field(description="Seconds after recording starts at which the client shows each prompt.")
+    window_s: list[float] = Field(description="[min, max]: each action must begin this long after its prompt.")
+    record_s: float = Field(description="When the client stops recording (seconds after it started).")
+    mirrored: bool
     expires_at: str
 
 
@@ -41,11 +55,21 @@ class ObservedAction(BaseModel):
     peak: float
 
 
+class AskedChallenge(BaseModel):
+    actions: list[Action]
+    schedule: list[float] | None
+    window_s: list[float]
+    record_s: float | None
+    mirrored: bool
+
+
 class ActiveLiveness(BaseModel):
-    required: list[Action]
-    ordered: bool
+    challenge: AskedChallenge | None
     observed: list[ObservedAction]
-    missing: list[Action]
+    missing: list[Action] = Field(description="Asked for and never seen.")
+    unrequested: list[ObservedAction] = Field(description="Head moves and mouth openings not asked for.")
+    reason: str | None = Field(description="Why the challenge was not answered: unrequested_action, "
+                               "challenge_incomplete, action_out_of_window or recording_too_long.")
 
 
 class Liveness(BaseModel):
@@ -67,12 +91,16 @@ class VideoSummary(BaseModel):
     codec: str
 
 
+Thresholds = dict[str, Any]
+
+
 class VerificationResponse(BaseModel):
     decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
     reasons: list[str]
     match: MatchScore
     liveness: Liveness
     video: VideoSummary
+    thresholds: Thresholds
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str
@@ -84,6 +112,7 @@ class LivenessResponse(BaseModel):
     reasons: list[str]
     liveness: Liveness
     video: VideoSummary
+    thresholds: Thresholds
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str
@@ -94,6 +123,7 @@ class CompareResponse(BaseModel):
     decision: Literal["match", "no_match", "retry"]
     reasons: list[str]
     match: MatchScore
+    thresholds: Thresholds
     models: list[ModelVersion]
     timings_ms: dict[str, float]
     request_id: str

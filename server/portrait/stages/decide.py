@@ -20,7 +20,7 @@ class Evidence:
     passive_threshold: float
     continuity: float | None
     continuity_threshold: float
-    missing_actions: list[str]
+    challenge_problem: str | None  # why the challenge was not answered (liveness.REASONS)
     match_score: float | None
     match_threshold: float
 
@@ -40,8 +40,8 @@ def decide(e: Evidence) -> tuple[str, list[str]]:
         spoof.append("identity_changed")
     if spoof:
         return REJECT_SPOOF, spoof
-    if e.missing_actions:
-        return RETRY, ["challenge_incomplete"]
+    if e.challenge_problem:
+        return RETRY, [e.challenge_problem]
     if e.match_score is not None and e.match_score < e.match_threshold:
         return REJECT_MISMATCH, ["face_mismatch"]
     return ACCEPT, []

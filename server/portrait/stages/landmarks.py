@@ -23,6 +23,10 @@ RIGHT_EYE_CORNERS = (33, 133)
 LEFT_EYE_CORNERS = (362, 263)
 CHEEK_RIGHT, CHEEK_LEFT = 234, 454
 FOREHEAD, CHIN = 10, 152
+# Inner lip contour: upper points paired with the lower points below them, and the corners.
+UPPER_LIP = (82, 13, 312)
+LOWER_LIP = (87, 14, 317)
+MOUTH_CORNERS = (78, 308)
 
 
 def crop_transforms(faces: np.ndarray) -> np.ndarray:
@@ -103,3 +107,13 @@ def head_angles(points: np.ndarray) -> np.ndarray:
     yaw = np.degrees(np.arctan2(across[:, 2], across[:, 0]))
     pitch = np.degrees(np.arctan2(-down[:, 2], down[:, 1]))
     return np.stack([yaw, pitch], axis=1)
+
+
+def mouth_openness(points: np.ndarray) -> np.ndarray:
+    """[N,468,3] -> [N] gap between the inner lips over the mouth's width: ~0 closed, ~0.1-0.3
+    in speech, higher when the mouth is opened wide. A ratio of 3-D distances, so neither
+    the distance to the camera nor a turned head (which narrows the mouth in the image)
+    changes it much."""
+    gap = np.linalg.norm(points[:, UPPER_LIP] - points[:, LOWER_LIP], axis=2).mean(1)
+    width = np.linalg.norm(points[:, MOUTH_CORNERS[1]] - points[:, MOUTH_CORNERS[0]], axis=1)
+    return gap / np.maximum(width, 1e-6)

@@ -16,6 +16,10 @@ import numpy as np
 from portrait.stages.detect import prominence, primary_face
 
 
+MIN_IOU = 0.3  # a detection continues the track when it overlaps the last box this much
+MIN_COVERAGE = 0.8  # fewer frames with the subject than this share: face_lost
+
+
 @dataclass(frozen=True)
 class Track:
     faces: np.ndarray  # [N,15] the subject's detection per frame (rows of absent frames are 0)
@@ -33,8 +37,8 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter + 1e-9)
 
 
-def track_primary(detections: list[np.ndarray], image_hw: tuple[int, int], min_iou: float = 0.3,
-                  min_coverage: float = 0.8, max_crowded: float = 0.3, dominance: float = 1.6,
+def track_primary(detections: list[np.ndarray], image_hw: tuple[int, int], min_iou: float = MIN_IOU,
+                  min_coverage: float = MIN_COVERAGE, max_crowded: float = 0.3, dominance: float = 1.6,
                   sharpness: list[np.ndarray | None] | None = None) -> Track:
     """`sharpness`: per frame, each face's sharpness where the frame has several faces (None
     where it has one or none, or where it was not measured)."""

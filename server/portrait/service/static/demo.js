@@ -75,8 +75,10 @@ function show(challenge, answer) {
   const active = answer.liveness.active;
   const seen = active.observed.map((o) => `${o.action} at ${o.start_s.toFixed(2)} s`).join(", ") || "nothing";
   const asked = challenge.actions.map((a, i) => `${a} at ${challenge.schedule[i]} s`).join(", ");
+  const unasked = (active.unrequested || []).map((o) => o.action);
   $("actions").textContent = `asked ${asked}; saw ${seen}`
-    + (active.missing.length ? `; missing ${active.missing.join(", ")}` : "");
+    + (active.missing.length ? `; missing ${active.missing.join(", ")}` : "")
+    + (unasked.length ? `; not asked for: ${unasked.join(", ")}` : "");
   const total = Object.values(answer.timings_ms).reduce((a, b) => a + b, 0);
   $("timing").textContent = `${answer.video.duration_s.toFixed(1)} s of ${answer.video.codec} video, `
     + `${answer.video.frames} frames; ${Math.round(total)} ms`;

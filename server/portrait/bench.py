@@ -1,0 +1,421 @@
+"""`portrait bench`: the standard workload, in process and through the HTTP service, beside a
+plain OpenCV job measured in the same run.
+
+The workload is one verification: an ID photo and a selfie clip (by default the test data's
+`images/compreface/004_A.jpg` and `videos/replay_pair/real.mp4`, 3.7 s of 1080x720 H.264).
+The plain job does a fraction of Portrait's work with the same published YuNet and SFace
+files through OpenCV: it decodes the clip, detects on every third frame scaled to 640, embeds
+the best face and the ID face and compares them, with no liveness, in two processes. It is
+the yardstick: Portrait's verifications/s at each concurrency are printed as a ratio of it.
+
+Figures, not assertions: every run prints its table and a JSON line, and names the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from portrait.settings import Settings
+
+KEY = "bench-key-0123456789abcdef"
+STAGES = ("decode", "detect", "track", "landmarks", "active_liveness", "quality", "passive_liveness", "embed")
+MODELS = ("yunet", "facemesh", "iris_landmark", "minifasnet_v2", "sface", "dlib_resnet")
+REQUIRED = ["blink"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    id_image: Path
+    video: Path
+
+    def load(self) -> tuple[bytes, bytes]:
+        return self.id_image.read_bytes(), self.video.read_bytes()
+
+
+@dataclass
+class Level:
+    """One row of the table: a mode at one concurrency."""
+
+    mode: str
+    concurrency: int
+    latencies_s: list[float]
+    wall_s: float
+    ok: int
+    cpu_s: float | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)  # mean per verification
+    rows_per_call: dict[str, float] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        lat = np.asarray(self.latencies_s) * 1000
+        count = len(self.latencies_s)
+        return {
+            "mode": self.mode, "concurrency": self.concurrency, "requests": count, "ok": self.ok,
+            "verifications_per_s": round(count / self.wall_s, 3),
+            "p50_ms": round(float(np.percentile(lat, 50))), "p95_ms": round(float(np.percentile(lat, 95))),
+            "p99_ms": round(float(np.percentile(lat, 99))),
+            "cpu_s_per_verification": None if self.cpu_s is None else round(self.cpu_s / count, 2),
+            "stages_ms": {k: round(v) for k, v in self.stages_ms.items()},
+            "rows_per_call": {k: round(v, 1) for k, v in self.rows_per_call.items()},
+            "decisions": self.decisions,
+        }
+
+
+def default_testdata() -> Path:
+    return Path(os.environ.get("PORTRAIT_TESTDATA", Path.cwd().parent / "shared" / "testdata"))
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    model = platform.processor() or platform.machine()
+    try:
+        found = re.search(r"^Model name:\s*(.+)$", subprocess.run(["lscpu"], capture_output=True, text=True).stdout, re.M)
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+# ---- in process ---------------------------------------------------------------------------
+
+
+class _Rows:
+    """Batcher observer: rows per model call."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: dict[str, list[int]] = {}
+
+    def batch(self, model: str, rows: int, items: int, seconds: float) -> None:
+        with self.lock:
+            self.rows.setdefault(model, []).append(rows)
+
+    def queue_wait(self, model: str, seconds: float) -> None: ...
+
+    def queue_depth(self, model: str, rows: int) -> None: ...
+
+    def dropped(self, model: str, reason: str) -> None: ...
+
+    def take(self) -> dict[str, float]:
+        with self.lock:
+            taken, self.rows = self.rows, {}
+        return {m: float(np.mean(taken[m])) for m in MODELS if m in taken}
+
+
+class InProcess:
+    """The service's engine without HTTP: the configured backend behind the cross-request
+    batcher, one thread per concurrent verification."""
+
+    def __init__(self, settings: Settings) -> None:
+        from portrait.backends import backend_from_settings
+        from portrait.batching import BatchingBackend
+        from portrait.media import decoder
+        from portrait.pipeline import Pipeline
+        from portrait.service.inference import _policies
+
+        self.settings = settings
+        self.observer = _Rows()
+        self.batcher = BatchingBackend(backend_from_settings(settings), _policies(settings), observer=self.observer)
+        self.pipeline = Pipeline(self.batcher)
+        self.decode = decoder(settings.decoder)
+
+    def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, dict]:
+        from portrait.pipeline import Timings
+
+        timings = Timings()
+        start = time.perf_counter()
+        with timings.stage("decode"):
+            image = self.decode.image(id_bytes, max_pixels=self.settings.max_image_pixels)
+            video = self.decode.video(video_bytes, self.settings.video_limits)
+        answer = self.pipeline.verify(image, video, REQUIRED, timings=timings)
+        return time.perf_counter() - start, answer
+
+    def level(self, concurrency: int, requests: int, id_bytes: bytes, video_bytes: bytes) -> Level:
+        self.observer.take()
+        cpu = time.process_time()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(lambda _: self.verify(id_bytes, video_bytes), range(requests)))
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        stages = {s: float(np.mean([a["timings_ms"].get(s, 0.0) for _, a in results])) for s in STAGES}
+        return Level("in_process", concurrency, [t for t, _ in results], wall, len(results), cpu, stages,
+                     self.observer.take(), _count(a["decision"] for _, a in results))
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+# ---- through the HTTP service ----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A running service: started here (`portrait serve` under uvicorn) or at `url`."""
+
+    def __init__(self, url: str | None = None, api_key: str = KEY, env: dict[str, str] | None = None) -> None:
+        import httpx
+
+        self.process: subprocess.Popen | None = None
+        self.api_key = api_key
+        if url is None:
+            port = _free_port()
+            child_env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"bench:{KEY}",
+                         "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
+                         "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING",
+                         "PORTRAIT_MAX_WAITING": "64", **(env or {})}
+            self.process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=child_env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            url = f"http://127.0.0.1:{port}"
+        self.url = url
+        self.client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=64))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"portrait serve exited with {self.process.returncode}")
+            try:
+                if self.client.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        self.close()
+        raise RuntimeError(f"service at {url} did not become ready")
+
+    def _cpu_s(self) -> float | None:
+        """CPU seconds of the service process so far (only when this bench started it)."""
+        if self.process is None:
+            return None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, int, str | None]:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        challenge = self.client.post(f"{self.url}/v1/challenges", json={"actions": REQUIRED}, headers=headers)
+        if challenge.status_code >= 400:  # a service that chooses the actions itself
+            challenge = self.client.post(f"{self.url}/v1/challenges", json={}, headers=headers)
+        start = time.perf_counter()
+        response = self.client.post(f"{self.url}/v1/verifications", headers=headers,
+                                    data={"challenge": challenge.json()["token"]},
+                                    files={"id_image": ("id.jpg", id_bytes), "video": ("clip.mp4", video_bytes)})
+        decision = response.json().get("decision") if response.status_code == 200 else None
+        return time.perf_counter() - start, response.status_code, decision
+
+    def level(self, concurrency: int, requests: int, id_bytes: bytes, video_bytes: bytes) -> Level:
+        before, cpu = self.client.get(f"{self.url}/metrics").text, self._cpu_s()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(lambda _: self.verify(id_bytes, video_bytes), range(requests)))
+        wall = time.perf_counter() - start
+        after, cpu_after = self.client.get(f"{self.url}/metrics").text, self._cpu_s()
+        ok = sum(1 for _, status, _ in results if status == 200)
+        stages = {s: _mean(before, after, "portrait_stage_duration_seconds", "stage", s) * 1000 for s in STAGES}
+        rows = {m: _mean(before, after, "portrait_batch_size", "model", m) for m in MODELS}
+        return Level("service", concurrency, [t for t, _, _ in results], wall, ok,
+                     None if cpu is None else cpu_after - cpu, stages, rows,
+                     _count(d or f"http_{s}" for _, s, d in results))
+
+    def close(self) -> None:
+        self.client.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _totals(metrics: str, histogram: str, label: str, value: str) -> np.ndarray:
+    found = [re.search(rf'^{histogram}_{part}{{{label}="{value}"}} ([0-9.e+-]+)$', metrics, re.M)
+             for part in ("sum", "count")]
+    return np.array([float(f.group(1)) if f else 0.0 for f in found])
+
+
+def _mean(before: str, after: str, histogram: str, label: str, value: str) -> float:
+    total, count = _totals(after, histogram, label, value) - _totals(before, histogram, label, value)
+    return float(total / count) if count else 0.0
+
+
+def _count(values) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+# ---- the plain job ------------------------------------------------------------------------------
+
+_plain_models: tuple = ()
+
+
+def _plain_init(yunet: str, sface: str) -> None:
+    import cv2
+
+    global _plain_models
+    _plain_models = (cv2.FaceDetectorYN.create(yunet, "", (320, 320), 0.7, 0.3, 50),
+                     cv2.FaceRecognizerSF.create(sface, ""))
+
+
+def _plain_detect(detector, image: np.ndarray):
+    import cv2
+
+    scale = 640 / max(image.shape[:2])
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    detector.setInputSize((small.shape[1], small.shape[0]))
+    _, faces = detector.detect(small)
+    if faces is None:
+        return None
+    best = faces[np.argmax(faces[:, -1])].copy()
+    best[:14] /= scale
+    return best
+
+
+def _plain_job(paths: tuple[str, str]) -> tuple[float, float | None]:
+    """One verification the plain way; returns (seconds, similarity)."""
+    import cv2
+
+    detector, recognizer = _plain_models
+    start = time.perf_counter()
+    id_image = cv2.imread(paths[0], cv2.IMREAD_COLOR)
+    id_face = _plain_detect(detector, id_image)
+    capture = cv2.VideoCapture(paths[1])
+    best, best_frame, index = None, None, 0
+    while capture.grab():
+        if index % 3 == 0:
+            _, frame = capture.retrieve()
+            face = _plain_detect(detector, frame)
+            if face is not None and (best is None or face[-1] > best[-1]):
+                best, best_frame = face, frame
+        index += 1
+    capture.release()
+    score = None
+    if id_face is not None and best is not None:
+        features = [recognizer.feature(recognizer.alignCrop(image, face))
+                    for image, face in ((id_image, id_face), (best_frame, best))]
+        score = float(recognizer.match(*features, cv2.FaceRecognizerSF_FR_COSINE))
+    return time.perf_counter() - start, score
+
+
+def plain_job(workload: Workload, requests: int, settings: Settings, processes: int = 2) -> Level:
+    from portrait.modelrepo.sources import fetch
+    from portrait.modelrepo.specs import DETECTOR, EMBEDDER
+
+    files = [str(fetch(spec.source, settings.cache_dir, settings.model_mirror)) for spec in (DETECTOR, EMBEDDER)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes, _plain_init, files) as pool:
+        pool.map(_plain_job, [(str(workload.id_image), str(workload.video))] * processes)  # warm-up
+        cpu = _children_cpu_s()
+        start = time.perf_counter()
+        results = pool.map(_plain_job, [(str(workload.id_image), str(workload.video))] * requests, chunksize=1)
+        wall = time.perf_counter() - start
+        after = _children_cpu_s()
+        cpu = after - cpu if cpu is not None and after is not None else None
+    return Level("plain_opencv", processes, [t for t, _ in results], wall, len(results), cpu,
+                 decisions=_count("compared" if s is not None else "no_face" for _, s in results))
+
+
+def _children_cpu_s() -> float | None:
+    """CPU seconds of the pool's worker processes (Linux /proc)."""
+    total = 0.0
+    try:
+        for child in multiprocessing.active_children():
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+    return total
+
+
+# ---- the run and its table ---------------------------------------------------------------------
+
+
+def run(workload: Workload, levels: list[int], per_level: int, modes: list[str], url: str | None = None,
+        api_key: str = KEY, settings: Settings | None = None) -> dict:
+    settings = settings or Settings()
+    id_bytes, video_bytes = workload.load()
+    rows: list[Level] = []
+    if "plain" in modes:
+        rows.append(plain_job(workload, max(2, per_level * 2), settings))
+    if "in_process" in modes:
+        engine = InProcess(settings)
+        try:
+            engine.verify(id_bytes, video_bytes)  # warm-up: first calls compile and allocate
+            rows += [engine.level(c, max(c, per_level * c), id_bytes, video_bytes) for c in levels]
+        finally:
+            engine.close()
+    if "service" in modes:
+        service = Service(url, api_key)
+        try:
+            service.verify(id_bytes, video_bytes)
+            rows += [service.level(c, max(c, per_level * c), id_bytes, video_bytes) for c in levels]
+        finally:
+            service.close()
+    summaries = [r.summary() for r in rows]
+    plain = next((s for s in summaries if s["mode"] == "plain_opencv"), None)
+    for s in summaries:
+        s["x_plain"] = round(s["verifications_per_s"] / plain["verifications_per_s"], 2) if plain else None
+    return {"machine": machine(), "workload": {"id_image": str(workload.id_image), "video": str(workload.video)},
+            "runtime": settings.runtime, "inference_threads": settings.inference_threads,
+            "workers": settings.workers, "rows": summaries}
+
+
+def table(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average']}",
+             f"workload: {report['workload']['id_image']} + {report['workload']['video']}",
+             f"runtime {report['runtime']}, inference threads {report['inference_threads']}, "
+             f"service workers {report['workers']}",
+             "",
+             "| mode | conc | requests | verif/s | x plain | p50 ms | p95 ms | p99 ms | CPU s/verif | "
+             "rows/call yunet, facemesh, iris, pad, sface, dlib | decisions |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        rows = ", ".join(str(r["rows_per_call"].get(k, "-")) for k in MODELS) if r["rows_per_call"] else "-"
+        decisions = ", ".join(f"{k} {v}" for k, v in r["decisions"].items())
+        lines.append(f"| {r['mode']} | {r['concurrency']} | {r['ok']}/{r['requests']} | {r['verifications_per_s']} | "
+                     f"{r['x_plain']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
+                     f"{r['cpu_s_per_verification']} | {rows} | {decisions} |")
+    staged = [r for r in report["rows"] if r["stages_ms"]]
+    if staged:
+        lines += ["", "mean ms per verification by stage (waits for batches included):",
+                  "| mode | conc | " + " | ".join(STAGES) + " |", "|---|---|" + "---|" * len(STAGES)]
+        for r in staged:
+            lines.append(f"| {r['mode']} | {r['concurrency']} | "
+                         + " | ".join(str(r["stages_ms"].get(s, 0)) for s in STAGES) + " |")
+    return "\n".join(lines)
+
+
+def main_args(args) -> int:
+    testdata = default_testdata()
+    workload = Workload(args.id_image or testdata / "images/compreface/004_A.jpg",
+                        args.video or testdata / "videos/replay_pair/real.mp4")
+    for path in (workload.id_image, workload.video):
+        if not path.is_file():
+            print(f"portrait bench: {path} not found (pass --id-image/--video or set PORTRAIT_TESTDATA)",
+                  file=sys.stderr)
+            return 2
+    per_level = 1 if args.quick else args.requests
+    report = run(workload, args.concurrency, per_level, args.modes, args.url, args.api_key or KEY)
+    print(table(report))
+    print(json.dumps(report))
+    return 0
