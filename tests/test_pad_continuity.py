@@ -105,8 +105,8 @@ def test_the_replay_attack_is_rejected(pipeline, testdata):
     assert answer["decision"] == "reject_spoof" and "passive_spoof" in answer["reasons"]
 
 
-# image_T2 (live) is left out: it scores 0.18-0.19 both with the mapped box and with the
-# PAD detector's own box, below its print and replay companions' scores (README).
+# image_T2 (live) is left out: it scores about as low as its replay companion, with the
+# mapped box and with the PAD detector's own box alike (README).
 @pytest.mark.parametrize("photo, live", [("image_T1.jpg", True), ("image_F1.jpg", False), ("image_F2.jpg", False)])
 def test_print_and_replay_photos_are_rejected_and_a_live_one_is_not(pipeline, testdata, photo, live):
     image = decode_image((testdata / "images/silent_face" / photo).read_bytes())
