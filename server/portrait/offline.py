@@ -51,7 +51,7 @@ class Offline:
                  config: PipelineConfig | None = None) -> None:
         self.settings = settings
         self.backend = backend or backend_from_settings(settings)
-        self.pipeline = Pipeline(self.backend, config)
+        self.pipeline = Pipeline(self.backend, config or PipelineConfig(detect_every=settings.video_detect_every))
         self.decode = decoder(settings.decoder)
         self.models = served_models(settings.model_repository)
 

@@ -21,7 +21,7 @@ from portrait.challenge import ChallengeSpec
 from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
-from portrait.settings import get_settings
+from portrait.settings import Settings
 from portrait.stages import align, continuity, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
 from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
@@ -63,7 +63,7 @@ def shipped_continuity_threshold() -> float:
 class PipelineConfig:
     image_detector_size: int = 640
     video_detector_size: int = 320
-    detect_every: int = field(default_factory=lambda: get_settings().video_detect_every)
+    detect_every: int = Settings.model_fields["video_detect_every"].default  # the service passes its setting
     detection_score: float = 0.7
     match_threshold: float = field(default_factory=_shipped_match_score_threshold)  # of the shipped score
     fusion: Fusion | None = field(default_factory=_shipped_fusion)  # None: SFace's cosine alone decides
