@@ -265,7 +265,8 @@ class Offline:
                     reference.append(box)
                     kinds.append("video" if len(frames) > 1 or path.suffix.lower() in VIDEO_SUFFIXES else "photo")
         boxes, reference, kinds = np.array(boxes), np.array(reference), np.array(kinds)
-        fitted = pad.fit_box_map(boxes, reference)
+        # Rounded as the record keeps it, so the scores below are those the shipped map gives.
+        fitted = pad.BoxMap(**{k: round(v, 4) for k, v in vars(pad.fit_box_map(boxes, reference)).items()})
         is_live = np.array([r["label"].strip() == "live" for r, _, _ in scored])
         # YuNet's own box against the fitted map: the one with fewer live samples rejected
         # (every attack rejected) ships; on a tie, the one with the wider margin.
