@@ -84,7 +84,10 @@ def test_d12_events(pipeline, testdata):
     events = _events(pipeline, _video(testdata, "liveportrait/d12.mp4"))
     moves = [(e.action, e.start_s) for e in events if e.action != "blink"]
     names = [a for a, _ in moves]
-    assert names[:3] == ["turn_left", "turn_right", "open_mouth"] and sorted(names[3:]) == ["open_mouth", "turn_left"]
+    # The last turn (6.6-6.9 s) brings a brief, borderline mouth opening (peak 0.53 with
+    # detection on every frame, under the threshold with key-frame tracking): allowed, not required.
+    assert names[:3] == ["turn_left", "turn_right", "open_mouth"] and "turn_left" in names[3:]
+    assert set(names[3:]) <= {"turn_left", "open_mouth"}
     assert 1.3 <= moves[0][1] <= 1.7 and 3.0 <= moves[1][1] <= 3.4 and moves[2][1] > 4.4
 
 
@@ -166,7 +169,7 @@ def test_d12_refusals_unrequested_wrong_times_mirrored_missing(pipeline, testdat
     # A mirroring client swaps left and right: the same clip no longer answers.
     mirrored = pipeline.analyse_video(head, Timings(), mirrored=True, need_embeddings=False).events
     assert liveness.judge(D12_TURNS, mirrored, head.duration_s).reason == "unrequested_action"
-    more = ChallengeSpec.timed(["turn_left", "turn_right", "blink"], [1.0, 2.8, 3.5])
+    more = ChallengeSpec.timed(["turn_left", "turn_right", "look_up"], [1.0, 2.8, 3.5])
     assert liveness.judge(more, events, head.duration_s).reason == "challenge_incomplete"
     answer = pipeline.verify(head.frames[0].copy(), whole, D12_TURNS)
     assert answer["decision"] == "retry" and answer["reasons"] == ["unrequested_action"]
@@ -309,7 +312,9 @@ def test_torch_frame_path_gives_the_same_answers(pipeline, testdata):
         assert moves(host) == moves(torch_path)
     (genuine, genuine_torch), (spoof, _) = answers
     assert genuine["decision"] == "accept" and spoof["decision"] == "reject_spoof"
-    assert genuine["match"]["score"] == pytest.approx(genuine_torch["match"]["score"], abs=0.02)
+    # SFace's cosine within 0.02; the fused score (a z-score sum, about 8 here) within 1 %.
+    assert genuine["match"]["scores"]["sface"] == pytest.approx(genuine_torch["match"]["scores"]["sface"], abs=0.02)
+    assert genuine["match"]["score"] == pytest.approx(genuine_torch["match"]["score"], rel=0.01)
 
 
 def test_device_tensors_flow_through_the_batcher(pipeline, model_repository, testdata):
@@ -326,7 +331,9 @@ def test_device_tensors_flow_through_the_batcher(pipeline, model_repository, tes
         id_image = video.frames[0].copy()
         answer = on_device.verify(id_image, video, D12_TURNS)
         assert answer["decision"] == "accept"
-        assert answer["match"]["score"] == pytest.approx(pipeline.verify(id_image, video)["match"]["score"], abs=0.02)
+        host = pipeline.verify(id_image, video)["match"]
+        assert answer["match"]["scores"]["sface"] == pytest.approx(host["scores"]["sface"], abs=0.02)
+        assert answer["match"]["score"] == pytest.approx(host["score"], rel=0.01)
         assert batcher.stats()["facemesh"]["rows"] >= len(video.frames) * 0.8
     finally:
         batcher.close()

@@ -125,13 +125,13 @@ class InProcess:
         from portrait.backends import backend_from_settings
         from portrait.batching import BatchingBackend
         from portrait.media import decoder
-        from portrait.pipeline import Pipeline
+        from portrait.pipeline import Pipeline, PipelineConfig
         from portrait.service.inference import _policies
 
         self.settings = settings
         self.observer = _Rows()
         self.batcher = BatchingBackend(backend_from_settings(settings), _policies(settings), observer=self.observer)
-        self.pipeline = Pipeline(self.batcher)
+        self.pipeline = Pipeline(self.batcher, PipelineConfig(detect_every=settings.video_detect_every))
         self.decode = decoder(settings.decoder)
 
     def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, dict]:

@@ -169,7 +169,7 @@ def _eval_pairs(args: argparse.Namespace) -> int:
 
 
 def _eval_liveness(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_liveness(args.list, args.root, args.require), args.json)
+    return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot), args.json)
 
 
 def _eval_challenge(args: argparse.Namespace) -> int:
@@ -177,6 +177,10 @@ def _eval_challenge(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    if (args.pairs is None) == (args.liveness is None):
+        raise ValueError("give --pairs (match thresholds) or --liveness (PAD and continuity), one of them")
+    if args.liveness is not None:
+        return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
 
 
@@ -260,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--list", type=Path, required=True)
     live.add_argument("--root", type=Path, required=True)
     live.add_argument("--require", type=_actions, default=[])
+    live.add_argument("--plot", type=Path, default=None,
+                      help="write live and attack passive-score distributions with the threshold to this PNG (extra `plot`)")
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
 
@@ -273,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser("calibrate", help="match thresholds (SFace, dlib, fused) for a target false-match"
                                     " rate, the fusion's parameters, and whether fusion ships")
-    calibrate.add_argument("--pairs", type=Path, required=True)
+    calibrate.add_argument("--pairs", type=Path, default=None, help="CSV img_a,img_b,same_person: match thresholds")
+    calibrate.add_argument("--liveness", type=Path, default=None,
+                           help="CSV path,label[,attack]: the PAD box map and threshold, and the continuity threshold")
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")

@@ -125,3 +125,26 @@ def det_curve(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np
     fmr = 1.0 - np.searchsorted(impostor_sorted, thresholds, side="left") / max(len(impostor), 1)
     fnmr = np.searchsorted(genuine_sorted, thresholds, side="left") / max(len(genuine), 1)
     return fmr, fnmr
+
+
+def separating_threshold(accepted: np.ndarray, rejected: np.ndarray) -> float:
+    """The threshold (accept at >=) with the fewest errors on both sides; among equally good
+    ones, the middle of the widest gap between neighbouring scores, so it sits as far from
+    both sets as the data allow. For small dev sets where any error is one too many."""
+    accepted, rejected = np.asarray(accepted, np.float64), np.asarray(rejected, np.float64)
+    values = np.unique(np.concatenate([accepted, rejected]))
+    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    gaps = np.concatenate([[0.0], np.diff(values), [0.0]])
+    errors = np.array([np.sum(accepted < t) + np.sum(rejected >= t) for t in candidates])
+    best = np.flatnonzero(errors == errors.min())
+    return float(candidates[best[np.argmax(gaps[best])]])
+
+
+def threshold_rejecting_all(accepted: np.ndarray, rejected: np.ndarray) -> float:
+    """The threshold (accept at >=) that rejects every score in `rejected` and, under that,
+    accepts as many of `accepted` as it can: the middle of the gap above the highest
+    rejected score. For attacks, where the few dev samples must all fail."""
+    accepted, rejected = np.asarray(accepted, np.float64), np.asarray(rejected, np.float64)
+    top = float(rejected.max())
+    above = accepted[accepted > top]
+    return (top + float(above.min())) / 2 if len(above) else float(np.nextafter(top, np.inf))

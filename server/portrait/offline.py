@@ -19,7 +19,8 @@ from portrait.media import MediaError, decoder
 from portrait.modelrepo.repository import served_models
 from portrait.pipeline import CALIBRATION, Pipeline, PipelineConfig, Timings, shipped_match
 from portrait.settings import Settings
-from portrait.stages import embed, liveness
+from portrait.modelrepo.sources import sha256_of
+from portrait.stages import continuity, embed, liveness, pad, quality
 from portrait.stages.fusion import Fusion, learn
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".3gp", ".3g2"}
@@ -27,6 +28,11 @@ IMAGE_BATCH = 16  # images decoded and detected together; bounds memory on big s
 
 
 REFUSALS = ("no_face", "multiple_faces")  # the service answers these with `retry`
+# The detector MiniFASNet's crops are defined by (Silent-Face's RetinaFace, Caffe), from the
+# model mirror. Only `calibrate --for pad` runs it, to fit the YuNet -> PAD box map.
+PAD_DETECTOR = {"RetinaFace_PAD.prototxt": "9fe2f141b4baee039ed9442da2833e216af40a6ff3e639e7b39258812bcda808",
+                "RetinaFace_PAD.caffemodel": "d08338a2c207df16a9c566f767fea67fb43ba6fff76ce11e938fe3fabefb9402"}
+CALIBRATION_MAX_SECONDS = 30.0  # dev clips up to this long count in calibration (frames stay capped)
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class Offline:
                  config: PipelineConfig | None = None) -> None:
         self.settings = settings
         self.backend = backend or backend_from_settings(settings)
-        self.pipeline = Pipeline(self.backend, config)
+        self.pipeline = Pipeline(self.backend, config or PipelineConfig(detect_every=settings.video_detect_every))
         self.decode = decoder(settings.decoder)
         self.models = served_models(settings.model_repository)
 
@@ -216,7 +222,119 @@ class Offline:
         target.write_text(json.dumps({**previous, **record}, indent=2) + "\n")
         return record
 
-    def eval_liveness(self, list_csv: Path, root: Path, required: Sequence[str]) -> dict:
+    def calibrate_liveness(self, list_csv: Path, root: Path, output: Path | None = None) -> dict:
+        """Fit the YuNet -> PAD box map against the PAD models' own detector, then the passive
+        threshold on the list's live and attack samples and the continuity threshold on its
+        live clips against splices of every two of them; write both to the calibration record."""
+        rows = _read_csv(list_csv, ["path", "label"])
+        net = _pad_detector(self.settings.model_mirror)
+        limits = self.settings.video_limits
+        limits = replace(limits, max_duration_s=max(limits.max_duration_s, CALIBRATION_MAX_SECONDS))
+        cfg = self.pipeline.config
+        scored, clips, skipped = [], {}, {}
+        boxes, reference, kinds = [], [], []
+        for row in rows:
+            path = root / row["path"]
+            try:
+                if path.suffix.lower() in VIDEO_SUFFIXES:
+                    video = self.decode.video(path.read_bytes(), limits)
+                    analysis = self.pipeline.analyse_video(video, Timings())
+                    if analysis.track.reason:
+                        skipped[row["path"]] = analysis.track.reason
+                        continue
+                    kept = np.flatnonzero(analysis.track.present)
+                    chosen = kept[quality.spread(len(kept), cfg.pad_frames)]
+                    frames, faces = video.frames[chosen], analysis.track.faces[chosen]
+                    if row["label"].strip() == "live":
+                        clips[row["path"]] = analysis.continuity_sample
+                else:
+                    image = self.image(path)
+                    found = self.pipeline.image_faces([image])[0]
+                    if found.face is None:
+                        skipped[row["path"]] = found.reason
+                        continue
+                    frames, faces = image[None], found.face[None]
+            except (MediaError, OSError) as error:
+                skipped[row["path"]] = getattr(error, "code", "unreadable")
+                continue
+            scored.append((row, frames, faces))
+            for frame, face in zip(frames, faces):
+                box = _reference_box(net, frame, face)
+                if box is not None:
+                    boxes.append(face[:4])
+                    reference.append(box)
+                    kinds.append("video" if len(frames) > 1 or path.suffix.lower() in VIDEO_SUFFIXES else "photo")
+        boxes, reference, kinds = np.array(boxes), np.array(reference), np.array(kinds)
+        fitted = pad.fit_box_map(boxes, reference)
+        is_live = np.array([r["label"].strip() == "live" for r, _, _ in scored])
+        # YuNet's own box against the fitted map: the one with fewer live samples rejected
+        # (every attack rejected) ships; on a tie, the one with the wider margin.
+        trials = {}
+        for name, candidate in (("yunet", pad.BoxMap()), ("mapped", fitted)):
+            scorer = Pipeline(self.backend, replace(cfg, pad_box_map=candidate), self.pipeline.ops)
+            values = np.array([float(np.median(scorer.passive_scores(f, b))) for _, f, b in scored])
+            threshold = evaluation.threshold_rejecting_all(values[is_live], values[~is_live])
+            trials[name] = {"map": candidate, "scores": values, "threshold": threshold,
+                            "bpcer": float(np.mean(values[is_live] < threshold)),
+                            "margin": threshold - float(values[~is_live].max())}
+        chosen = min(trials, key=lambda n: (trials[n]["bpcer"], -trials[n]["margin"]))
+        box_map, per_sample, pad_threshold = (trials[chosen][k] for k in ("map", "scores", "threshold"))
+        pad_record = {
+            "threshold": round(pad_threshold, 4),
+            "box_map": {k: round(v, 4) for k, v in vars(box_map).items()},
+            "box_map_choice": {"chosen": chosen, **{n: {"bpcer": round(t["bpcer"], 4), "threshold": round(t["threshold"], 4),
+                                                       "margin_over_highest_attack": round(t["margin"], 4)}
+                                                   for n, t in trials.items()},
+                               "fitted_map": {k: round(v, 4) for k, v in vars(fitted).items()}},
+            "aggregate": f"median of the live score over up to {cfg.pad_frames} frames evenly spaced among the "
+                         "frames with the face (photos: their one face)",
+            "data": f"{list_csv.name}: {int(is_live.sum())} live and {int((~is_live).sum())} attack samples"
+                    + (f"; not acquired: {skipped}" if skipped else ""),
+            "rule": "every dev attack rejected; under that, the middle of the gap above the highest attack score",
+            "bpcer_at_threshold": round(float(np.mean(per_sample[is_live] < pad_threshold)), 4),
+            "lowest_live": round(float(per_sample[is_live].min()), 4),
+            "highest_attack": round(float(per_sample[~is_live].max()), 4) if (~is_live).any() else None,
+            "box_map_data": {
+                "faces": int(len(boxes)), "photos": int((kinds == "photo").sum()), "frames": int((kinds == "video").sum()),
+                "reference": "RetinaFace_PAD (Silent-Face-Anti-Spoofing's detector), most confident box over the "
+                             "YuNet face (IoU >= 0.3)",
+                "iou_with_reference_median": {"yunet": _median_iou(boxes, reference),
+                                              "mapped": _median_iou(fitted.apply(boxes), reference)},
+            },
+            "optimism": "threshold chosen and measured on the same few samples (one replay clip, one print and one "
+                        "replay photo): it separates these, and says little about unseen attacks or cameras",
+        }
+        names = sorted(clips)
+        genuine = {name: continuity.continuity(clips[name]).score for name in names}
+        splices = {f"{a} > {b}": continuity.continuity(continuity.splice(clips[a], clips[b])).score
+                   for a in names for b in names if a != b}
+        cross = _cross_identity_pairs(clips)
+        continuity_threshold = evaluation.separating_threshold(np.array(list(genuine.values())),
+                                                               np.array(list(splices.values())))
+        hardest = max(splices, key=splices.get)
+        continuity_record = {
+            "threshold": round(continuity_threshold, 4),
+            "statistic": "lowest over cuts between sampled frames of the median similarity of pose-matched frame "
+                         f"pairs across the cut (windows {list(continuity.WINDOWS)} frames, pose within "
+                         f"{continuity.POSE_TOLERANCE} degrees), over up to {cfg.continuity_frames} frames spread in time",
+            "data": f"{list_csv.name}: {len(genuine)} live clips (genuine) and {len(splices)} splices of every two of "
+                    "them, first half of one then second half of the other (impostor)",
+            "lowest_genuine": {"clip": min(genuine, key=genuine.get), "score": round(min(genuine.values()), 4)},
+            "highest_splice": {"splice": hardest, "score": round(splices[hardest], 4)},
+            "cross_identity_pose_matched_pairs": cross,
+            "optimism": "threshold chosen and measured on the same clips; the gap between the sets is what it has, "
+                        "with few people, no twins and no look-alikes: recalibrate on the carrier's own clips",
+        }
+        target = output or CALIBRATION
+        record = json.loads(target.read_text()) if target.exists() else {}
+        record.update(pad=pad_record, continuity=continuity_record,
+                      liveness_calibrated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        target.write_text(json.dumps(record, indent=2) + "\n")
+        return {"pad": {**pad_record, "samples": {r["path"]: round(float(v), 4) for (r, _, _), v in zip(scored, per_sample)}},
+                "continuity": {**continuity_record, "genuine": _rounded(genuine),
+                                                  "splices": _rounded(splices)}}
+
+    def eval_liveness(self, list_csv: Path, root: Path, required: Sequence[str], plot: Path | None = None) -> dict:
         rows = _read_csv(list_csv, ["path", "label"])
         cfg = self.pipeline.config
         accepted, outcomes = [], []
@@ -238,14 +356,24 @@ class Offline:
         is_attack = np.array([r["label"].strip() == "spoof" for r in rows])[acquired]
         kinds = np.array([(r.get("attack") or "unspecified").strip() for r in rows])[acquired]
         live = np.array([bool(a) for a in accepted])[acquired]
-        return {
+        report = {
             **evaluation.pad_error_rates(is_attack, live, kinds),
             "failures_to_acquire": int((~acquired).sum()),
             "passive_threshold": cfg.pad_threshold,
+            "continuity_threshold": cfg.continuity_threshold,
             "required_actions": list(required),
             "samples": outcomes,
             "models": self.models,
         }
+        if plot is not None:
+            from portrait.plots import liveness_plot
+
+            scored = [o for o in outcomes if o.get("passive_score") is not None]
+            liveness_plot({label: np.array([o["passive_score"] for o in scored if o["label"].strip() == label])
+                           for label in ("live", "spoof")}, cfg.pad_threshold, plot,
+                          f"{list_csv.name}: passive score per sample")
+            report["plot"] = str(plot)
+        return report
 
     def _image_liveness(self, path: Path) -> dict:
         image = self.image(path)
@@ -254,7 +382,8 @@ class Offline:
             return {"live": None, "reasons": [f"image_{face.reason}"]}
         score = float(self.pipeline.passive_scores(image[None], face.face[None])[0])
         live = score >= self.pipeline.config.pad_threshold
-        return {"live": live, "passive_score": round(score, 4), "reasons": [] if live else ["passive_spoof"]}
+        return {"live": live, "passive_score": round(score, 4), "reasons": [] if live else ["passive_spoof"],
+                "passive_frames": _summary(np.array([score]))}
 
     def _video_liveness(self, path: Path, required: Sequence[str]) -> dict:
         cfg = self.pipeline.config
@@ -271,6 +400,7 @@ class Offline:
             verdict = liveness.judge(challenge.ChallengeSpec(tuple(required)), analysis.events, video.duration_s)
             reasons += [verdict.reason] if verdict.reason else []
         return {"live": not reasons, "reasons": reasons, "passive_score": round(analysis.passive_score, 4),
+                "passive_frames": _summary(analysis.passive_frames),
                 "continuity": None if analysis.continuity is None else round(analysis.continuity, 4),
                 "actions": sorted({e.action for e in analysis.events})}
 
@@ -298,6 +428,74 @@ class Offline:
             "clips": clips,
             "crafted_recording": liveness.best_crafted_rate(index, schedules),
         }
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+def _median_iou(boxes: np.ndarray, reference: np.ndarray) -> float:
+    from portrait.stages.track import iou
+
+    return round(float(np.median([iou(a, b[None])[0] for a, b in zip(boxes, reference)])), 4)
+
+
+def _cross_identity_pairs(clips: dict[str, continuity.Sample]) -> dict:
+    """Similarities of frame pairs from different clips (different people) whose poses are
+    alike: how close two people's single frames can come."""
+    values = []
+    names = sorted(clips)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pose = np.abs(clips[a].angles[:, None] - clips[b].angles[None]).max(-1)
+            values.append((clips[a].embeddings @ clips[b].embeddings.T)[pose <= continuity.POSE_TOLERANCE])
+    joined = np.concatenate(values) if values else np.zeros(0)
+    if not len(joined):
+        return {"pairs": 0}
+    return {"pairs": int(len(joined)), "median": round(float(np.median(joined)), 4),
+            "p99": round(float(np.percentile(joined, 99)), 4), "max": round(float(joined.max()), 4)}
+
+
+def _summary(scores: np.ndarray) -> dict:
+    """Per-frame passive scores of one sample, summarised."""
+    return {"count": int(len(scores)), "min": round(float(scores.min()), 4),
+            "median": round(float(np.median(scores)), 4), "max": round(float(scores.max()), 4)}
+
+
+def _pad_detector(mirror: Path | None):
+    """Silent-Face's RetinaFace from the model mirror, hash-checked, through OpenCV's DNN."""
+    import cv2
+
+    if mirror is None:
+        raise ValueError("calibrating PAD needs the model mirror (PORTRAIT_MODEL_MIRROR) for RetinaFace_PAD")
+    for name, digest in PAD_DETECTOR.items():
+        if not (mirror / name).exists() or sha256_of(mirror / name) != digest:
+            raise ValueError(f"{mirror / name}: missing or not the pinned file (sha256 {digest})")
+    return cv2.dnn.readNetFromCaffe(str(mirror / "RetinaFace_PAD.prototxt"), str(mirror / "RetinaFace_PAD.caffemodel"))
+
+
+def _reference_box(net, image: np.ndarray, near: np.ndarray) -> np.ndarray | None:
+    """The PAD detector's box (x,y,w,h) for the face YuNet found at `near`, prepared as
+    Silent-Face does (about 192x192 pixels, mean subtracted); None where it finds none there."""
+    import cv2
+
+    from portrait.stages.track import iou
+
+    h, w = image.shape[:2]
+    small = image
+    if h * w >= 192 * 192:
+        aspect = w / h
+        small = cv2.resize(image, (int(192 * np.sqrt(aspect)), int(192 / np.sqrt(aspect))), interpolation=cv2.INTER_LINEAR)
+    net.setInput(cv2.dnn.blobFromImage(small, 1.0, mean=(104, 117, 123)), "data")
+    rows = net.forward("detection_out").reshape(-1, 7)
+    rows = rows[rows[:, 2] >= 0.6]
+    if not len(rows):
+        return None
+    left, top, right, bottom = (rows[:, 3 + i] * (w, h)[i % 2] for i in range(4))
+    boxes = np.stack([left, top, right - left + 1, bottom - top + 1], 1)
+    overlaps = iou(near[:4], boxes)
+    best = int(np.argmax(overlaps))
+    return boxes[best] if overlaps[best] >= 0.3 else None
 
 
 def _read_csv(path: Path, required: list[str]) -> list[dict[str, str]]:

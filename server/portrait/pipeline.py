@@ -21,8 +21,8 @@ from portrait.challenge import ChallengeSpec
 from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
-from portrait.settings import get_settings
-from portrait.stages import align, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
+from portrait.settings import Settings
+from portrait.stages import align, continuity, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
 from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
 from portrait.stages.track import MIN_COVERAGE, MIN_IOU, Track, iou, track_primary
@@ -51,19 +51,28 @@ def _shipped_fusion() -> Fusion | None:
     return Fusion.from_record(match["fusion"]) if match["score"] == "fused" else None
 
 
+def shipped_pad() -> dict:
+    return json.loads(CALIBRATION.read_text())["pad"]
+
+
+def shipped_continuity_threshold() -> float:
+    return float(json.loads(CALIBRATION.read_text())["continuity"]["threshold"])
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     image_detector_size: int = 640
     video_detector_size: int = 320
-    detect_every: int = field(default_factory=lambda: get_settings().video_detect_every)
+    detect_every: int = Settings.model_fields["video_detect_every"].default  # the service passes its setting
     detection_score: float = 0.7
     match_threshold: float = field(default_factory=_shipped_match_score_threshold)  # of the shipped score
     fusion: Fusion | None = field(default_factory=_shipped_fusion)  # None: SFace's cosine alone decides
-    continuity_threshold: float = field(default_factory=shipped_match_threshold)
-    pad_threshold: float = 0.5
+    continuity_threshold: float = field(default_factory=shipped_continuity_threshold)
+    pad_threshold: float = field(default_factory=lambda: float(shipped_pad()["threshold"]))
+    pad_box_map: pad.BoxMap = field(default_factory=lambda: pad.BoxMap(**shipped_pad()["box_map"]))
     match_frames: int = 3
-    pad_frames: int = 4
-    continuity_frames: int = 6
+    pad_frames: int = 12
+    continuity_frames: int = 32
     liveness: liveness.LivenessThresholds = field(default_factory=liveness.LivenessThresholds)
 
 
@@ -94,10 +103,12 @@ class VideoAnalysis:
     angles: np.ndarray  # [M,2] yaw, pitch
     mouth: np.ndarray  # [M] lip gap over mouth width
     events: list[ActionEvent]
-    passive_score: float | None
-    continuity: float | None  # lowest similarity between two frames sampled across the clip
+    passive_score: float | None  # median of passive_frames
+    continuity: float | None  # see stages/continuity.py
     embeddings: np.ndarray | None  # [K,128] best frames, normalised
     second_embeddings: np.ndarray | None = None  # [K,128] dlib's, same frames, where fusion is on
+    passive_frames: np.ndarray = field(default_factory=lambda: np.zeros(0))  # live score per frame scored
+    continuity_sample: continuity.Sample | None = None  # the frames continuity compared
 
 
 class Pipeline:
@@ -178,10 +189,12 @@ class Pipeline:
         return {**scores, "score": scores["fused" if self.config.fusion is not None else "sface"]}
 
     def passive_scores(self, frames: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Live probability per (frame, face), both MiniFASNet models."""
+        """Live probability per (frame, YuNet face), both MiniFASNet models, on crops made
+        from the box mapped to the geometry the models were trained on."""
+        boxes = self.config.pad_box_map.apply(faces)
         logits = {}
         for model, scale in pad.SCALES.items():
-            matrices = pad.crop_transforms(faces, tuple(frames.shape[1:3]), scale)
+            matrices = pad.crop_transforms(boxes, tuple(frames.shape[1:3]), scale)
             crops = self.ops.crops(frames, range(len(faces)), matrices, pad.SIZE)
             logits[model] = self.run(model, self.ops.model_input(crops, pad.INPUT))["logits"]
         return pad.live_scores(logits)
@@ -273,27 +286,27 @@ class Pipeline:
             aligned = self.aligned_crops(frames, faces)  # also what the embedder takes, below
             sharp = quality.sharpness(self.ops.to_host(aligned))
             score = quality.frame_quality(angles[:, 0], angles[:, 1], openness, sharp, float(np.median(angles[:, 1])))
-            best = np.argsort(-score, kind="stable")
-            frontal = np.flatnonzero(np.abs(angles[:, 0]) < 25)
-            spread = frontal[np.linspace(0, len(frontal) - 1, min(cfg.continuity_frames, len(frontal))).astype(int)]
+            best = np.argsort(-score, kind="stable")[: cfg.match_frames]
         with timings.stage("passive_liveness"):
-            chosen = best[: cfg.pad_frames]
-            passive = float(np.mean(self.passive_scores(frames[chosen], faces[chosen])))
-        embeddings, continuity, second = None, None, None
+            chosen = quality.spread(len(kept), cfg.pad_frames)
+            per_frame = self.passive_scores(frames[chosen], faces[chosen])
+            passive = float(np.median(per_frame))
+        embeddings, kept_together, second, sample = None, None, None, None
         if need_embeddings:
             with timings.stage("embed"):
-                # A frame that is both a match frame and a continuity frame is embedded once.
-                picked, where = np.unique(np.concatenate([best[: cfg.match_frames], spread]), return_inverse=True)
-                vectors = self.embed_crops(aligned[picked])[where]
-                embeddings = vectors[: cfg.match_frames]
+                # The match frames join the continuity sample, so they are checked against
+                # their neighbours: a few frames of someone else cannot carry the match.
+                picked = np.union1d(quality.spread(len(kept), cfg.continuity_frames), best)
+                vectors = self.embed_crops(aligned[picked])
+                embeddings = vectors[np.searchsorted(picked, best)]
                 if cfg.fusion is not None:
-                    chosen_frames = best[: cfg.match_frames]
-                    second = self.embed_second(frames[chosen_frames], faces[chosen_frames])
-                sampled = vectors[cfg.match_frames :]
-                if len(sampled) > 1:
-                    similarity = sampled @ sampled.T
-                    continuity = float(similarity[np.triu_indices(len(sampled), 1)].min())
-        return VideoAnalysis(track, times, openness, angles, mouth, events, passive, continuity, embeddings, second)
+                    second = self.embed_second(frames[best], faces[best])
+            with timings.stage("continuity"):
+                sample = continuity.Sample(vectors, angles[picked], times[picked], faces[picked, :4])
+                kept_together = continuity.continuity(sample)
+        return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
+                             None if kept_together is None else kept_together.score, embeddings, second, per_frame,
+                             sample)
 
     def verify(self, id_image: np.ndarray, video: Video, challenge: ChallengeSpec | None = None,
                timings: Timings | None = None) -> dict:

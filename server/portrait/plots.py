@@ -1,4 +1,5 @@
-"""Figures for reviewers: the DET curve of `portrait eval pairs`. Plotting is an optional
+"""Figures for reviewers: the DET curve of `portrait eval pairs`, the passive-score
+distributions of `portrait eval liveness`. Plotting is an optional
 extra (`pip install 'portrait[plot]'`); matplotlib loads only when a plot is asked for."""
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ def det_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], operating: tuple[
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def liveness_plot(scores: dict[str, np.ndarray], threshold: float, path: Path, title: str) -> None:
+    """Live and attack passive scores per sample, with the threshold they are judged by."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(0, 1, 41)
+    for (label, values), colour in zip(scores.items(), ("tab:green", "tab:red")):
+        axes.hist(values, bins=bins, alpha=0.6, color=colour, label=f"{label} ({len(values)})")
+    axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    axes.set_xlabel("passive live score (median over frames)")
+    axes.set_ylabel("samples")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -119,7 +119,7 @@ class Inference:
         self.decode = decoder(settings.decoder)
         self.inner = backend or backend_from_settings(settings)
         self.batcher = BatchingBackend(self.inner, _policies(settings), observer=BatcherObserver(metrics))
-        self.config = PipelineConfig()
+        self.config = PipelineConfig(detect_every=settings.video_detect_every)
         # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
         self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")

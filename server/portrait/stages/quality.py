@@ -19,3 +19,11 @@ def frame_quality(yaw: np.ndarray, pitch: np.ndarray, openness: np.ndarray, shar
     eyes = np.clip(openness.mean(1) / max(float(np.percentile(openness.mean(1), 75)), 1e-6), 0, 1)
     crisp = sharp / max(float(sharp.max()), 1e-6)
     return frontal * eyes * (0.5 + 0.5 * crisp)
+
+
+def spread(count: int, wanted: int) -> np.ndarray:
+    """Indices of up to `wanted` of `count` frames, evenly spaced in order: frames from the
+    whole clip, not only its sharpest moment."""
+    if count == 0:
+        return np.zeros(0, int)
+    return np.unique(np.linspace(0, count - 1, min(wanted, count)).round().astype(int))
