@@ -136,13 +136,14 @@ class InProcess:
 
     def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, dict]:
         from portrait.pipeline import Timings
+        from portrait.challenge import ChallengeSpec
 
         timings = Timings()
         start = time.perf_counter()
         with timings.stage("decode"):
             image = self.decode.image(id_bytes, max_pixels=self.settings.max_image_pixels)
             video = self.decode.video(video_bytes, self.settings.video_limits)
-        answer = self.pipeline.verify(image, video, REQUIRED, timings=timings)
+        answer = self.pipeline.verify(image, video, ChallengeSpec(tuple(REQUIRED)), timings=timings)
         return time.perf_counter() - start, answer
 
     def level(self, concurrency: int, requests: int, id_bytes: bytes, video_bytes: bytes) -> Level:

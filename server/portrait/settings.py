@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     decoder: Literal["pyav", "dali", "gpu"] = Field(default="pyav", description="Media decoder: `pyav`, `dali` (CPU) or `gpu` (NVDEC).")
     frames: Literal["host", "gpu"] = Field(default="host", description="Pixel work: `host` (OpenCV) or `gpu` (Triton-lang kernels).")
     video_fps: float = Field(default=VideoLimits.target_fps, gt=0, le=60, description="Frames sampled per second of video.")
-    video_detect_every: int = Field(default=4, ge=1, description="The detector sees every n-th sampled frame; "
-                                    "FaceMesh follows the face between (1: detect on every frame).")
+    video_detect_every: int = Field(default=1, ge=1, description="The detector sees every n-th sampled frame; "
+                                    "FaceMesh follows the face between (1: detect on every frame). 4 saves "
+                                    "about 0.4 CPU s per verification but moves blink events on the dev clips.")
     video_max_frames: int = Field(default=VideoLimits.max_frames, ge=2, le=1000, description="Frames kept per video at most.")
     video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, le=600, description="Longer videos are refused.")
     video_max_side: int = Field(default=VideoLimits.max_side, ge=0, description="Kept frames are scaled down while "
