@@ -175,41 +175,6 @@ def _flatten(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
 
-_DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
-
-
-def _div(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
-    if inputs[0].is_floating_point():
-        return inputs[0] / inputs[1]
-    return torch.div(inputs[0], inputs[1], rounding_mode="trunc")  # ONNX integer division truncates
-
-
-def _constant_of_shape(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
-    value = torch.from_numpy(numpy_helper.to_array(attrs["value"]).copy()) if "value" in attrs else torch.zeros(1)
-    return torch.full([int(s) for s in inputs[0].tolist()], value.item(), dtype=value.dtype)
-
-
-def _slice(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
-    x, starts, ends = inputs[0], inputs[1].tolist(), inputs[2].tolist()
-    axes = inputs[3].tolist() if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
-    steps = inputs[4].tolist() if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        # Python's slice clamping is ONNX's, negative steps included (torch slicing has none).
-        kept = range(*slice(start, end, step).indices(x.shape[axis]))
-        x = x.index_select(axis, torch.tensor(list(kept), dtype=torch.int64, device=x.device))
-    return x
-
-
-def _average_pool(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
-    kernel = attrs["kernel_shape"]
-    pads = attrs.get("pads", [0] * 2 * len(kernel))
-    if pads[: len(kernel)] != pads[len(kernel) :]:
-        raise NotImplementedError("AveragePool with asymmetric padding")
-    return F.avg_pool2d(inputs[0], kernel, attrs.get("strides", kernel), pads[: len(kernel)],
-                        ceil_mode=bool(attrs.get("ceil_mode", 0)),
-                        count_include_pad=bool(attrs.get("count_include_pad", 0)))
-
-
 OPS: dict[str, Op] = {
     "Conv": _conv,
     "MaxPool": _max_pool,
@@ -226,12 +191,6 @@ OPS: dict[str, Op] = {
     "Add": lambda i, a: i[0] + i[1],
     "Sub": lambda i, a: i[0] - i[1],
     "Mul": lambda i, a: i[0] * i[1],
-    "Div": _div,
-    "Cast": lambda i, a: i[0].to(_DTYPES[a["to"]]),
-    "ConstantOfShape": _constant_of_shape,
-    "Slice": _slice,
-    "AveragePool": _average_pool,
-    "ReduceMean": lambda i, a: i[0].mean(tuple(a["axes"]), keepdim=bool(a.get("keepdims", 1))),
     "MatMul": lambda i, a: torch.matmul(i[0], i[1]),
     "Transpose": lambda i, a: i[0].permute(a["perm"]),
     "Concat": lambda i, a: torch.cat(i, a["axis"]),
