@@ -6,48 +6,29 @@ reaches the child process through a pipe and is never written anywhere.
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import json
 import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
 
-import av
-import cv2
-import numpy as np
 import pytest
 
 from portrait.media import VideoLimits, decode_video
 from portrait.media.video import decode_peak_bytes
 
 LIMITS = VideoLimits()
-
-
-def upscaled_1080p(path: Path) -> bytes:
-    """The clip scaled to fit 1920x1080 (centred on black), H.264 in MP4, in memory."""
-    buffer = io.BytesIO()
-    with av.open(str(path)) as source, av.open(buffer, "w", format="mp4") as output:
-        stream = output.add_stream("libx264", rate=source.streams.video[0].average_rate)
-        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "20"}
-        for frame in source.decode(video=0):
-            image = frame.to_ndarray(format="bgr24")
-            scale = min(1920 / image.shape[1], 1080 / image.shape[0])
-            inner = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-            canvas = np.zeros((1080, 1920, 3), np.uint8)
-            top, left = (1080 - inner.shape[0]) // 2, (1920 - inner.shape[1]) // 2
-            canvas[top : top + inner.shape[0], left : left + inner.shape[1]] = inner
-            for packet in stream.encode(av.VideoFrame.from_ndarray(canvas, format="bgr24")):
-                output.mux(packet)
-        for packet in stream.encode():
-            output.mux(packet)
-    return buffer.getvalue()
+BENCH_DECODE = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decode.py"
 
 
 @pytest.fixture(scope="module")
 def clip_1080p(testdata) -> bytes:
-    return upscaled_1080p(testdata / "videos/liveportrait/d0.mp4")  # 3.1 s, 78 frames
+    # The decode benchmark's own 1080p re-encode, so test and benchmark measure the same clip.
+    spec = importlib.util.spec_from_file_location("bench_decode", BENCH_DECODE)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.upscaled_1080p((testdata / "videos/liveportrait/d0.mp4").read_bytes())  # 3.1 s, 78 frames
 
 
 def test_python_allocations_are_the_kept_frames_once(clip_1080p):
