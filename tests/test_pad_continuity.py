@@ -35,8 +35,7 @@ def _person(rng, count, dim=128, noise=0.35):
 def _sample(vectors, yaw):
     count = len(vectors)
     angles = np.stack([yaw, np.zeros(count)], 1)
-    boxes = np.tile([100.0, 100.0, 80.0, 100.0], (count, 1))
-    return continuity.Sample(vectors, angles, np.arange(count) / 10.0, boxes)
+    return continuity.Sample(vectors, angles, np.arange(count) / 10.0)
 
 
 def test_a_splice_scores_below_one_person_and_a_head_turn_does_not_lower_it():

@@ -302,7 +302,7 @@ class Pipeline:
                 if cfg.fusion is not None:
                     second = self.embed_second(frames[best], faces[best])
             with timings.stage("continuity"):
-                sample = continuity.Sample(vectors, angles[picked], times[picked], faces[picked, :4])
+                sample = continuity.Sample(vectors, angles[picked], times[picked])
                 kept_together = continuity.continuity(sample)
         return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
                              None if kept_together is None else kept_together.score, embeddings, second, per_frame,

@@ -32,10 +32,9 @@ class Sample:
     embeddings: np.ndarray  # [N,D] normalised
     angles: np.ndarray  # [N,2] yaw, pitch
     times: np.ndarray  # [N] seconds
-    boxes: np.ndarray  # [N,4] x,y,w,h
 
     def part(self, keep: np.ndarray) -> Sample:
-        return Sample(self.embeddings[keep], self.angles[keep], self.times[keep], self.boxes[keep])
+        return Sample(self.embeddings[keep], self.angles[keep], self.times[keep])
 
 
 def splice(first: Sample, second: Sample) -> Sample:
@@ -46,14 +45,13 @@ def splice(first: Sample, second: Sample) -> Sample:
     step = float(np.median(np.diff(first.times))) if len(first.times) > 1 else 0.1
     shifted = tail.times - tail.times[0] + head.times[-1] + step
     return Sample(np.concatenate([head.embeddings, tail.embeddings]), np.concatenate([head.angles, tail.angles]),
-                  np.concatenate([head.times, shifted]), np.concatenate([head.boxes, tail.boxes]))
+                  np.concatenate([head.times, shifted]))
 
 
 @dataclass(frozen=True)
 class Continuity:
     score: float  # lowest over cuts of the median pose-matched similarity across the cut
     cut_s: float  # time of the weakest cut
-    box_jump: float  # face-box centre movement at that cut, in face sizes
 
 
 def continuity(sample: Sample, windows: tuple[int, ...] = WINDOWS, pose_tolerance: float = POSE_TOLERANCE,
@@ -77,7 +75,4 @@ def continuity(sample: Sample, windows: tuple[int, ...] = WINDOWS, pose_toleranc
                 alike = np.argsort(across, kind="stable")[:fallback_pairs]
             scores[cut - 1] = min(scores[cut - 1], float(np.median(values[alike])))
     weakest = int(np.argmin(scores)) + 1
-    centre = sample.boxes[:, :2] + sample.boxes[:, 2:4] / 2
-    size = np.sqrt(sample.boxes[:, 2] * sample.boxes[:, 3])
-    jump = float(np.linalg.norm(centre[weakest] - centre[weakest - 1]) / max(size[weakest - 1], 1e-6))
-    return Continuity(float(scores.min()), float(sample.times[weakest]), round(jump, 4))
+    return Continuity(float(scores.min()), float(sample.times[weakest]))
