@@ -10,8 +10,7 @@ frame or a blink does not decide it; the clip's score is the lowest over all cut
 
 Where no pair across a cut has alike poses, the closest-in-pose pairs stand in, so an
 attacker cannot hide a cut behind a change of pose. The face box is followed by the
-tracker, which already refuses a face that jumps to elsewhere in the frame; the box
-movement at the weakest cut is reported beside the score.
+tracker, which already refuses a face that jumps to elsewhere in the frame.
 """
 
 from __future__ import annotations
