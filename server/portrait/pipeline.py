@@ -72,7 +72,7 @@ class PipelineConfig:
     pad_box_map: pad.BoxMap = field(default_factory=lambda: pad.BoxMap(**shipped_pad()["box_map"]))
     match_frames: int = 3
     pad_frames: int = 12
-    continuity_frames: int = 32
+    continuity_frames: int = 12  # the splice gap is as wide at 6 to 32 (README, Continuity); each costs an SFace row
     liveness: liveness.LivenessThresholds = field(default_factory=liveness.LivenessThresholds)
 
 
@@ -130,7 +130,7 @@ class Pipeline:
     def detect(self, frames: np.ndarray, size: int) -> list[np.ndarray]:
         """Same-size BGR frames [N,H,W,3] -> faces per frame in frame coordinates."""
         batch, scale = self.ops.letterbox(frames, size)
-        found = detect.decode(self.run("yunet", batch), (size, size), self.config.detection_score)
+        found = detect.decode(self.run("yunet", batch), tuple(batch.shape[2:]), self.config.detection_score)
         return [detect.rescale(f, scale) for f in found]
 
     def image_faces(self, images: Sequence[np.ndarray]) -> list[ImageFace]:
@@ -138,10 +138,11 @@ class Pipeline:
         size = self.config.image_detector_size
         if not images:
             return []
-        boxed = [self.ops.letterbox(i[None], size) for i in images]
-        batch = np.concatenate([self.ops.to_host(b) for b, _ in boxed])
+        boxed = [(self.ops.to_host(b), scale) for b, scale in (self.ops.letterbox(i[None], size) for i in images)]
+        height, width = (max(b.shape[axis] for b, _ in boxed) for axis in (2, 3))
+        batch = np.concatenate([detect.pad_to(b, height, width) for b, _ in boxed])
         scales = [scale for _, scale in boxed]
-        found = detect.decode(self.run("yunet", batch), (size, size), self.config.detection_score)
+        found = detect.decode(self.run("yunet", batch), (height, width), self.config.detection_score)
         results = []
         for image, faces, scale in zip(images, found, scales):
             faces = detect.rescale(faces, scale)

@@ -55,19 +55,36 @@ def _nms(rows: np.ndarray, score_threshold: float, nms_threshold: float, top_k: 
     return rows[keep].astype(np.float32)
 
 
-def letterbox(frames_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """Scale frames so the longer side is `size`, pad bottom/right to a size x size square.
+def canvas(height: int, width: int) -> tuple[int, int]:
+    """The detector input that holds an image of this size: each side rounded up to YuNet's
+    coarsest stride. A square would spend a third of its cells on padding for a 3:2 clip."""
+    coarse = STRIDES[-1]
+    return -(-height // coarse) * coarse, -(-width // coarse) * coarse
 
-    A fixed square lets frames of different requests share one detector batch. Returns the
-    float32 NCHW batch and the scale (original = detected / scale).
+
+def letterbox(frames_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Scale frames so the longer side is `size`, pad bottom/right to the `canvas` of the scaled
+    size. Frames of one clip share one shape; the batcher merges calls of the same shape.
+    Returns the float32 NCHW batch and the scale (original = detected / scale).
     """
     n, h, w, _ = frames_bgr.shape
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    batch = np.zeros((n, size, size, 3), np.uint8)
+    batch = np.zeros((n, *canvas(nh, nw), 3), np.uint8)
     for i in range(n):
         batch[i, :nh, :nw] = cv2.resize(frames_bgr[i], (nw, nh), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32), scale
+
+
+def pad_to(batch: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An NCHW batch padded bottom/right with zeros to height x width (images of different
+    shapes in one detector call)."""
+    n, c, h, w = batch.shape
+    if (h, w) == (height, width):
+        return batch
+    out = np.zeros((n, c, height, width), batch.dtype)
+    out[:, :, :h, :w] = batch
+    return out
 
 
 def rescale(faces: np.ndarray, scale: float) -> np.ndarray:
