@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The smallest long side frames may be scaled to: the video detector's input (320 x 320).
+# The smallest long side frames may be scaled to: the video detector's input (320 on the longer side).
 MIN_FRAME_SIDE = 320
 # Larger images (ID photos, photos to compare) are refused; `Settings.max_image_pixels`.
 MAX_IMAGE_PIXELS = 40_000_000
