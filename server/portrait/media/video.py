@@ -36,6 +36,11 @@ _MP4_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"})
 # How much shorter than its header says a video may decode before we call it truncated
 # (plus one frame): audio and video tracks rarely end together.
 TRUNCATION_SLACK_S = 0.5
+# Demuxer options: read the stream parameters from the header and decode nothing to find
+# them. MP4/3GP, Matroska/WebM and AVI all state them there; FFmpeg's default probe decodes
+# the first frames again (70 ms of the 700 ms decode of a 3.7 s 720p clip) and the decode
+# that follows finds the same frames, times and rates on every clip of the test data.
+HEADER_ONLY = {"probesize": "32", "analyzeduration": "0"}
 # Slack when comparing a frame time with a sample time (float rounding of rational timestamps).
 _EPS = 1e-6
 # FFmpeg threads per decode. Each frame thread holds a frame of the coded size, and left to
@@ -216,7 +221,7 @@ def open_video(data: bytes) -> Iterator[tuple[InputContainer, VideoStream]]:
     """
     demuxer = sniff_container(data)
     try:
-        container = av.open(io.BytesIO(data), format=demuxer)
+        container = av.open(io.BytesIO(data), format=demuxer, options=HEADER_ONLY)
     except av.FFmpegError as error:
         message = f"cannot read the {demuxer} container: {error}"
         raise MediaError("corrupt_media", message) from error
