@@ -23,6 +23,7 @@ import pytest
 from portrait.media import MediaError, Video, VideoLimits, decode_image, decode_video, decoder
 from portrait.media import image as image_module
 from portrait.media import video as video_module
+from portrait.media.limits import MIN_IMAGE_SIDE
 from portrait.media.video import EvenSampler
 
 # The shipped limits (what Settings builds by default); tests change one field at a time.
@@ -411,6 +412,22 @@ def test_real_exif_orientation_is_applied(testdata):
     assert decode_image(data).shape == (640, 480, 3)
 
 
+def test_large_jpegs_are_decoded_reduced_in_the_dct(testdata):
+    """A 36-megapixel phone photo comes out at a quarter of its sides, close to the
+    full decode scaled down by area; a PNG of the same size comes out whole."""
+    data = (testdata / "images/compreface/001_A.jpg").read_bytes()  # 4912x7360
+    assert image_module.image_size(data) == (4912, 7360)
+    assert image_module.reduction_for(data, 4912, 7360) == 4
+    image = decode_image(data)
+    assert image.shape == (1840, 1228, 3)
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    scaled = cv2.resize(full, (1228, 1840), interpolation=cv2.INTER_AREA)
+    assert np.abs(image.astype(np.int16) - scaled).mean() < 2
+    for side, expected in ((MIN_IMAGE_SIDE * 2 - 1, 1), (MIN_IMAGE_SIDE * 2, 2), (MIN_IMAGE_SIDE * 8, 8), (MIN_IMAGE_SIDE * 99, 8)):
+        assert image_module.reduction_for(data, side, 10) == expected
+    assert image_module.reduction_for(cv2.imencode(".png", full[:8, :8])[1].tobytes(), 7360, 4912) == 1
+
+
 def test_png_channels_are_bgr():
     rgb_red = np.zeros((4, 4, 3), np.uint8)
     rgb_red[..., 2] = 255  # red, in OpenCV's BGR order
@@ -523,6 +540,10 @@ def test_dali_image_matches_opencv(dali, testdata):
     data = (testdata / "images/deepface/img1.jpg").read_bytes()
     ours, theirs = decode_image(data), dali.image(data)
     assert theirs.shape == ours.shape and theirs.dtype == np.uint8
+    assert np.abs(theirs.astype(np.int16) - ours).mean() < DALI_TOLERANCE
+    phone = (testdata / "images/compreface/004_A.jpg").read_bytes()  # 4032x3024: reduced to half
+    ours, theirs = decode_image(phone), dali.image(phone)
+    assert theirs.shape == ours.shape == (2016, 1512, 3)
     assert np.abs(theirs.astype(np.int16) - ours).mean() < DALI_TOLERANCE
     rotated = dali.image(jpeg_with_orientation(marker_frames(1, 32, 64)[0], 6))
     assert rotated.shape == (64, 32, 3) and white_quadrant(rotated) == "tr"

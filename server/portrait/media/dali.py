@@ -18,7 +18,7 @@ from av.video.stream import VideoStream
 from nvidia.dali.types import DALIImageType
 
 from portrait.media.errors import MediaError
-from portrait.media.image import check_image_size
+from portrait.media.image import check_image_size, reduction_for
 from portrait.media.limits import MAX_IMAGE_PIXELS, VideoLimits
 from portrait.media.video import (
     EvenSampler,
@@ -41,13 +41,17 @@ DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 
 
 def decode_image_dali(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Like decode_image (uint8 BGR, EXIF orientation applied, size checked first), with DALI."""
-    check_image_size(data, max_pixels)
+    """Like decode_image (uint8 BGR, EXIF orientation applied, size checked first, a large JPEG
+    reduced to the same size, here by area averaging after the decode), with DALI."""
+    reduction = reduction_for(data, *check_image_size(data, max_pixels))
     try:
-        image = ndd.decoders.image(_tensor(data), device="cpu", output_type=DALIImageType.BGR)
-        return np.asarray(image)
+        image = np.asarray(ndd.decoders.image(_tensor(data), device="cpu", output_type=DALIImageType.BGR))
     except RuntimeError as error:
         raise MediaError("corrupt_media", "image does not decode") from error
+    if reduction == 1:
+        return image
+    height, width = image.shape[:2]
+    return cv2.resize(image, (-(-width // reduction), -(-height // reduction)), interpolation=cv2.INTER_AREA)
 
 
 def decode_video_dali(data: bytes, limits: VideoLimits) -> Video:

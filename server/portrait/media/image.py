@@ -8,10 +8,15 @@ import cv2
 import numpy as np
 
 from portrait.media.errors import MediaError
-from portrait.media.limits import MAX_IMAGE_PIXELS
+from portrait.media.limits import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 
 # JPEG start-of-frame markers (SOF0..SOF15 less DHT, JPG and DAC): they carry the image size.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# cv2.imdecode flags by JPEG reduction: libjpeg scales in the inverse DCT, so a 36-megapixel
+# phone photo costs the time and memory of a 2-megapixel one.
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+_JPEG_MAGIC = b"\xff\xd8\xff"
 # JPEG markers without a length field.
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
@@ -21,16 +26,25 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
 
     BGR because OpenCV and the face detector work in BGR. The size is read from the header
     and checked first, so a decompression bomb is refused before anything is allocated.
-    Grayscale, alpha and 16-bit images come out as 8-bit BGR (alpha is dropped).
+    Grayscale, alpha and 16-bit images come out as 8-bit BGR (alpha is dropped). A large
+    JPEG comes out reduced (`reduction_for`).
     """
-    check_image_size(data, max_pixels)
+    reduction = reduction_for(data, *check_image_size(data, max_pixels))
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
     except cv2.error as error:
         raise MediaError("corrupt_media", f"image does not decode: {error}") from error
     if image is None:
         raise MediaError("corrupt_media", "image does not decode")
     return image
+
+
+def reduction_for(data: bytes, width: int, height: int, min_side: int = MIN_IMAGE_SIDE) -> int:
+    """A JPEG's reduction: the largest of 1, 2, 4 and 8 that leaves the longer side at least
+    min_side. Other formats are decoded whole (1)."""
+    if not data.startswith(_JPEG_MAGIC):
+        return 1
+    return max(r for r in _REDUCED if r == 1 or max(width, height) // r >= min_side)
 
 
 def check_image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
@@ -47,7 +61,7 @@ def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) as stored, from the file header alone (no pixel is decoded)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return _png_size(data)
-    if data.startswith(b"\xff\xd8\xff"):
+    if data.startswith(_JPEG_MAGIC):
         return _jpeg_size(data)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return _webp_size(data)
