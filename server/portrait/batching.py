@@ -4,11 +4,13 @@ Many requests run the synchronous pipeline at once, each in its own worker threa
 calls `backend.infer(model, batch)` with a handful of rows. `BatchingBackend` wraps the real
 backend and turns those small calls into few large ones:
 
-- one bounded queue and one worker thread per model (started on the model's first call);
+- one bounded queue per model and `concurrency` worker threads for it (started on the model's
+  first call), so that as many calls of one model run at once as the backend can run side by
+  side (OpenVINO runs one call per stream; a single worker left a core idle);
 - `infer` splits the caller's batch into queue items of at most `max_batch` rows, enqueues them
   and blocks on one `concurrent.futures.Future` per item, then returns exactly its own rows (the
   items of an oversized batch are reassembled in order);
-- the worker waits until `max_batch` rows of one kind are queued or `max_delay_ms` has passed
+- a worker waits until `max_batch` rows of one kind are queued or `max_delay_ms` has passed
   since the oldest queued item, takes the oldest item and the queued items of the same kind
   (same trailing shape and dtype; others wait for a later batch) up to `max_batch` rows,
   concatenates them, makes ONE call on the wrapped backend, splits every output back by rows
@@ -118,10 +120,13 @@ class BatchPolicy:
     max_batch: int
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS
     max_queue_rows: int | None = None  # None: DEFAULT_QUEUE_BATCHES * max_batch
+    concurrency: int = 1  # wrapped calls of this model in flight at once (worker threads)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {self.max_batch}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, not {self.concurrency}")
         if self.max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must be >= 0, not {self.max_delay_ms}")
         if self.max_queue_rows is None:
@@ -193,7 +198,7 @@ class _ModelQueue:
         self.items: deque[_Item] = deque()  # may hold items their callers withdrew (future cancelled)
         self.rows = 0  # rows of live (not withdrawn) items
         self.rows_by_key: dict[tuple, int] = {}
-        self.running = False  # a batch is in the wrapped backend
+        self.running = 0  # batches in the wrapped backend
         self.closed = False
         self.call_seconds: float | None = None  # moving average of one wrapped call
         self.batches = 0
@@ -201,16 +206,19 @@ class _ModelQueue:
         self.total_items = 0
         self.max_rows = 0
         self.drops: dict[str, int] = {}
-        self.thread = threading.Thread(target=self._run, name=f"batcher-{model}", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name=f"batcher-{model}-{i}", daemon=True)
+                        for i in range(policy.concurrency)]
+        for thread in self.threads:
+            thread.start()
 
     # -- caller side (lock held by the caller of these helpers where noted) --
 
     def retry_after(self, extra_rows: int) -> float:
         """Seconds until the queue has probably room for `extra_rows` more rows. Lock held."""
-        batches = math.ceil((self.rows + extra_rows) / self.policy.max_batch) + (1 if self.running else 0)
+        batches = math.ceil((self.rows + extra_rows) / self.policy.max_batch)
+        waves = math.ceil(batches / self.policy.concurrency) + (1 if self.running else 0)
         per_batch = self.call_seconds if self.call_seconds is not None else max(self.delay_s, 0.01)
-        return max(batches * per_batch, 0.01)
+        return max(waves * per_batch, 0.01)
 
     def enqueue(self, parts: list[np.ndarray], deadline: float | None,
                 cancelled: Callable[[], bool] | None) -> list[_Item]:
@@ -265,7 +273,9 @@ class _ModelQueue:
                 batch, dropped = self._wait_and_take()
                 if batch is None:
                     return
-                self.running = bool(batch)
+                self.running += bool(batch)
+                if self.items:
+                    self.work.notify()  # another worker may take the next batch now
                 self.owner._observe("queue_depth", self.model, self.rows)
             for item, reason in dropped:
                 error = DeadlineExceeded(self.model) if reason == "deadline" else Cancelled(self.model)
@@ -276,8 +286,8 @@ class _ModelQueue:
                     self._execute(batch)
                 finally:
                     with self.lock:
-                        self.running = False
-                        if self.rows == 0:
+                        self.running -= 1
+                        if self.rows == 0 and not self.running:
                             self.idle.notify_all()
 
     def _wait_and_take(self) -> tuple[list[_Item] | None, list[tuple[_Item, str]]]:
@@ -408,6 +418,7 @@ class _ModelQueue:
                 "queued_rows": self.rows,
                 "dropped": dict(self.drops),
                 "max_batch": self.policy.max_batch,
+                "concurrency": self.policy.concurrency,
             }
 
 
@@ -520,8 +531,9 @@ class BatchingBackend:
                 self._dropped(queue, "closed")
         until = time.monotonic() + timeout_s
         for queue in queues:
-            queue.thread.join(max(0.0, until - time.monotonic()))
-            if queue.thread.is_alive():
+            for thread in queue.threads:
+                thread.join(max(0.0, until - time.monotonic()))
+            if any(thread.is_alive() for thread in queue.threads):
                 log.warning("batcher worker for %s still in a model call after %.1f s", queue.model, timeout_s)
         self.inner.close()
 
@@ -550,7 +562,7 @@ class BatchingBackend:
         if self.default is not None:
             if spec is not None and self.default.max_batch > spec.max_batch_size:
                 return BatchPolicy(spec.max_batch_size, self.default.max_delay_ms,
-                                   max(self.default.max_queue_rows, spec.max_batch_size))
+                                   max(self.default.max_queue_rows, spec.max_batch_size), self.default.concurrency)
             return self.default
         if spec is None:
             raise KeyError(f"unknown model {model!r}: no batch policy and no spec")

@@ -378,7 +378,7 @@ def run(workload: Workload, levels: list[int], per_level: int, modes: list[str],
         s["x_plain"] = round(s["verifications_per_s"] / plain["verifications_per_s"], 2) if plain else None
     return {"machine": machine(), "workload": {"id_image": str(workload.id_image), "video": str(workload.video)},
             "runtime": settings.runtime, "inference_threads": settings.inference_threads,
-            "workers": settings.workers, "rows": summaries}
+            "model_calls": settings.concurrent_model_calls(), "workers": settings.workers, "rows": summaries}
 
 
 def table(report: dict) -> str:
@@ -386,7 +386,7 @@ def table(report: dict) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average']}",
              f"workload: {report['workload']['id_image']} + {report['workload']['video']}",
              f"runtime {report['runtime']}, inference threads {report['inference_threads']}, "
-             f"service workers {report['workers']}",
+             f"calls of one model at once {report['model_calls']}, service workers {report['workers']}",
              "",
              "| mode | conc | requests | verif/s | x plain | p50 ms | p95 ms | p99 ms | CPU s/verif | "
              "rows/call yunet, facemesh, iris, pad, sface, dlib | decisions |",

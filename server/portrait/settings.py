@@ -4,6 +4,7 @@ refused before anything is built (`settings_error` turns a refusal into one line
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -41,6 +42,19 @@ class Settings(BaseSettings):
                                    "0 lets the runtime choose (all cores). One thread per call, with the "
                                    "models' batchers and the pipeline workers running side by side, cost the "
                                    "least CPU per verification (benchmarks/bench_threads.py).")
+    model_calls: int = Field(default=0, ge=0, description="Calls of one model running at once: the batcher's "
+                             "workers per model and OpenVINO's streams. 0: the cores this process may use "
+                             "divided by INFERENCE_THREADS (1 when that is 0). One call at a time left a core "
+                             "of two idle at concurrency 4 (OpenVINO runs one call per stream).")
+
+    def concurrent_model_calls(self) -> int:
+        """`model_calls`, with 0 resolved against this machine."""
+        if self.model_calls:
+            return self.model_calls
+        if self.inference_threads == 0:
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // self.inference_threads)
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
@@ -63,7 +77,8 @@ class Settings(BaseSettings):
     video_fps: float = Field(default=VideoLimits.target_fps, gt=0, le=60, description="Frames sampled per second of video.")
     video_detect_every: int = Field(default=1, ge=1, description="The detector sees every n-th sampled frame; "
                                     "FaceMesh follows the face between (1: detect on every frame). 4 saves "
-                                    "about 0.4 CPU s per verification but moves blink events on the dev clips.")
+                                    "about 0.3 CPU s per verification but changes the observed actions on 6 of "
+                                    "the 11 dev clips (README, Performance).")
     video_max_frames: int = Field(default=VideoLimits.max_frames, ge=2, le=1000, description="Frames kept per video at most.")
     video_max_seconds: float = Field(default=VideoLimits.max_duration_s, gt=0, le=600, description="Longer videos are refused.")
     video_max_side: int = Field(default=VideoLimits.max_side, ge=0, description="Kept frames are scaled down while "

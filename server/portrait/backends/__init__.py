@@ -56,7 +56,7 @@ class EmbeddedBackend:
     name = "embedded"
 
     def __init__(self, repository, runtimes: dict[str, str], threads: int = 0,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, streams: int = 1) -> None:
         self.runtimes = {m: runtimes[m] for m in models or runtimes}
         by_runtime: dict[str, list[str]] = {}
         for model, runtime in self.runtimes.items():
@@ -66,7 +66,7 @@ class EmbeddedBackend:
             if runtime == "openvino":
                 from portrait.backends.openvino import OpenVinoBackend
 
-                backend: InferenceBackend = OpenVinoBackend(repository, models, threads)
+                backend: InferenceBackend = OpenVinoBackend(repository, models, threads, streams)
             else:
                 from portrait.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -103,6 +103,6 @@ def backend_from_settings(settings) -> InferenceBackend:
         memory = "cuda" if settings.frames == "gpu" else "system"
         return create_backend("triton", url=settings.triton_url, shared_memory=memory)
     backend = create_backend("embedded", repository=settings.model_repository, runtime=settings.runtime,
-                             threads=settings.inference_threads)
+                             threads=settings.inference_threads, streams=settings.concurrent_model_calls())
     log.info("embedded runtimes: %s", ", ".join(f"{m}={r}" for m, r in backend.runtimes.items()))
     return backend

@@ -8,7 +8,8 @@ calibrated thresholds were measured on fp32 scores.
 
 A compiled model is shared; an infer request is not thread-safe, so each call borrows one
 from a small pool and returns it, which keeps concurrent pipeline workers apart without a
-lock around the inference itself.
+lock around the inference itself. Calls run side by side only up to the compiled model's
+streams (`PORTRAIT_MODEL_CALLS`); past them OpenVINO queues them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ from portrait.modelrepo.repository import ModelRecord, model_path, verified_mode
 from portrait.modelrepo.specs import BY_NAME
 
 
-def compile_model(core: ov.Core, path: Path, threads: int) -> ov.CompiledModel:
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+def compile_model(core: ov.Core, path: Path, threads: int, streams: int = 1) -> ov.CompiledModel:
+    """`streams` calls run at once, each on `threads` threads (0: the runtime's choice). One
+    stream runs one call at a time, however many threads call it."""
+    config: dict = {"INFERENCE_PRECISION_HINT": "f32"}
+    if streams > 1:
+        config["NUM_STREAMS"] = streams
+    else:
+        config["PERFORMANCE_HINT"] = "LATENCY"
     if threads > 0:
-        config["INFERENCE_NUM_THREADS"] = threads
+        config["INFERENCE_NUM_THREADS"] = threads * streams
     return core.compile_model(core.read_model(str(path)), "CPU", config)
 
 
@@ -47,11 +54,12 @@ def _output_names(compiled: ov.CompiledModel, wanted) -> list[str]:
 class OpenVinoBackend:
     name = "openvino"
 
-    def __init__(self, repository: Path, models: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(self, repository: Path, models: list[str] | None = None, threads: int = 0, streams: int = 1) -> None:
         names = models or list(BY_NAME)
         self.records: dict[str, ModelRecord] = verified_models(Path(repository), names)
         core = ov.Core()
-        self._compiled = {name: compile_model(core, model_path(Path(repository), name), threads) for name in names}
+        self._compiled = {name: compile_model(core, model_path(Path(repository), name), threads, streams)
+                          for name in names}
         self._outputs = {name: _output_names(c, BY_NAME[name].outputs) for name, c in self._compiled.items()}
         self._requests: dict[str, queue.SimpleQueue[ov.InferRequest]] = {n: queue.SimpleQueue() for n in names}
 

@@ -158,5 +158,6 @@ def _policies(settings: Settings) -> dict[str, BatchPolicy]:
         rows = min(spec.max_batch_size, settings.batch_max_rows or spec.max_batch_size)
         per_request = 2 * (settings.video_max_frames + 1)
         policies[name] = BatchPolicy(max_batch=rows, max_delay_ms=settings.batch_max_delay_ms,
-                                     max_queue_rows=max(8 * spec.max_batch_size, settings.workers * per_request))
+                                     max_queue_rows=max(8 * spec.max_batch_size, settings.workers * per_request),
+                                     concurrency=settings.concurrent_model_calls())
     return policies
