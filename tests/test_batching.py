@@ -346,6 +346,29 @@ def test_full_batch_does_not_wait_for_max_delay(fake):
         batcher.close()
 
 
+def test_concurrency_runs_that_many_calls_of_one_model_at_once(fake, pool):
+    """With two workers a second batch starts while the first is held in the wrapped backend;
+    a third waits for one of them; drain waits for both."""
+    batcher = BatchingBackend(fake, {MODEL: BatchPolicy(2, 0.0, concurrency=2)})
+    try:
+        held = plug(batcher, fake, pool)
+        second = pool.submit(batcher.infer, MODEL, rows(2.0, 2))
+        wait_until(lambda: len(fake.calls) == 2)  # started beside the held call
+        third = pool.submit(batcher.infer, MODEL, rows(3.0, 2))
+        wait_until(lambda: queued(batcher) == 2)
+        time.sleep(0.05)
+        assert len(fake.calls) == 2 and not batcher.drain(0.05)
+        fake.gate.set()
+        for future, value, n in ((held, -1.0, 1), (second, 2.0, 2), (third, 3.0, 2)):
+            assert_outputs(future.result(10), rows(value, n))
+        assert batcher.drain(5.0) and fake.sizes() == [1, 2, 2]
+        assert batcher.stats()[MODEL]["concurrency"] == 2
+    finally:
+        batcher.close()
+    with pytest.raises(ValueError):
+        BatchPolicy(2, concurrency=0)
+
+
 def test_close_fails_queued_calls_and_finishes_running_ones(fake, pool):
     batcher = make(fake, max_batch=8)
     held = plug(batcher, fake, pool)

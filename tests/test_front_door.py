@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from portrait import settings as settings_module
 from portrait.security.tokens import _MESSAGES as TOKEN_CODES
 from portrait.service.app import AccessMiddleware
 from portrait.service.inference import FairWorkers
@@ -120,6 +122,24 @@ def test_default_settings_are_valid_and_the_tenant_cap_is_below_admission() -> N
     settings = Settings()
     assert settings.max_in_flight_per_tenant < settings.workers + settings.max_waiting
     assert Settings(decoder="gpu", frames="gpu").decoder == "gpu"  # the GPU itself is checked at start
+
+
+def test_model_calls_follow_the_cores_and_threads(monkeypatch, tmp_path) -> None:
+    """One call per usable core at one thread a call (a container's CPU quota caps the cores);
+    a set value wins; the runtime's own thread choice (0) and Triton get one call at a time."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(6)))
+    real = settings_module.usable_cores
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: real(tmp_path / "none"))  # no quota file
+    assert Settings().concurrent_model_calls() == 6
+    assert Settings(inference_threads=2).concurrent_model_calls() == 3
+    assert Settings(inference_threads=4).concurrent_model_calls() == 1
+    assert Settings(inference_threads=0).concurrent_model_calls() == 1
+    assert Settings(backend="triton").concurrent_model_calls() == 1
+    assert Settings(model_calls=3, inference_threads=0).concurrent_model_calls() == 3
+    quota = tmp_path / "cpu.max"
+    for text, cores in (("250000 100000\n", 3), ("max 100000\n", 6), ("50000 100000\n", 1), ("900000 100000", 6)):
+        quota.write_text(text)
+        assert real(quota) == cores
 
 
 # The log line of a 500 ----------------------------------------------------------------

@@ -20,6 +20,19 @@ def _default_mirror() -> Path | None:
     return candidate.resolve() if candidate.is_dir() else None
 
 
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by the cgroup's CPU quota (a
+    container's CPU limit, which affinity does not show)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, -(-int(quota) // int(period))))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PORTRAIT_", extra="ignore")
 
@@ -43,18 +56,18 @@ class Settings(BaseSettings):
                                    "models' batchers and the pipeline workers running side by side, cost the "
                                    "least CPU per verification (benchmarks/bench_threads.py).")
     model_calls: int = Field(default=0, ge=0, description="Calls of one model running at once: the batcher's "
-                             "workers per model and OpenVINO's streams. 0: the cores this process may use "
-                             "divided by INFERENCE_THREADS (1 when that is 0). One call at a time left a core "
-                             "of two idle at concurrency 4 (OpenVINO runs one call per stream).")
+                             "workers per model and OpenVINO's streams. 0: with the embedded backend, the "
+                             "cores this process may use divided by INFERENCE_THREADS (1 when that is 0); "
+                             "with Triton, 1 (fewer, larger batches). One call at a time left a core of two "
+                             "idle at concurrency 4 (OpenVINO runs one call per stream).")
 
     def concurrent_model_calls(self) -> int:
-        """`model_calls`, with 0 resolved against this machine."""
+        """`model_calls`, with 0 resolved against the backend and this machine."""
         if self.model_calls:
             return self.model_calls
-        if self.inference_threads == 0:
+        if self.backend == "triton" or self.inference_threads == 0:
             return 1
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores // self.inference_threads)
+        return max(1, usable_cores() // self.inference_threads)
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
