@@ -125,21 +125,25 @@ def test_default_settings_are_valid_and_the_tenant_cap_is_below_admission() -> N
 
 
 def test_model_calls_follow_the_cores_and_threads(monkeypatch, tmp_path) -> None:
-    """One call per usable core at one thread a call (a container's CPU quota caps the cores);
-    a set value wins; the runtime's own thread choice (0) and Triton get one call at a time."""
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(6)))
+    """One call per usable core at one thread a call (a container's CPU quota caps the cores),
+    at most the cap; a set value wins; the runtime's own thread choice (0) and Triton get one
+    call at a time."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(3)))
     real = settings_module.usable_cores
     monkeypatch.setattr(settings_module, "usable_cores", lambda: real(tmp_path / "none"))  # no quota file
-    assert Settings().concurrent_model_calls() == 6
-    assert Settings(inference_threads=2).concurrent_model_calls() == 3
+    assert Settings().concurrent_model_calls() == 3
+    assert Settings(inference_threads=2).concurrent_model_calls() == 1
     assert Settings(inference_threads=4).concurrent_model_calls() == 1
     assert Settings(inference_threads=0).concurrent_model_calls() == 1
     assert Settings(backend="triton").concurrent_model_calls() == 1
     assert Settings(model_calls=3, inference_threads=0).concurrent_model_calls() == 3
     quota = tmp_path / "cpu.max"
-    for text, cores in (("250000 100000\n", 3), ("max 100000\n", 6), ("50000 100000\n", 1), ("900000 100000", 6)):
+    for text, cores in (("150000 100000\n", 2), ("max 100000\n", 3), ("50000 100000\n", 1), ("900000 100000", 3)):
         quota.write_text(text)
         assert real(quota) == cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)))
+    assert Settings().concurrent_model_calls() == settings_module.DEFAULT_MODEL_CALLS_CAP
+    assert Settings(model_calls=8).concurrent_model_calls() == 8
 
 
 # The log line of a 500 ----------------------------------------------------------------

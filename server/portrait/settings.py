@@ -20,6 +20,12 @@ def _default_mirror() -> Path | None:
     return candidate.resolve() if candidate.is_dir() else None
 
 
+# The most calls of one model the default lets run at once: the second cost 0.5 GiB of
+# resident memory on the 2-core bench machine, and past four the other models' calls keep
+# the cores busy anyway.
+DEFAULT_MODEL_CALLS_CAP = 4
+
+
 def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The cores this process may use: its CPU affinity, capped by the cgroup's CPU quota (a
     container's CPU limit, which affinity does not show)."""
@@ -57,9 +63,10 @@ class Settings(BaseSettings):
                                    "least CPU per verification (benchmarks/bench_threads.py).")
     model_calls: int = Field(default=0, ge=0, description="Calls of one model running at once: the batcher's "
                              "workers per model and OpenVINO's streams. 0: with the embedded backend, the "
-                             "cores this process may use divided by INFERENCE_THREADS (1 when that is 0); "
-                             "with Triton, 1 (fewer, larger batches). One call at a time left a core of two "
-                             "idle at concurrency 4 (OpenVINO runs one call per stream).")
+                             "cores this process may use divided by INFERENCE_THREADS (1 when that is 0), at "
+                             f"most {DEFAULT_MODEL_CALLS_CAP}; with Triton, 1 (fewer, larger batches). One call at "
+                             "a time left a core of two idle at concurrency 4 (OpenVINO runs one call per "
+                             "stream); each call running at once holds its own buffers (README, Memory).")
 
     def concurrent_model_calls(self) -> int:
         """`model_calls`, with 0 resolved against the backend and this machine."""
@@ -67,7 +74,7 @@ class Settings(BaseSettings):
             return self.model_calls
         if self.backend == "triton" or self.inference_threads == 0:
             return 1
-        return max(1, usable_cores() // self.inference_threads)
+        return max(1, min(DEFAULT_MODEL_CALLS_CAP, usable_cores() // self.inference_threads))
 
     @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
     @classmethod
