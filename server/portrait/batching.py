@@ -273,7 +273,8 @@ class _ModelQueue:
                 batch, dropped = self._wait_and_take()
                 if batch is None:
                     return
-                self.running += bool(batch)
+                if batch:
+                    self.running += 1
                 if self.items:
                     self.work.notify()  # another worker may take the next batch now
                 self.owner._observe("queue_depth", self.model, self.rows)

@@ -126,11 +126,11 @@ class InProcess:
         from portrait.batching import BatchingBackend
         from portrait.media import decoder
         from portrait.pipeline import Pipeline, PipelineConfig
-        from portrait.service.inference import _policies
+        from portrait.service.inference import batch_policies
 
         self.settings = settings
         self.observer = _Rows()
-        self.batcher = BatchingBackend(backend_from_settings(settings), _policies(settings), observer=self.observer)
+        self.batcher = BatchingBackend(backend_from_settings(settings), batch_policies(settings), observer=self.observer)
         self.pipeline = Pipeline(self.batcher, PipelineConfig(detect_every=settings.video_detect_every))
         self.decode = decoder(settings.decoder)
 

@@ -29,7 +29,7 @@ IMAGE_BATCH = 16  # images decoded and detected together; bounds memory on big s
 
 REFUSALS = ("no_face", "multiple_faces")  # the service answers these with `retry`
 # The detector MiniFASNet's crops are defined by (Silent-Face's RetinaFace, Caffe), from the
-# model mirror. Only `calibrate --for pad` runs it, to fit the YuNet -> PAD box map.
+# model mirror. Only `calibrate --liveness` runs it, to fit the YuNet -> PAD box map.
 PAD_DETECTOR = {"RetinaFace_PAD.prototxt": "9fe2f141b4baee039ed9442da2833e216af40a6ff3e639e7b39258812bcda808",
                 "RetinaFace_PAD.caffemodel": "d08338a2c207df16a9c566f767fea67fb43ba6fff76ce11e938fe3fabefb9402"}
 CALIBRATION_MAX_SECONDS = 30.0  # dev clips up to this long count in calibration (frames stay capped)

@@ -241,9 +241,11 @@ class Pipeline:
             kept = np.flatnonzero(present)
             matrices, points, presence = self.face_mesh(frames[kept], faces[kept])
             follow = ~detected[kept]
-            fit = keyframes.fit_to_detector(keyframes.mesh_rows(keyframes.frame_points(points[~follow], matrices[~follow])),
-                                            faces[kept[~follow]])
             lost = kept[(presence < keyframes.PRESENT) & follow]
+        if follow.any():  # with the detector on every frame (the default) nothing is followed
+            with timings.stage("track"):
+                key_mesh = keyframes.mesh_rows(keyframes.frame_points(points[~follow], matrices[~follow]))
+                fit = keyframes.fit_to_detector(key_mesh, faces[kept[~follow]])
         if len(lost):
             with timings.stage("detect"):
                 found = self.detect(frames[lost], size)

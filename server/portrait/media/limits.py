@@ -14,8 +14,8 @@ MIN_FRAME_SIDE = 320
 # Larger images (ID photos, photos to compare) are refused; `Settings.max_image_pixels`.
 MAX_IMAGE_PIXELS = 40_000_000
 # JPEG photos are decoded at 1/2, 1/4 or 1/8 of their size (in the DCT, before any pixel
-# exists), as small as keeps this longer side: a face of an eighth of the photo's width is
-# still twice the largest crop taken of it (dlib's 150 pixels).
+# exists), as small as keeps this longer side: a face an eighth of that side keeps 200
+# pixels, above the largest crop taken of it (dlib's 150).
 MIN_IMAGE_SIDE = 1600
 
 

@@ -118,7 +118,7 @@ class Inference:
         self.settings = settings
         self.decode = decoder(settings.decoder)
         self.inner = backend or backend_from_settings(settings)
-        self.batcher = BatchingBackend(self.inner, _policies(settings), observer=BatcherObserver(metrics))
+        self.batcher = BatchingBackend(self.inner, batch_policies(settings), observer=BatcherObserver(metrics))
         self.config = PipelineConfig(detect_every=settings.video_detect_every)
         # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
         self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
@@ -149,7 +149,7 @@ class Inference:
         self.batcher.close()
 
 
-def _policies(settings: Settings) -> dict[str, BatchPolicy]:
+def batch_policies(settings: Settings) -> dict[str, BatchPolicy]:
     """Queues hold what every worker may submit at once (two eye crops per frame): queued
     items are views of arrays the requests already hold, so the bound on memory is the
     number of workers, and a queue fills only when work is piling up behind the model."""

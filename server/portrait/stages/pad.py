@@ -6,7 +6,7 @@ fits, then resized to 80x80 BGR. The two softmaxes are averaged; class 1 is live
 
 The models were trained on boxes from the project's own RetinaFace detector, which are
 wider, shorter and lower than YuNet's; a YuNet box is mapped to that geometry first
-(`BoxMap`, fitted by `portrait calibrate --for pad` and kept in the calibration record).
+(`BoxMap`, fitted by `portrait calibrate --liveness` and kept in the calibration record).
 One frame's score is noisy, so a clip's score is the median over frames spread in time.
 """
 
