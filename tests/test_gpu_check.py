@@ -1,10 +1,13 @@
-"""The GPU check's ONNX-to-PyTorch conversion, on CPU: every built model, converted, gives
-what ONNX Runtime gives on the same input (so GPU figures are for the real models), and the
-script refuses to run without a GPU unless asked for the CPU smoke test."""
+"""The GPU scripts on CPU: every built model, converted to PyTorch, gives what ONNX Runtime
+gives on the same input (so GPU figures are for the real models); the whole-verification
+benchmark's GPU path gives the default path's answer; both scripts refuse to run without a
+GPU unless asked for the CPU smoke test."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,5 +51,35 @@ def test_refuses_to_run_without_a_gpu(model_repository):
         pytest.skip("a GPU is present")
     result = subprocess.run([sys.executable, str(SCRIPT), "--models", str(model_repository)],
                             capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "no CUDA device" in result.stderr and "--cpu" in result.stderr
+
+
+VERIFY = SCRIPT.with_name("gpu_verify.py")
+
+
+def test_gpu_verification_runs_the_whole_path(model_repository, testdata):
+    """The GPU benchmark's own path (kernels' PyTorch references, converted models, model
+    inputs kept as tensors through the batcher) run on the CPU gives the default path's
+    answer on the standard workload, and the script prints its table."""
+    command = [sys.executable, str(VERIFY), "--cpu", "--models", str(model_repository), "--levels", "1",
+               "--requests", "1", "--id-image", str(testdata / "images/compreface/004_A.jpg"),
+               "--video", str(testdata / "videos/replay_pair/real.mp4")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| gpu | 1 | 1/1 |" in result.stdout and "| in_process | 1 | 1/1 |" in result.stdout
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    gpu, cpu = report["answers"]["gpu"], report["answers"]["cpu"]
+    assert gpu["frames_with_face"] == cpu["frames_with_face"] > 0
+    assert (gpu["decision"], gpu["reasons"]) == (cpu["decision"], cpu["reasons"])
+    assert abs(gpu["match"] - cpu["match"]) < 0.1 and abs(gpu["passive"] - cpu["passive"]) < 0.05
+
+
+def test_gpu_verification_refuses_to_run_without_a_gpu(model_repository, testdata):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = subprocess.run([sys.executable, str(VERIFY), "--models", str(model_repository)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ,
+                                                                              "PORTRAIT_TESTDATA": str(testdata)})
     assert result.returncode != 0
     assert "no CUDA device" in result.stderr and "--cpu" in result.stderr

@@ -27,10 +27,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from portrait.settings import Settings
+
+if TYPE_CHECKING:
+    from portrait.backends.base import InferenceBackend
+    from portrait.frames import FrameOps
+    from portrait.media import Decoder
 
 KEY = "bench-key-0123456789abcdef"
 STAGES = ("decode", "detect", "track", "landmarks", "active_liveness", "quality", "passive_liveness", "embed")
@@ -119,9 +125,11 @@ class _Rows:
 
 class InProcess:
     """The service's engine without HTTP: the configured backend behind the cross-request
-    batcher, one thread per concurrent verification."""
+    batcher, one thread per concurrent verification. A GPU benchmark passes its own backend,
+    frame path and decoder (`benchmarks/gpu_verify.py`) and names its rows."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backend: InferenceBackend | None = None, frames: FrameOps | None = None,
+                 decode: Decoder | None = None, mode: str = "in_process") -> None:
         from portrait.backends import backend_from_settings
         from portrait.batching import BatchingBackend
         from portrait.media import decoder
@@ -129,14 +137,16 @@ class InProcess:
         from portrait.service.inference import batch_policies
 
         self.settings = settings
+        self.mode = mode
         self.observer = _Rows()
-        self.batcher = BatchingBackend(backend_from_settings(settings), batch_policies(settings), observer=self.observer)
-        self.pipeline = Pipeline(self.batcher, PipelineConfig(detect_every=settings.video_detect_every))
-        self.decode = decoder(settings.decoder)
+        inner = backend or backend_from_settings(settings)
+        self.batcher = BatchingBackend(inner, batch_policies(settings), observer=self.observer)
+        self.pipeline = Pipeline(self.batcher, PipelineConfig(detect_every=settings.video_detect_every), frames)
+        self.decode = decode or decoder(settings.decoder)
 
     def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, dict]:
-        from portrait.pipeline import Timings
         from portrait.challenge import ChallengeSpec
+        from portrait.pipeline import Timings
 
         timings = Timings()
         start = time.perf_counter()
@@ -155,7 +165,7 @@ class InProcess:
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu
         stages = {s: float(np.mean([a["timings_ms"].get(s, 0.0) for _, a in results])) for s in STAGES}
-        return Level("in_process", concurrency, [t for t, _ in results], wall, len(results), cpu, stages,
+        return Level(self.mode, concurrency, [t for t, _ in results], wall, len(results), cpu, stages,
                      self.observer.take(), _count(a["decision"] for _, a in results))
 
     def close(self) -> None:
