@@ -97,7 +97,8 @@ def missing() -> dict[str, str]:
     """What the full GPU path would use and this machine lacks, in words."""
     from portrait.media.dali_gpu import gpu_decode_unavailable
 
-    found = {"tensorrt": "TensorRT is not installed: the models run as PyTorch modules, not engines",
+    found = {"tensorrt": "TensorRT is not installed (its libraries are not on the reachable package index): "
+                         "the models run as PyTorch modules, not engines",
              "tritonclient": "Triton's client is not installed: no Triton server in this run"}
     report = {name: why for name, why in found.items() if importlib.util.find_spec(name) is None}
     decode = gpu_decode_unavailable()
@@ -142,8 +143,8 @@ def main() -> None:
     top = max(args.levels)
     # One model call at a time per model on the GPU (its own queue orders them); the batcher
     # holds rows for every client.
-    gpu_settings = Settings(workers=min(256, top), model_calls=1)
-    cpu_settings = Settings(workers=min(256, top))
+    gpu_settings = Settings(model_repository=args.models, workers=min(256, top), model_calls=1)
+    cpu_settings = Settings(model_repository=args.models, workers=min(256, top))
     gaps = {} if args.cpu else missing()
 
     engines: dict[str, bench.InProcess] = {}
