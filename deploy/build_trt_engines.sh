@@ -61,12 +61,14 @@ output=${output:-$repository}
 [ -d "$repository" ] || die "no model repository at $repository (run \`portrait models build\`)"
 
 # Shapes of the dimensions a config leaves dynamic (-1), per model/input: "MIN OPT MAX", each the
-# dynamic dims in order joined by "x". YuNet sees letterboxed squares: 320x320 for video frames
-# and 640x640 for still images (PipelineConfig.video_detector_size / image_detector_size in
-# server/portrait/pipeline.py). Keep this table in step with those sizes.
+# dynamic dims in order joined by "x". YuNet sees a canvas fitted to the letterboxed frame, each
+# side rounded up to its coarsest stride (server/portrait/stages/detect.py, canvas): 224x320 for
+# a 3:2 clip, 320x192 for a 9:16 one, up to 640x640 for still images
+# (PipelineConfig.video_detector_size / image_detector_size in server/portrait/pipeline.py), and
+# as little as 32 on the short side of a very wide frame. Keep this table in step with those.
 dynamic_dims() {
   case "$1/$2" in
-    yunet/input) echo "320x320 320x320 640x640" ;;
+    yunet/input) echo "32x32 320x320 640x640" ;;
     *) return 1 ;;
   esac
 }

@@ -25,7 +25,8 @@ class FrameOps(Protocol):
         ...
 
     def letterbox(self, frames: Any, size: int) -> tuple[Any, float]:
-        """Same-size BGR frames [N,H,W,3] -> detector input [N,3,size,size] and the scale."""
+        """Same-size BGR frames [N,H,W,3] -> detector input [N,3,H',W'] (the longer side scaled
+        to `size`, on the canvas `stages.detect.canvas` fits to it) and the scale."""
         ...
 
     def crops(self, frames: Any, frame_index: Sequence[int], matrices: np.ndarray, size: int) -> Any:
