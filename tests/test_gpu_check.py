@@ -72,7 +72,10 @@ def test_gpu_verification_runs_the_whole_path(model_repository, testdata):
     gpu, cpu = report["answers"]["gpu"], report["answers"]["cpu"]
     assert gpu["frames_with_face"] == cpu["frames_with_face"] > 0
     assert (gpu["decision"], gpu["reasons"]) == (cpu["decision"], cpu["reasons"])
-    assert abs(gpu["match"] - cpu["match"]) < 0.1 and abs(gpu["passive"] - cpu["passive"]) < 0.05
+    # The letterbox is OpenCV's bit for bit; the warp's float coordinates (OpenCV's are 1/32
+    # pixel) and the converted models' summation order leave about 0.002 on each score.
+    for score in ("match", "passive", "continuity"):
+        assert abs(gpu[score] - cpu[score]) < 0.01, (score, gpu[score], cpu[score])
 
 
 def test_gpu_verification_refuses_to_run_without_a_gpu(model_repository, testdata):
