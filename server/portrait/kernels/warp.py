@@ -1,18 +1,21 @@
 """Batched affine warp: every crop of a batch (112x112 aligned faces, 80x80 PAD crops,
 192x192 FaceMesh crops, 64x64 eye crops) in one Triton launch.
 
-Semantics are `cv2.warpAffine(frame, M, (size, size), flags=INTER_LINEAR,
-borderMode=BORDER_CONSTANT)`, the CPU path in `portrait.stages.align.warp`: `M` maps frame
-pixels to crop pixels, pixel centres sit on integer coordinates, and taps outside the frame
-read 0. OpenCV quantises source coordinates to 1/32 pixel and weights to 15 bits; this
-kernel uses float32 throughout, so on sharp edges the two differ by a level or two and on
-average by well under one.
+The result is `cv2.warpAffine(frame, M, (size, size), flags=INTER_LINEAR,
+borderMode=BORDER_CONSTANT)` bit for bit, the CPU path in `portrait.stages.align.warp`: `M`
+maps frame pixels to crop pixels, pixel centres sit on integer coordinates, taps outside the
+frame read 0, and OpenCV's fixed point is followed exactly (`fixed_point`): each crop pixel's
+source position in 1/32 pixel, from the inverted matrix scaled by 1024 and rounded per row
+and per column as OpenCV rounds it, and 15-bit bilinear weights. A float warp (as this kernel
+was) samples up to 1/32 pixel elsewhere, which on PAD crops shrunk 10x from a photo moved
+live scores by up to 0.009, as much as the calibrated threshold's margin on the dev data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -20,6 +23,9 @@ import triton.language as tl
 from portrait.kernels import Frames, PackedFrames, pack_frames, to_device
 
 BLOCK = 1024  # output pixels per program; each handles all three channels
+# OpenCV's constants: coordinates scaled by 2^10, kept to 2^5 steps a pixel, weights of 2^15.
+AB_SCALE = 1024
+INTER_BITS = 5
 
 
 def invert_affine(matrices: torch.Tensor) -> torch.Tensor:
@@ -35,32 +41,44 @@ def invert_affine(matrices: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([a11, a12, b1], 1), torch.stack([a21, a22, b2], 1)], 1)
 
 
+def fixed_point(inverse: np.ndarray, size: int) -> np.ndarray:
+    """[K,2,3] float64 crop-to-frame matrices -> int32 [K,4,size]: OpenCV's per-row offsets of
+    x and y (X0, Y0: rounding delta included) and per-column steps (adelta, bdelta), all in
+    1/1024 pixel. Crop pixel (x, y) reads frame position ((X0[y] + adelta[x]) >> 5) / 32."""
+    steps = np.arange(size, dtype=np.float64)
+    limit = np.iinfo(np.int32)
+    half_step = AB_SCALE >> INTER_BITS >> 1
+
+    def rounded(values: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(values), limit.min // 4, limit.max // 4)  # saturated, with room to add
+
+    rows_x = rounded((inverse[:, 0, 1, None] * steps + inverse[:, 0, 2, None]) * AB_SCALE) + half_step
+    rows_y = rounded((inverse[:, 1, 1, None] * steps + inverse[:, 1, 2, None]) * AB_SCALE) + half_step
+    cols_x = rounded(inverse[:, 0, 0, None] * steps * AB_SCALE)
+    cols_y = rounded(inverse[:, 1, 0, None] * steps * AB_SCALE)
+    return np.stack([rows_x, rows_y, cols_x, cols_y], 1).astype(np.int32)
+
+
 @triton.jit
-def _warp_kernel(src, offsets, heights, widths, frame_index, inverse, out,
-                 SIZE: tl.constexpr, TO_UINT8: tl.constexpr, BLOCK: tl.constexpr):
+def _warp_kernel(src, offsets, heights, widths, frame_index, steps, out, SIZE: tl.constexpr, BLOCK: tl.constexpr):
     crop = tl.program_id(0)
     pixel = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_square = pixel < SIZE * SIZE
-    x = (pixel % SIZE).to(tl.float32)
-    y = (pixel // SIZE).to(tl.float32)
+    x = pixel % SIZE
+    y = pixel // SIZE
 
     frame = tl.load(frame_index + crop)
     base = tl.load(offsets + frame)
     height = tl.load(heights + frame)
     width = tl.load(widths + frame)
-    m = inverse + crop * 6
-    sx = tl.load(m + 0) * x + tl.load(m + 1) * y + tl.load(m + 2)
-    sy = tl.load(m + 3) * x + tl.load(m + 4) * y + tl.load(m + 5)
-    # Far outside the frame every tap reads the border anyway; clamping keeps the integer
-    # conversion in range without changing the result.
-    sx = tl.minimum(tl.maximum(sx, -2.0), width.to(tl.float32) + 1.0)
-    sy = tl.minimum(tl.maximum(sy, -2.0), height.to(tl.float32) + 1.0)
-    fx = tl.floor(sx)
-    fy = tl.floor(sy)
-    wx = sx - fx
-    wy = sy - fy
-    x0 = fx.to(tl.int32)
-    y0 = fy.to(tl.int32)
+    table = steps + crop * 4 * SIZE
+    sx = (tl.load(table + y, mask=in_square, other=0) + tl.load(table + 2 * SIZE + x, mask=in_square, other=0)) >> 5
+    sy = (tl.load(table + SIZE + y, mask=in_square, other=0) + tl.load(table + 3 * SIZE + x, mask=in_square, other=0)) >> 5
+    fx = sx & 31
+    fy = sy & 31
+    # Far outside the frame every tap reads the border anyway; clamping keeps addresses sane.
+    x0 = tl.minimum(tl.maximum(sx >> 5, -2), width + 1)
+    y0 = tl.minimum(tl.maximum(sy >> 5, -2), height + 1)
     x1 = x0 + 1
     y1 = y0 + 1
     ok_x0 = (x0 >= 0) & (x0 < width)
@@ -71,67 +89,69 @@ def _warp_kernel(src, offsets, heights, widths, frame_index, inverse, out,
     row1 = base + y1.to(tl.int64) * width * 3
     col0 = x0.to(tl.int64) * 3
     col1 = x1.to(tl.int64) * 3
+    # OpenCV's 15-bit bilinear weights: (1 - fy/32)(1 - fx/32) * 2^15 and so on, exact integers.
+    w00 = (32 - fy) * (32 - fx) * 32
+    w01 = (32 - fy) * fx * 32
+    w10 = fy * (32 - fx) * 32
+    w11 = fy * fx * 32
 
     dst = crop.to(tl.int64) * SIZE * SIZE * 3 + pixel * 3
     for channel in tl.static_range(3):
-        p00 = tl.load(src + row0 + col0 + channel, mask=ok_y0 & ok_x0, other=0).to(tl.float32)
-        p01 = tl.load(src + row0 + col1 + channel, mask=ok_y0 & ok_x1, other=0).to(tl.float32)
-        p10 = tl.load(src + row1 + col0 + channel, mask=ok_y1 & ok_x0, other=0).to(tl.float32)
-        p11 = tl.load(src + row1 + col1 + channel, mask=ok_y1 & ok_x1, other=0).to(tl.float32)
-        value = (1.0 - wy) * ((1.0 - wx) * p00 + wx * p01) + wy * ((1.0 - wx) * p10 + wx * p11)
-        if TO_UINT8:
-            value = tl.minimum(tl.maximum(tl.floor(value + 0.5), 0.0), 255.0).to(tl.uint8)
-        tl.store(out + dst + channel, value, mask=in_square)
+        p00 = tl.load(src + row0 + col0 + channel, mask=ok_y0 & ok_x0, other=0).to(tl.int32)
+        p01 = tl.load(src + row0 + col1 + channel, mask=ok_y0 & ok_x1, other=0).to(tl.int32)
+        p10 = tl.load(src + row1 + col0 + channel, mask=ok_y1 & ok_x0, other=0).to(tl.int32)
+        p11 = tl.load(src + row1 + col1 + channel, mask=ok_y1 & ok_x1, other=0).to(tl.int32)
+        value = (p00 * w00 + p01 * w01 + p10 * w10 + p11 * w11 + (1 << 14)) >> 15
+        tl.store(out + dst + channel, value.to(tl.uint8), mask=in_square)
 
 
-def _crop_inputs(frames: Frames, frame_index: torch.Tensor | Sequence[int],
-                 matrices: torch.Tensor) -> tuple[PackedFrames, torch.Tensor, torch.Tensor]:
+def _crop_inputs(frames: Frames, frame_index: torch.Tensor | Sequence[int], matrices: torch.Tensor,
+                 size: int) -> tuple[PackedFrames, torch.Tensor, np.ndarray]:
     packed = pack_frames(frames)
     device = packed.flat.device
     index = to_device(frame_index, torch.int32, device)
     if matrices.dim() != 3 or matrices.shape[1:] != (2, 3) or len(matrices) != len(index):
         raise ValueError(f"need one [2,3] matrix per crop, got {tuple(matrices.shape)} for {len(index)} crops")
-    return packed, index, invert_affine(to_device(matrices, torch.float64, device))
+    inverse = invert_affine(torch.as_tensor(matrices).detach().cpu().to(torch.float64)).numpy()
+    return packed, index, fixed_point(inverse, size)
 
 
 def warp_affine(frames: Frames, frame_index: torch.Tensor | Sequence[int], matrices: torch.Tensor,
-                size: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-    """Crop k is frame `frame_index[k]` warped by forward matrix `matrices[k]` to size x size.
-
-    Returns [K,size,size,3] in the frames' channel order, uint8 (rounded half up, as OpenCV)
-    or float32 (unrounded). One launch, gridded over (crop, tile of BLOCK output pixels).
-    """
-    if dtype not in (torch.uint8, torch.float32):
-        raise ValueError(f"dtype must be uint8 or float32, got {dtype}")
-    packed, index, inverse = _crop_inputs(frames, frame_index, matrices)
-    out = torch.empty((len(index), size, size, 3), dtype=dtype, device=packed.flat.device)
+                size: int) -> torch.Tensor:
+    """Crop k is frame `frame_index[k]` warped by forward matrix `matrices[k]` to size x size:
+    uint8 [K,size,size,3] in the frames' channel order. One launch, gridded over (crop, tile
+    of BLOCK output pixels)."""
+    packed, index, steps = _crop_inputs(frames, frame_index, matrices, size)
+    device = packed.flat.device
+    out = torch.empty((len(index), size, size, 3), dtype=torch.uint8, device=device)
     if len(index) == 0:
         return out
     grid = (len(index), triton.cdiv(size * size, BLOCK))
     _warp_kernel[grid](packed.flat, packed.offsets, packed.heights, packed.widths, index,
-                       inverse.to(torch.float32).contiguous(), out, SIZE=size,
-                       TO_UINT8=dtype == torch.uint8, BLOCK=BLOCK)
+                       to_device(steps, torch.int32, device), out, SIZE=size, BLOCK=BLOCK)
     return out
 
 
 def warp_affine_reference(frames: Frames, frame_index: torch.Tensor | Sequence[int], matrices: torch.Tensor,
-                          size: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-    """The same result with `grid_sample` (align_corners=True puts pixel centres on the
-    integer coordinates OpenCV uses; zeros padding is BORDER_CONSTANT), one call per frame."""
-    packed, index, inverse = _crop_inputs(frames, frame_index, matrices)
+                          size: int) -> torch.Tensor:
+    """The same result in plain PyTorch, one crop at a time, by the same integer arithmetic."""
+    packed, index, steps = _crop_inputs(frames, frame_index, matrices, size)
     device = packed.flat.device
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64, device=device),
-                            torch.arange(size, dtype=torch.float64, device=device), indexing="ij")
-    points = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # [size,size,3]
-    out = torch.empty((len(index), size, size, 3), dtype=dtype, device=device)
-    for frame in torch.unique(index).tolist():
-        crops = (index == frame).nonzero()[:, 0]
+    out = torch.empty((len(index), size, size, 3), dtype=torch.uint8, device=device)
+    for k, frame in enumerate(index.tolist()):
         height, width = packed.shapes[frame]
-        source = torch.einsum("hwj,kij->khwi", points, inverse[crops])  # [k,size,size,2] x, y
-        grid = torch.stack([source[..., 0] * 2 / (width - 1) - 1, source[..., 1] * 2 / (height - 1) - 1], -1)
-        image = packed.frame(frame).permute(2, 0, 1)[None].to(torch.float32).expand(len(crops), -1, -1, -1)
-        sampled = torch.nn.functional.grid_sample(image, grid.to(torch.float32), mode="bilinear",
-                                                  padding_mode="zeros", align_corners=True)
-        hwc = sampled.permute(0, 2, 3, 1)
-        out[crops] = torch.floor(hwc + 0.5).clamp(0, 255).to(dtype) if dtype == torch.uint8 else hwc
+        image = packed.frame(frame).to(torch.int64)
+        table = torch.from_numpy(steps[k].astype(np.int64)).to(device)
+        sx = (table[0][:, None] + table[2][None, :]) >> INTER_BITS  # [y, x], 1/32 pixel
+        sy = (table[1][:, None] + table[3][None, :]) >> INTER_BITS
+        fx, fy = sx & 31, sy & 31
+        x0, y0 = sx >> INTER_BITS, sy >> INTER_BITS
+        total = torch.zeros((size, size, 3), dtype=torch.int64, device=device)
+        for dy, wy in ((0, 32 - fy), (1, fy)):
+            for dx, wx in ((0, 32 - fx), (1, fx)):
+                xs, ys = x0 + dx, y0 + dy
+                inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+                taps = image[ys.clamp(0, height - 1), xs.clamp(0, width - 1)] * inside[..., None]
+                total += taps * (wy * wx * 32)[..., None]
+        out[k] = ((total + (1 << 14)) >> 15).to(torch.uint8)
     return out
