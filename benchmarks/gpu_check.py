@@ -184,8 +184,8 @@ def kernel_rows(plan: Plan) -> list[Row]:
 
 def model_rows(plan: Plan, repository: Path) -> list[Row]:
     rows = []
-    dtype = torch.float16 if plan.half else torch.float32
     for spec in specs.MODELS:
+        dtype = torch.float16 if plan.half and spec.gpu_fp16 else torch.float32  # as the GPU path runs it
         path = repository / spec.name / "1" / "model.onnx"
         module = OnnxModule(path).to(plan.device, dtype).eval()
         session = ort.session(path)
@@ -193,7 +193,7 @@ def model_rows(plan: Plan, repository: Path) -> list[Row]:
         for batch in (b for b in plan.batches if b <= spec.max_batch_size):
             _log(f"model: {spec.name} batch {batch}")
             x = model_input(spec, batch, DETECTOR_SIZE)
-            row = Row(f"{spec.name} {size}x{size} {'fp16' if plan.half else 'fp32'}", batch)
+            row = Row(f"{spec.name} {size}x{size} {'fp16' if dtype == torch.float16 else 'fp32'}", batch)
             try:
                 with torch.inference_mode():
                     forward = partial(module, torch.from_numpy(x).to(plan.device, dtype))

@@ -8,7 +8,7 @@ GPU path (`gpu` rows): the clip decoded on NVDEC through DALI's live pool
 (`portrait.media.dali_gpu`, overflow to PyAV as the service does) where DALI and NVDEC are
 there, else by PyAV; the pixel work as the Triton-lang kernels (`TorchFrames`, model inputs
 kept on the device); the models as PyTorch modules converted from the repository's ONNX
-files (`onnx_torch.py`, FP16 unless --fp32). Neither TensorRT nor Triton server can be
+files (`onnx_torch.py`, FP16 but YuNet, as the Triton GPU configs; all FP32 with --fp32). Neither TensorRT nor Triton server can be
 installed on the GPU machine this project is lent, so none is used; the header says what
 was missing. CPU path (`in_process` rows): the service's default (embedded runtimes, OpenCV,
 PyAV). Both run behind the service's cross-request batcher, one thread per client.
@@ -56,14 +56,17 @@ class TorchModels:
     name = "torch"
 
     def __init__(self, repository: Path, device: torch.device, half: bool) -> None:
-        self.device, self.dtype = device, torch.float16 if half else torch.float32
-        self.modules = {spec.name: OnnxModule(repository / spec.name / "1" / "model.onnx").to(device, self.dtype).eval()
-                        for spec in specs.MODELS}
+        """half: each model in the precision the GPU path gives it (FP16 unless its spec says
+        `gpu_fp16=False`); else every model in FP32."""
+        self.device = device
+        self.dtypes = {spec.name: torch.float16 if half and spec.gpu_fp16 else torch.float32 for spec in specs.MODELS}
+        self.modules = {name: OnnxModule(repository / name / "1" / "model.onnx").to(device, dtype).eval()
+                        for name, dtype in self.dtypes.items()}
 
     def infer(self, model: str, batch) -> dict[str, np.ndarray]:
         module = self.modules[model]
         with torch.inference_mode():
-            outputs = module(torch.as_tensor(batch).to(self.device, self.dtype))
+            outputs = module(torch.as_tensor(batch).to(self.device, self.dtypes[model]))
         return {name: out.float().cpu().numpy() for name, out in zip(module.output_names, outputs)}
 
     def ready(self) -> bool:
@@ -124,7 +127,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 64], help="concurrency levels")
     parser.add_argument("--requests", type=int, default=2, help="requests per client at each level")
     parser.add_argument("--paths", nargs="+", default=["gpu", "cpu"], choices=["gpu", "cpu"])
-    parser.add_argument("--fp32", action="store_true", help="models in fp32 on the GPU (default fp16)")
+    parser.add_argument("--fp32", action="store_true", help="every model in fp32 on the GPU (default: fp16 but YuNet)")
     parser.add_argument("--decode-pool", type=int, default=8, help="live DALI pipelines (clips decoded at once)")
     parser.add_argument("--cpu", action="store_true", help="smoke test: the GPU path on the CPU (PyTorch "
                         "references of the kernels, fp32); its figures mean nothing")
@@ -173,7 +176,7 @@ def main() -> None:
             engine.close()
     report = {"machine": {**bench.machine(), "gpu": card}, "workload": {"id_image": str(workload.id_image),
                                                                         "video": str(workload.video)},
-              "runtime": f"gpu: torch {torch.__version__} {'fp32' if args.fp32 or args.cpu else 'fp16'}; "
+              "runtime": f"gpu: torch {torch.__version__} {'fp32' if args.fp32 or args.cpu else 'fp16 but YuNet'}; "
                          f"cpu: {cpu_settings.runtime}",
               "inference_threads": cpu_settings.inference_threads, "model_calls": cpu_settings.concurrent_model_calls(),
               "workers": top, "rows": [{**r, "x_plain": None} for r in rows], "answers": answers,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build native TensorRT engines (FP16) for the GPU this runs on, from the ONNX files of a Portrait
+# Build native TensorRT engines (FP16, or FP32 where the model's gpu config says so) for the GPU this runs on, from the ONNX files of a Portrait
 # model repository, and write each model's configs/tensorrt.pbtxt (platform tensorrt_plan) beside
 # configs/gpu.pbtxt. Serve them with `tritonserver --model-config-name=tensorrt`.
 #
@@ -82,6 +82,10 @@ config_of() {  # model -> the config to derive from: configs/gpu.pbtxt, else con
   else return 1; fi
 }
 
+precision_of() {  # config -> fp16 or fp32, as its TensorRT accelerator's precision_mode says (default fp16)
+  if grep -q 'key: "precision_mode" value: "FP32"' "$1"; then echo fp32; else echo fp16; fi
+}
+
 max_batch_size() { sed -n 's/^max_batch_size: *\([0-9][0-9]*\).*/\1/p' "$1" | head -n1; }
 
 preferred_batch_sizes() {  # -> "8 16 32" (may be empty)
@@ -120,7 +124,7 @@ tensorrt_config() {  # gpu config -> the same model as a native TensorRT plan
   awk '
     NR == 1 && /^#/ {
       print "# Written by deploy/build_trt_engines.sh from configs/gpu.pbtxt; do not edit."
-      print "# Native TensorRT engine (FP16) built for one GPU model and TensorRT version."
+      print "# Native TensorRT engine built for one GPU model and TensorRT version."
       next
     }
     /^platform:/ { print "platform: \"tensorrt_plan\""; next }
@@ -226,11 +230,13 @@ for model in $models; do
   plan=$plan_dir/model.plan
   stamp_file=$plan.stamp
   if [ "$dry_run" = 1 ]; then onnx_sha="(dry run)"; else onnx_sha=$(sha256sum "$onnx" | cut -d' ' -f1); fi
-  stamp="onnx_sha256=$onnx_sha tensorrt=$trt_version gpu=$gpu precision=fp16 workspace_mib=$workspace_mib"
+  precision=$(precision_of "$config")
+  stamp="onnx_sha256=$onnx_sha tensorrt=$trt_version gpu=$gpu precision=$precision workspace_mib=$workspace_mib"
   stamp+=" min=$min_shapes opt=$opt_shapes max=$max_shapes"
 
-  command=("$trtexec" "--onnx=$onnx" "--saveEngine=$plan.tmp" --fp16
-           "--minShapes=$min_shapes" "--optShapes=$opt_shapes" "--maxShapes=$max_shapes"
+  command=("$trtexec" "--onnx=$onnx" "--saveEngine=$plan.tmp")
+  if [ "$precision" = fp16 ]; then command+=(--fp16); fi
+  command+=("--minShapes=$min_shapes" "--optShapes=$opt_shapes" "--maxShapes=$max_shapes"
            "--memPoolSize=workspace:$workspace_mib" "--device=$device"
            "--timingCacheFile=$output/.trt_timing.cache" --skipInference)
 
@@ -250,7 +256,7 @@ for model in $models; do
     kept=$((kept + 1))
     continue
   fi
-  log "$model: building FP16 engine, batch 1..$max_batch (opt $opt_batch): $max_shapes"
+  log "$model: building $precision engine, batch 1..$max_batch (opt $opt_batch): $max_shapes"
   started=$(date +%s)
   if ! "${command[@]}" >"$plan_dir/trtexec.log" 2>&1; then
     rm -f "$plan.tmp"

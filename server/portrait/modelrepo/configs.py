@@ -2,8 +2,8 @@
 
 * CPU: the only Triton that runs here has just the Python backend, so each model is served
   by `portrait_onnxruntime`, a Python-based backend that wraps ONNX Runtime.
-* GPU: ONNX Runtime with the TensorRT accelerator in FP16 (`configs/gpu.pbtxt`, selected
-  with `tritonserver --model-config-name=gpu`).
+* GPU: ONNX Runtime with the TensorRT accelerator, in FP16 where the spec allows it, else FP32
+  (`configs/gpu.pbtxt`, selected with `tritonserver --model-config-name=gpu`).
 * CPU with NVIDIA's full Triton image: its OpenVINO backend on the same ONNX file
   (`configs/openvino.pbtxt`, `--model-config-name=openvino`); the ONNX files' batch, H and W
   are already dynamic, so no reshape is asked for.
@@ -63,7 +63,7 @@ def render_gpu(spec: ModelSpec) -> str:
         "  execution_accelerators {",
         "    gpu_execution_accelerator: [ {",
         '      name: "tensorrt"',
-        '      parameters { key: "precision_mode" value: "FP16" }',
+        f'      parameters {{ key: "precision_mode" value: "{"FP16" if spec.gpu_fp16 else "FP32"}" }}',
         '      parameters { key: "max_workspace_size_bytes" value: "2147483648" }',
         '      parameters { key: "trt_engine_cache_enable" value: "1" }',
         f'      parameters {{ key: "trt_engine_cache_path" value: "/tmp/trt_cache/{spec.name}" }}',

@@ -71,6 +71,7 @@ class ModelSpec:
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int = 2000
+    gpu_fp16: bool = True  # the GPU path runs it in FP16 (TensorRT); False keeps FP32 there
 
     @property
     def input(self) -> Tensor:
@@ -109,6 +110,11 @@ DETECTOR = ModelSpec(
     outputs=_yunet_outputs(),
     max_batch_size=32,
     preferred_batch_sizes=(8, 16, 32),
+    # Its boxes place every crop. In FP16 (PyTorch on the CPU standing in for TensorRT) they
+    # moved enough to change one dev-list decision (image_T2's live score 0.234 -> 0.193, under
+    # the PAD threshold) and pair scores by up to 0.30; FP32 YuNet with the rest in FP16 changed
+    # no decision and pair scores by at most 0.048 (README, GPU path).
+    gpu_fp16=False,
 )
 
 LANDMARKS = ModelSpec(
