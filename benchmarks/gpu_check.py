@@ -159,7 +159,7 @@ def kernel_rows(plan: Plan) -> list[Row]:
                           for h, w in shapes])
     _log("kernel: letterbox")
     rows = [_compare(plan, Row(f"letterbox {short}x{long} mixed -> {plan.letterbox}", plan.frames,
-                               note="baseline: interpolate per frame"),
+                               note="baseline: the PyTorch reference, frame by frame"),
                      lambda: letterbox_normalise(frames, plan.letterbox)[0],
                      lambda: letterbox_reference(frames, plan.letterbox)[0], "")]
 
@@ -176,7 +176,7 @@ def kernel_rows(plan: Plan) -> list[Row]:
     index_t, matrices_t = torch.from_numpy(index).to(plan.device), matrices.to(plan.device)
     _log("kernel: warp")
     rows.append(_compare(plan, Row(f"warp -> {plan.crop_size}x{plan.crop_size} uint8", plan.crops,
-                                   note="baseline: grid_sample per frame"),
+                                   note="baseline: the PyTorch reference, crop by crop"),
                          lambda: warp_affine(frames, index_t, matrices_t, plan.crop_size),
                          lambda: warp_affine_reference(frames, index_t, matrices_t, plan.crop_size), " lvl"))
     return rows
