@@ -100,10 +100,10 @@ def missing() -> dict[str, str]:
     """What the full GPU path would use and this machine lacks, in words."""
     from portrait.media.dali_gpu import gpu_decode_unavailable
 
-    found = {"tensorrt": "TensorRT is not installed (its libraries are not on the reachable package index): "
-                         "the models run as PyTorch modules, not engines",
-             "tritonclient": "Triton's client is not installed: no Triton server in this run"}
-    report = {name: why for name, why in found.items() if importlib.util.find_spec(name) is None}
+    report = {}
+    if importlib.util.find_spec("tensorrt") is None:
+        report["tensorrt"] = ("TensorRT is not installed (its libraries are not on the reachable package index): "
+                              "the models run as PyTorch modules, not engines")
     decode = gpu_decode_unavailable()
     if decode is not None:
         report["nvdec"] = f"video decoded by PyAV on the CPU: {decode}"

@@ -34,19 +34,14 @@ import triton
 import triton.language as tl
 
 from portrait.kernels import Frames, PackedFrames, pack_frames, to_device
-from portrait.stages.detect import canvas
+from portrait.stages.detect import canvas, scaled
 
 BLOCK = 1024  # output pixels per program; each handles all three channels
 
 
 def target_sizes(shapes: tuple[tuple[int, int], ...], size: int) -> list[tuple[int, int, float]]:
-    """(resized H, resized W, scale) per frame; scale maps frame to letterbox coordinates,
-    as in `portrait.stages.detect.letterbox` (original = letterboxed / scale)."""
-    out = []
-    for height, width in shapes:
-        scale = size / max(height, width)
-        out.append((max(1, round(height * scale)), max(1, round(width * scale)), scale))
-    return out
+    """(resized H, resized W, scale) per frame, as the CPU path scales it (`detect.scaled`)."""
+    return [scaled(height, width, size) for height, width in shapes]
 
 
 @lru_cache(maxsize=256)
@@ -81,27 +76,32 @@ def axis_table(source: int, target: int, shrink: bool) -> tuple[np.ndarray, np.n
 
 
 class Plan:
-    """Every frame's axis tables, padded to one tap count and laid end to end, for one launch."""
+    """The axis tables of one launch: one per distinct frame size (a clip's frames share
+    one), padded to one tap count and laid end to end, and each frame's start in them."""
 
     def __init__(self, packed: PackedFrames, size: int) -> None:
         self.targets = target_sizes(packed.shapes, size)
         self.canvas = canvas(max(t[0] for t in self.targets), max(t[1] for t in self.targets))
-        self.halves = []  # OpenCV rounds half up at exactly 2x on both axes, else half to even
-        rows, cols = [], []
-        for (height, width), (target_h, target_w, _) in zip(packed.shapes, self.targets):
+        sizes = dict(zip(packed.shapes, self.targets))  # each distinct size, in first-seen order
+        rows, cols = {}, {}
+        for (height, width), (target_h, target_w, _) in sizes.items():
             shrink = height >= target_h and width >= target_w
-            rows.append(axis_table(height, target_h, shrink))
-            cols.append(axis_table(width, target_w, shrink))
-            self.halves.append(height == 2 * target_h and width == 2 * target_w)
-        self.taps = max(table[0].shape[1] for table in rows + cols)
-        self.rows, self.row_starts = self._stack(rows)
-        self.cols, self.col_starts = self._stack(cols)
+            rows[height, width] = axis_table(height, target_h, shrink)
+            cols[height, width] = axis_table(width, target_w, shrink)
+        self.taps = max(table[0].shape[1] for table in [*rows.values(), *cols.values()])
+        self.rows, row_starts = self._stack(rows)
+        self.cols, col_starts = self._stack(cols)
+        self.row_starts = [row_starts[shape] for shape in packed.shapes]
+        self.col_starts = [col_starts[shape] for shape in packed.shapes]
+        # OpenCV rounds half up at exactly 2x on both axes (its SIMD path), else half to even.
+        self.halves = [h == 2 * t[0] and w == 2 * t[1] for (h, w), t in zip(packed.shapes, self.targets)]
 
-    def _stack(self, tables: list[tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[np.ndarray, np.ndarray], list[int]]:
-        pad = [((0, 0), (0, self.taps - index.shape[1])) for index, _ in tables]
-        index = np.concatenate([np.pad(i, p) for (i, _), p in zip(tables, pad)])
-        weight = np.concatenate([np.pad(w, p) for (_, w), p in zip(tables, pad)])
-        starts = np.cumsum([0] + [len(i) for i, _ in tables[:-1]]).tolist()
+    def _stack(self, tables: dict) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
+        padded = {shape: [np.pad(a, ((0, 0), (0, self.taps - a.shape[1]))) for a in table]
+                  for shape, table in tables.items()}
+        starts = dict(zip(padded, np.cumsum([0] + [len(index) for index, _ in padded.values()]).tolist()))
+        index = np.concatenate([index for index, _ in padded.values()])
+        weight = np.concatenate([weight for _, weight in padded.values()])
         return (index, weight), starts
 
 
@@ -129,34 +129,22 @@ def _letterbox_kernel(src, offsets, widths, out_sizes, row_index, row_weight, ro
     row_at = (tl.load(row_starts + frame) + oy) * TAPS
     col_at = (tl.load(col_starts + frame) + ox) * TAPS
 
-    blue = tl.zeros((BLOCK,), tl.float32)
-    green = tl.zeros((BLOCK,), tl.float32)
-    red = tl.zeros((BLOCK,), tl.float32)
-    for ty in tl.static_range(TAPS):
-        sy = tl.load(row_index + row_at + ty, mask=inside, other=0)
-        wy = tl.load(row_weight + row_at + ty, mask=inside, other=0.0)
-        row = base + sy.to(tl.int64) * width * 3
-        across_b = tl.zeros((BLOCK,), tl.float32)
-        across_g = tl.zeros((BLOCK,), tl.float32)
-        across_r = tl.zeros((BLOCK,), tl.float32)
-        for tx in tl.static_range(TAPS):
-            sx = tl.load(col_index + col_at + tx, mask=inside, other=0)
-            wx = tl.load(col_weight + col_at + tx, mask=inside, other=0.0)
-            at = row + sx.to(tl.int64) * 3
-            across_b += tl.load(src + at, mask=inside, other=0).to(tl.float32) * wx
-            across_g += tl.load(src + at + 1, mask=inside, other=0).to(tl.float32) * wx
-            across_r += tl.load(src + at + 2, mask=inside, other=0).to(tl.float32) * wx
-        if ty == 0:
-            blue, green, red = wy * across_b, wy * across_g, wy * across_r
-        else:
-            blue += wy * across_b
-            green += wy * across_g
-            red += wy * across_r
     half_up = tl.load(halves + frame)
     dst = out + frame.to(tl.int64) * 3 * plane + pixel
-    tl.store(dst, tl.where(inside, _round(blue, half_up), 0.0), mask=in_canvas)
-    tl.store(dst + plane, tl.where(inside, _round(green, half_up), 0.0), mask=in_canvas)
-    tl.store(dst + 2 * plane, tl.where(inside, _round(red, half_up), 0.0), mask=in_canvas)
+    for channel in tl.static_range(3):
+        # OpenCV's order: each source row across, then the rows down (0 + x is exactly x).
+        total = tl.zeros((BLOCK,), tl.float32)
+        for ty in tl.static_range(TAPS):
+            sy = tl.load(row_index + row_at + ty, mask=inside, other=0)
+            wy = tl.load(row_weight + row_at + ty, mask=inside, other=0.0)
+            row = base + sy.to(tl.int64) * width * 3 + channel
+            across = tl.zeros((BLOCK,), tl.float32)
+            for tx in tl.static_range(TAPS):
+                sx = tl.load(col_index + col_at + tx, mask=inside, other=0)
+                wx = tl.load(col_weight + col_at + tx, mask=inside, other=0.0)
+                across += tl.load(src + row + sx.to(tl.int64) * 3, mask=inside, other=0).to(tl.float32) * wx
+            total += wy * across
+        tl.store(dst + channel * plane, tl.where(inside, _round(total, half_up), 0.0), mask=in_canvas)
 
 
 def letterbox_normalise(frames: Frames, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +186,7 @@ def letterbox_reference(frames: Frames, size: int) -> tuple[torch.Tensor, torch.
             across = torch.zeros_like(total)
             for tx in range(plan.taps):
                 across = across + source[:, col_index[:, tx].long()] * col_weight[:, tx, None]
-            total = total + row_weight[:, ty, None, None] * across if ty else row_weight[:, ty, None, None] * across
+            total = total + row_weight[:, ty, None, None] * across
         rounded = torch.floor(total + 0.5) if plan.halves[i] else torch.round(total)
         out[i, :, :rows, :cols] = rounded.permute(2, 0, 1)
     return out, to_device([t[2] for t in plan.targets], torch.float32, device)

@@ -62,14 +62,19 @@ def canvas(height: int, width: int) -> tuple[int, int]:
     return -(-height // coarse) * coarse, -(-width // coarse) * coarse
 
 
+def scaled(height: int, width: int, size: int) -> tuple[int, int, float]:
+    """(height, width, scale) of an image scaled so its longer side is `size`."""
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale)), scale
+
+
 def letterbox(frames_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Scale frames so the longer side is `size`, pad bottom/right to the `canvas` of the scaled
     size. Frames of one clip share one shape; the batcher merges calls of the same shape.
     Returns the float32 NCHW batch and the scale (original = detected / scale).
     """
     n, h, w, _ = frames_bgr.shape
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw, scale = scaled(h, w, size)
     batch = np.zeros((n, *canvas(nh, nw), 3), np.uint8)
     for i in range(n):
         batch[i, :nh, :nw] = cv2.resize(frames_bgr[i], (nw, nh), interpolation=cv2.INTER_AREA)
