@@ -1,0 +1,135 @@
+"""A simulation of a phone screen's light reflected by the face, for material: no recording
+of a real face under a flashing screen exists here, so the light check is calibrated on the
+live dev clips with this reflection added, and a real-phone pilot must confirm it (README).
+
+The physics, in the order light takes it:
+
+1. The screen, filled with a palette colour around the face oval, is a Lambertian source of
+   luminance `luminance_nits` and area `area_m2` at distance d from the face: its irradiance is
+   about luminance x area / d^2 (36 lux for 400 nits, 80 cm^2 lit, 30 cm). Indoors the face
+   gets 100-500 lux from the room, so the screen adds a tenth to a third of the light; in
+   sunlight (10,000+ lux) almost nothing. `strength` is that ratio for a white screen at the
+   reference distance: each channel gains strength x the screen colour's linear value there.
+2. Distance: d is read from the face's width in the frame (a face `reference_width` of the
+   frame wide is at the reference distance) and the light falls off as 1/d^2.
+3. Reflection: the skin reflects albedo x irradiance. The frame already is albedo x ambient
+   light, so the lit frame is frame x (1 + strength x weight x colour) per channel in linear
+   light: the skin's own colour needs no model. `weight` is 1 on the face (a soft ellipse
+   around the detected box) and `background_ratio` elsewhere: the room behind is several times
+   farther from the screen than the face.
+4. The camera sees the change `latency_s` after the screen shows it.
+5. Automatic exposure and white balance: the camera keeps the frame's mean level and grey
+   balance, with gains that follow their targets as first-order lags (`exposure_tau_s`,
+   `white_balance_tau_s`), so a colour's reflection fades back toward neutral while it is
+   shown.
+6. Sensor noise (`noise_levels`, in 8-bit levels after gamma) and compression (a JPEG at
+   `jpeg_quality` per frame; in the browser test MediaRecorder's own VP8 does it).
+
+Frames are processed one at a time (the camera's gains are a recursion over time), each as
+whole arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from portrait.stages.light import LINEAR, PALETTE_LINEAR
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """One simulated capture: room light, the phone's screen and camera."""
+
+    strength: float = 0.2  # white screen's irradiance over the room's, on the face at the reference distance
+    reference_width: float = 0.45  # face width over frame width at the reference distance (about 30 cm)
+    background_ratio: float = 0.06  # screen light on the room behind, relative to the face: (0.3 m / 1.2 m)^2
+    latency_s: float = 0.15
+    exposure_tau_s: float = 0.4
+    white_balance_tau_s: float = 0.8
+    noise_levels: float = 1.5
+    jpeg_quality: int = 80
+    seed: int = 0
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, strength: tuple[float, float] = (0.08, 0.4)) -> Conditions:
+        """Conditions spread over what indoor captures meet: strength log-uniform in its range
+        (room light about 90 to 450 lux against a 36 lux screen), camera lags 0.2-1.2 s,
+        latency 0.05-0.5 s, JPEG quality 60-90."""
+        return cls(strength=float(np.exp(rng.uniform(*np.log(strength)))),
+                   latency_s=float(rng.uniform(0.05, 0.5)),
+                   exposure_tau_s=float(rng.uniform(0.2, 0.8)), white_balance_tau_s=float(rng.uniform(0.4, 1.2)),
+                   noise_levels=float(rng.uniform(0.5, 2.5)), jpeg_quality=int(rng.integers(60, 91)),
+                   seed=int(rng.integers(0, 2 ** 31)))
+
+
+def screen_colour(at_s: float, shown_s: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Linear RGB the screen shows at `at_s` (black before the first colour)."""
+    k = int(np.searchsorted(shown_s, at_s, "right")) - 1
+    return PALETTE_LINEAR[int(colours[k])] if k >= 0 else np.zeros(3)
+
+
+def face_weight(shape: tuple[int, int], box: np.ndarray | None, background: float) -> np.ndarray:
+    """[H,W] share of the face's screen light each pixel gets: a soft ellipse over the face
+    box (1 inside, falling smoothly over a fifth of its size) and `background` elsewhere."""
+    height, width = shape
+    if box is None:
+        return np.full((height, width), background, np.float32)
+    x, y, w, h = (float(v) for v in box[:4])
+    ys, xs = np.ogrid[:height, :width]
+    r = np.sqrt(((xs - (x + w / 2)) / (0.6 * w)) ** 2 + ((ys - (y + h / 2)) / (0.7 * h)) ** 2)
+    inside = np.clip((1.2 - r) / 0.2, 0, 1).astype(np.float32)
+    return background + (1 - background) * inside
+
+
+@dataclass
+class Camera:
+    """The simulation's state across frames: the camera's gains and the noise source."""
+
+    conditions: Conditions
+    exposure: float = 1.0
+    balance: np.ndarray = field(default_factory=lambda: np.ones(3))
+    last_s: float | None = None
+    rng: np.random.Generator | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.conditions.seed)
+
+    def capture(self, frame: np.ndarray, at_s: float, colour: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+        """One BGR uint8 frame as the camera would record it under `colour` (linear RGB, what
+        the screen showed `latency_s` before)."""
+        c = self.conditions
+        linear = LINEAR[frame][..., ::-1]  # RGB linear light
+        falloff = 1.0 if box is None else float(np.clip((box[2] / frame.shape[1] / c.reference_width) ** 2, 0.05, 2.0))
+        weight = face_weight(frame.shape[:2], box, c.background_ratio)
+        lit = linear * (1 + (c.strength * falloff) * weight[..., None] * colour[None, None, :].astype(np.float32))
+        # The gains the camera aims for keep the unlit frame's level and grey balance.
+        before, after = linear.reshape(-1, 3).mean(0), lit.reshape(-1, 3).mean(0)
+        exposure_target = float(before.mean() / max(after.mean(), 1e-6))
+        balance_target = (before / np.maximum(after, 1e-6)) / exposure_target
+        dt = 1 / 30 if self.last_s is None else max(at_s - self.last_s, 0.0)
+        self.exposure += (exposure_target - self.exposure) * (1 - np.exp(-dt / c.exposure_tau_s))
+        self.balance += (balance_target - self.balance) * (1 - np.exp(-dt / c.white_balance_tau_s))
+        self.last_s = at_s
+        out = np.clip(lit * (self.exposure * self.balance)[None, None, :].astype(np.float32), 0, 1)
+        srgb = np.where(out <= 0.0031308, out * 12.92, 1.055 * np.power(out, 1 / 2.4) - 0.055) * 255
+        srgb += self.rng.normal(0, c.noise_levels, srgb.shape).astype(np.float32)
+        bgr = np.clip(np.rint(srgb[..., ::-1]), 0, 255).astype(np.uint8)
+        if c.jpeg_quality >= 100:
+            return bgr
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, c.jpeg_quality])
+        return cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+
+
+def light_clip(frames: np.ndarray, times: np.ndarray, boxes: np.ndarray | None, shown_s: np.ndarray,
+               colours: np.ndarray, conditions: Conditions) -> np.ndarray:
+    """A clip's frames [N,H,W,3] at `times` [N] lit by a sequence revealed at `shown_s` [K]
+    (media seconds) with `colours` [K]; boxes [N,4+] the face per frame (None: no face)."""
+    camera = Camera(conditions)
+    out = np.empty_like(frames)
+    for i, (frame, at) in enumerate(zip(frames, times)):
+        colour = screen_colour(float(at) - conditions.latency_s, shown_s, colours)
+        out[i] = camera.capture(frame, float(at), colour, None if boxes is None else boxes[i])
+    return out
