@@ -82,8 +82,11 @@ def _serve(args: argparse.Namespace) -> int:
             timer.daemon = True
             timer.start()
 
+    from portrait.service.sessions import MAX_MESSAGE_BYTES
+
     config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port, log_config=None,
-                            timeout_graceful_shutdown=int(settings.request_timeout_s), access_log=False)
+                            timeout_graceful_shutdown=int(settings.request_timeout_s), access_log=False,
+                            ws_max_size=MAX_MESSAGE_BYTES)
     Server(config).run()
     return 0
 

@@ -22,7 +22,7 @@ from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
 from portrait.settings import Settings
-from portrait.stages import align, continuity, decide, detect, embed, keyframes, landmarks, liveness, pad, quality
+from portrait.stages import align, continuity, decide, detect, embed, keyframes, landmarks, light, liveness, pad, quality
 from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
 from portrait.stages.track import MIN_COVERAGE, MIN_IOU, Track, iou, track_primary
@@ -59,6 +59,13 @@ def shipped_continuity_threshold() -> float:
     return float(json.loads(CALIBRATION.read_text())["continuity"]["threshold"])
 
 
+def shipped_light_threshold() -> float | None:
+    """The light check's threshold (`portrait calibrate --light`); None leaves every session
+    with light unanswered (`light_mismatch`) rather than judged without one."""
+    threshold = json.loads(CALIBRATION.read_text()).get("light", {}).get("threshold")
+    return None if threshold is None else float(threshold)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     image_detector_size: int = 640
@@ -70,6 +77,7 @@ class PipelineConfig:
     continuity_threshold: float = field(default_factory=shipped_continuity_threshold)
     pad_threshold: float = field(default_factory=lambda: float(shipped_pad()["threshold"]))
     pad_box_map: pad.BoxMap = field(default_factory=lambda: pad.BoxMap(**shipped_pad()["box_map"]))
+    light_threshold: float | None = field(default_factory=shipped_light_threshold)
     match_frames: int = 3
     pad_frames: int = 12
     continuity_frames: int = 12  # the splice gap is as wide at 6 to 32 (README, Continuity); each costs an SFace row
@@ -109,6 +117,7 @@ class VideoAnalysis:
     second_embeddings: np.ndarray | None = None  # [K,128] dlib's, same frames, where fusion is on
     passive_frames: np.ndarray = field(default_factory=lambda: np.zeros(0))  # live score per frame scored
     continuity_sample: continuity.Sample | None = None  # the frames continuity compared
+    light: light.Response | None = None  # the skin's answer to a session's screen colours, when asked
 
 
 class Pipeline:
@@ -270,7 +279,7 @@ class Pipeline:
         return Track(faces, present, reason), (matrices, points, presence)
 
     def analyse_video(self, video: Video, timings: Timings, mirrored: bool = False,
-                      need_embeddings: bool = True) -> VideoAnalysis:
+                      need_embeddings: bool = True, shown: light.Shown | None = None) -> VideoAnalysis:
         cfg = self.config
         frames = self.ops.prepare(video.frames)
         track, mesh = self.track_video(frames, timings)
@@ -285,6 +294,11 @@ class Pipeline:
             openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
             events = liveness.observe(openness, angles, mouth, times, mirrored, cfg.liveness)
+        response = None
+        if shown is not None:
+            with timings.stage("light"):
+                observed = light.observe(self.ops.to_host(frames), keyframes.frame_points(mesh[1], mesh[0]))
+                response = light.respond(observed, times, shown)
         with timings.stage("quality"):
             aligned = self.aligned_crops(frames, faces)  # also what the embedder takes, below
             sharp = quality.sharpness(self.ops.to_host(aligned))
@@ -309,17 +323,18 @@ class Pipeline:
                 kept_together = continuity.continuity(sample)
         return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
                              None if kept_together is None else kept_together.score, embeddings, second, per_frame,
-                             sample)
+                             sample, response)
 
     def verify(self, id_image: np.ndarray, video: Video, challenge: ChallengeSpec | None = None,
-               timings: Timings | None = None) -> dict:
+               timings: Timings | None = None, shown: light.Shown | None = None) -> dict:
         """The whole verification: is a live person in the video, and are they the person
-        on the document? Without a challenge the active check is skipped (offline use).
+        on the document? Without a challenge the active check is skipped (offline use); with
+        `shown` (a live session's screen colours) the skin must have answered them.
         Returns the answer in the shape the API and CLI print."""
         timings = timings or Timings()
         with timings.stage("detect"):
             id_face = self.image_faces([id_image])[0]
-        analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored)
+        analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored, shown=shown)
         match = None
         if id_face.face is not None and analysis.embeddings is not None:
             with timings.stage("embed"):
@@ -329,7 +344,7 @@ class Pipeline:
                     id_vectors = (id_vectors[0], self.embed_second([id_image], id_face.face[None])[0])
                     template = (template[0], analysis.second_embeddings.mean(0))
                 match = self.match_scores(template, id_vectors)
-        return self._answer(analysis, video, challenge, timings, id_face.reason, match)
+        return self._answer(analysis, video, challenge, timings, id_face.reason, match, shown)
 
     def liveness(self, video: Video, challenge: ChallengeSpec | None = None, timings: Timings | None = None) -> dict:
         """Is a live person in the video? The verification without an ID photo."""
@@ -340,11 +355,18 @@ class Pipeline:
         return answer
 
     def _answer(self, analysis: VideoAnalysis, video: Video, challenge: ChallengeSpec | None,
-                timings: Timings, id_problem: str | None, match: dict[str, float] | None) -> dict:
+                timings: Timings, id_problem: str | None, match: dict[str, float] | None,
+                shown: light.Shown | None = None) -> dict:
         cfg = self.config
         verdict = None
         if challenge is not None and analysis.track.reason is None:
             verdict = liveness.judge(challenge, analysis.events, float(video.duration_s))
+        light_problem = None
+        if shown is not None and analysis.track.reason is None:
+            reading = analysis.light
+            passed = (reading is not None and reading.score is not None and cfg.light_threshold is not None
+                      and reading.score >= cfg.light_threshold)
+            light_problem = None if passed else "light_mismatch"
         with timings.stage("decide"):
             decision, reasons = decide.decide(decide.Evidence(
                 id_face_problem=id_problem,
@@ -354,24 +376,30 @@ class Pipeline:
                 continuity=analysis.continuity,
                 continuity_threshold=cfg.continuity_threshold,
                 challenge_problem=None if verdict is None else verdict.reason,
+                light_problem=light_problem,
                 match_score=None if match is None else match["score"],
                 match_threshold=cfg.match_threshold,
             ))
+        liveness_answer = {
+            "active": {
+                "challenge": None if challenge is None else challenge.claims(),
+                "observed": [vars(e) for e in analysis.events],
+                "missing": [] if verdict is None else verdict.missing,
+                "unrequested": [] if verdict is None else [vars(e) for e in verdict.unrequested],
+                "reason": None if verdict is None else verdict.reason,
+            },
+            "passive": {"score": _round(analysis.passive_score), "threshold": cfg.pad_threshold},
+            "continuity": {"score": _round(analysis.continuity), "threshold": cfg.continuity_threshold},
+        }
+        if shown is not None:
+            liveness_answer["light"] = {
+                **shown.claims(), **(analysis.light or light.Response(None, None, None, 0)).claims(),
+                "threshold": cfg.light_threshold, "reason": light_problem}
         return {
             "decision": decision,
             "reasons": reasons,
             "match": self._match_answer(match),
-            "liveness": {
-                "active": {
-                    "challenge": None if challenge is None else challenge.claims(),
-                    "observed": [vars(e) for e in analysis.events],
-                    "missing": [] if verdict is None else verdict.missing,
-                    "unrequested": [] if verdict is None else [vars(e) for e in verdict.unrequested],
-                    "reason": None if verdict is None else verdict.reason,
-                },
-                "passive": {"score": _round(analysis.passive_score), "threshold": cfg.pad_threshold},
-                "continuity": {"score": _round(analysis.continuity), "threshold": cfg.continuity_threshold},
-            },
+            "liveness": liveness_answer,
             "video": {
                 "frames": int(len(video.frames)),
                 "frames_with_face": int(analysis.track.present.sum()),

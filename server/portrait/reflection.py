@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from portrait.stages.light import LINEAR, PALETTE_LINEAR
+from portrait.stages.light import LINEAR, NAMES, PALETTE_LINEAR
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,29 @@ def light_clip(frames: np.ndarray, times: np.ndarray, boxes: np.ndarray | None, 
         colour = screen_colour(float(at) - conditions.latency_s, shown_s, colours)
         out[i] = camera.capture(frame, float(at), colour, None if boxes is None else boxes[i])
     return out
+
+
+class LitCamera:
+    """A live session's "camera" for tests and benchmarks: a clip played forward then back
+    for as long as the session records, each frame lit by the colour the screen showed
+    `latency_s` before (None `conditions`: unlit). A frame source for `portrait.streamer`."""
+
+    def __init__(self, frames: np.ndarray, times: np.ndarray, boxes: list[np.ndarray | None],
+                 conditions: Conditions | None) -> None:
+        self.frames, self.times, self.boxes = frames, times, boxes
+        self.conditions = conditions
+        self.camera = Camera(conditions) if conditions is not None else None
+
+    def index(self, t: float) -> int:
+        length = max(float(self.times[-1]), 1e-3)
+        folded = t % (2 * length)
+        folded = 2 * length - folded if folded > length else folded
+        return int(min(np.searchsorted(self.times, folded), len(self.times) - 1))
+
+    def __call__(self, t: float, revealed) -> np.ndarray:
+        i = self.index(t)
+        if self.camera is None:
+            return self.frames[i]
+        name = revealed.colour_at(t - self.conditions.latency_s)
+        colour = np.zeros(3) if name is None else PALETTE_LINEAR[NAMES.index(name)]
+        return self.camera.capture(self.frames[i], t, colour, self.boxes[i])

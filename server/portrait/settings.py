@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     mirrored: bool = Field(default=False, description="Whether capture clients mirror the recording, unless "
                            "the tenant is in mirrored_tenants or the challenge request says.")
     mirrored_tenants: str = Field(default="", description="Comma-separated tenants whose capture client mirrors.")
+    session_ttl_s: float = Field(default=120.0, gt=0, le=3600, description="A live session's stream must start "
+                                 "this long after it is created, and its verdict be asked this long after the "
+                                 "stream ends; its media are dropped then.")
+    session_max_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
+                                   description="Media one session's stream may send (11.5 s at 2 Mbit/s is 3 MB).")
+    sessions_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024, description="Media all streams of "
+                                    "this process may hold: each stream reserves SESSION_MAX_BYTES when it starts; "
+                                    "beyond, 503 `sessions_full`.")
+    session_required: bool = Field(default=False, description="Every tenant must verify through live sessions "
+                                   "(the one-shot challenge and verification routes answer 403 `session_required`).")
+    session_required_tenants: str = Field(default="", description="Comma-separated tenants that must verify "
+                                          "through live sessions.")
     receipt_key_file: Path | None = Field(default=None, description="Ed25519 private key (PEM) signing "
                                           "receipts; generated per process when unset.")
     redis_url: str = Field(default="", description="Single-use challenge nonces in Redis (several replicas).")
@@ -144,6 +156,8 @@ class Settings(BaseSettings):
     def _compatible(self) -> Settings:
         if self.decoder == "gpu" and self.frames != "gpu":
             raise ValueError("PORTRAIT_DECODER=gpu leaves frames on the GPU: set PORTRAIT_FRAMES=gpu too")
+        if self.session_max_bytes > self.sessions_max_bytes:
+            raise ValueError("PORTRAIT_SESSION_MAX_BYTES must not exceed PORTRAIT_SESSIONS_MAX_BYTES")
         if self.max_in_flight_per_tenant >= self.workers + self.max_waiting:
             raise ValueError(f"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT ({self.max_in_flight_per_tenant}) must be below "
                              f"PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING ({self.workers + self.max_waiting}), "
@@ -177,6 +191,10 @@ class Settings(BaseSettings):
     def mirrored_for(self, tenant: str) -> bool:
         """Whether this tenant's capture client mirrors, when its challenge request does not say."""
         return self.mirrored or tenant in {t.strip() for t in self.mirrored_tenants.split(",") if t.strip()}
+
+    def session_required_for(self, tenant: str) -> bool:
+        """Whether this tenant may verify only through live sessions (with screen light)."""
+        return self.session_required or tenant in {t.strip() for t in self.session_required_tenants.split(",") if t.strip()}
 
     triton_http_port: int = Field(default=8000, ge=1, le=65535)
     triton_grpc_port: int = Field(default=8001, ge=1, le=65535)

@@ -3,13 +3,14 @@ OpenAPI document as the contract (every status each route answers, with its code
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,7 +22,8 @@ from portrait.security.tokens import MAX_TOKEN_LENGTH
 from portrait.service import capture, schemas
 from portrait.service.engine import Engine
 from portrait.service.logs import request_id
-from portrait.service.operations import COMPARE, LIVENESS, VERIFY
+from portrait.service.operations import COMPARE, LIVENESS, SESSION_VERIFY, VERIFY
+from portrait.service.sessions import CHUNK_MS
 from portrait.service.problems import Problem, problem, problem_response, problem_responses
 from portrait.settings import Settings
 
@@ -39,11 +41,19 @@ _MEDIA = ("unsupported_media_type", "corrupt_media", "media_too_large")
 _VIDEO = ("video_too_long", "no_frames")
 _CHALLENGE = ("malformed_challenge", "forged_challenge", "wrong_tenant", "replayed_challenge", "expired_challenge",
               "nonce_store_unavailable")
+_SESSION = ("session_not_found", "wrong_tenant", "session_expired", "session_not_streamed", "session_already_judged",
+            "session_ahead_of_real_time", "session_behind_real_time", "session_stalled", "session_too_long",
+            "session_too_large", "session_already_streamed", "invalid_stream_message", "invalid_client_token",
+            "sessions_full", "nonce_store_unavailable", "unsupported_media_type", "corrupt_media")
 ERRORS = {
     "/v1/challenges": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_schedule",
-                       "invalid_request"),
-    "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
-    "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
+                       "invalid_request", "session_required"),
+    "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted", "session_required"),
+    "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted", "session_required"),
+    "/v1/sessions": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_schedule",
+                     "invalid_request"),
+    # A stream's refusal (it closed with its code) is the verification's answer.
+    "/v1/sessions/{session_id}/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_SESSION),
     "/v1/compare": (*_CALLER, *_BODY, *_MEDIA),
 }
 
@@ -52,7 +62,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.engine = engine or Engine(settings)
+        sweeper = asyncio.create_task(app.state.engine.sessions.sweep())
         yield
+        sweeper.cancel()
         await app.state.engine.close()
 
     app = FastAPI(title="Portrait", version="1.0", lifespan=lifespan,
@@ -115,10 +127,51 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         await engine.ready()  # refreshes backend_up
         return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def one_shot_allowed(tenant: str) -> None:
+        if settings.session_required_for(tenant):
+            raise problem("session_required", "this tenant verifies through live sessions: POST /v1/sessions")
+
+    def named(body: schemas.ChallengeRequest | schemas.SessionRequest, request: Request) -> tuple[list | None, list | None]:
+        """Client-named actions and schedule, where the server allows them (validated)."""
+        if body.actions is None and body.schedule is None:
+            return None, None
+        if not settings.allow_client_actions:
+            raise problem("client_actions_disabled", "this server chooses the challenge actions and schedule")
+        guard = engine_of(request).guard
+        actions = guard.actions(body.actions)
+        return actions, None if body.schedule is None else guard.schedule(body.schedule, len(actions))
+
+    @app.post("/v1/sessions", response_model=schemas.SessionResponse, tags=["verification"],
+              responses=problem_responses(ERRORS["/v1/sessions"]))
+    async def sessions(request: Request, body: schemas.SessionRequest | None = None,
+                       tenant: str = Depends(tenant_of)) -> schemas.SessionResponse:
+        """A live capture session (recommended): nothing of its challenge or screen colours is
+        in the answer; they are revealed on the stream as the customer records."""
+        body = body or schemas.SessionRequest()
+        mirrored = settings.mirrored_for(tenant) if body.mirrored is None else body.mirrored
+        actions, schedule = named(body, request)
+        session_id, token, expires_at = engine_of(request).sessions.create(tenant, mirrored, actions, schedule)
+        return schemas.SessionResponse(session_id=session_id, client_token=token, chunk_ms=CHUNK_MS, mirrored=mirrored,
+                                       stream_path=f"/v1/sessions/{session_id}/stream", expires_at=_iso(expires_at))
+
+    @app.websocket("/v1/sessions/{session_id}/stream")
+    async def session_stream(websocket: WebSocket, session_id: str) -> None:
+        engine = websocket.app.state.engine
+        await engine.sessions.stream(websocket, session_id, engine.guard.nonces)
+
+    @app.post("/v1/sessions/{session_id}/verifications", response_model=schemas.SessionVerificationResponse,
+              tags=["verification"], responses=problem_responses(ERRORS["/v1/sessions/{session_id}/verifications"]),
+              openapi_extra=_multipart_doc(SESSION_VERIFY.files, SESSION_VERIFY.flags, challenge=False))
+    async def session_verifications(request: Request, session_id: str, tenant: str = Depends(tenant_of)):
+        """The verdict of a streamed session, judged against what it revealed when."""
+        return await engine_of(request).judge(SESSION_VERIFY, tenant, request, session_id=session_id)
+
     @app.post("/v1/challenges", response_model=schemas.ChallengeResponse, tags=["verification"],
               responses=problem_responses(ERRORS["/v1/challenges"]))
     async def challenges(request: Request, body: schemas.ChallengeRequest | None = None,
                          tenant: str = Depends(tenant_of)) -> schemas.ChallengeResponse:
+        """The one-shot mode's challenge (weaker: its whole schedule is known before recording)."""
+        one_shot_allowed(tenant)
         guard = engine_of(request).guard
         body = body or schemas.ChallengeRequest()
         mirrored = settings.mirrored_for(tenant) if body.mirrored is None else body.mirrored
@@ -139,12 +192,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
               responses=problem_responses(ERRORS["/v1/verifications"]),
               openapi_extra=_multipart_doc(VERIFY.files, VERIFY.flags, challenge=True))
     async def verifications(request: Request, tenant: str = Depends(tenant_of)):
+        """One-shot verification, for integrations that cannot stream (weaker than a session)."""
+        one_shot_allowed(tenant)
         return await engine_of(request).judge(VERIFY, tenant, request)
 
     @app.post("/v1/liveness", response_model=schemas.LivenessResponse, tags=["building blocks"],
               responses=problem_responses(ERRORS["/v1/liveness"]),
               openapi_extra=_multipart_doc(LIVENESS.files, LIVENESS.flags, challenge=True))
     async def liveness(request: Request, tenant: str = Depends(tenant_of)):
+        one_shot_allowed(tenant)
         return await engine_of(request).judge(LIVENESS, tenant, request)
 
     @app.post("/v1/compare", response_model=schemas.CompareResponse, tags=["building blocks"],

@@ -7,13 +7,16 @@ the tenant and the request; the engine does the rest in one order:
 2. admission: the tenant's in-flight cap (429), then the service's places (503), before the
    body is read, so a flood costs no memory;
 3. the body, its fields and the challenge's signature, tenant and expiry (4xx);
-4. the claim: the challenge's nonce is spent atomically in the nonce store (409 on replay);
+4. the claim: the challenge's nonce is spent atomically in the nonce store (409 on replay),
+   or, for a live session's verification, the session streamed here is taken (409 when it
+   was already judged);
 5. the work: a fair turn at a worker thread, which decodes, hashes and runs the pipeline;
 6. the answer with its signed receipt.
 
 A request refused after the claim but before it is judged (overload in the batcher, the
 deadline, the client gone, the backend down) gives its claim back, so the customer retries
-with the same token. Its admission and tenant places are held until its worker is done,
+with the same token (a session, likewise, may be asked again). Its admission and tenant
+places are held until its worker is done,
 not until its client leaves.
 
 Security (`Guard`) and inference (`Inference`) are separate objects; the engine joins them.
@@ -26,7 +29,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from starlette.requests import Request
@@ -44,6 +47,7 @@ from portrait.service.inference import Inference
 from portrait.service.logs import request_id
 from portrait.service.metrics import Metrics
 from portrait.service.problems import Problem, problem
+from portrait.service.sessions import Live, Sessions
 from portrait.service.uploads import Upload, check_headers, read_multipart
 from portrait.settings import Settings
 
@@ -60,6 +64,7 @@ class Parts:
     files: dict[str, bytes]
     flags: dict[str, bool]
     token: str | None
+    session: Live | None = None  # a live session's verification: its media and what it revealed
 
 
 class Run:
@@ -75,6 +80,10 @@ class Run:
     def video(self, data: bytes) -> Any:
         settings = self._engine.settings
         return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits))
+
+    def session_video(self, live: Live) -> Any:
+        """A session's recording, decoded from the media it holds."""
+        return self.video(live.media())
 
     def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
         with self.timings.stage("decode"):
@@ -95,6 +104,7 @@ class Operation:
     flags: tuple[str, ...]
     challenge: bool
     work: Callable[[Run, Parts, Challenge | None], dict]
+    session: bool = False  # judges a live session's recording (its id is in the path)
 
     def parts(self, upload: Upload) -> Parts:
         if self.challenge and upload.field("mirrored", required=False) is not None:
@@ -127,6 +137,7 @@ class Engine:
         self.settings = settings
         self.metrics = Metrics()
         self.guard = Guard(settings)
+        self.sessions = Sessions(settings, self.guard.secret, self.metrics)
         self.inference = Inference(settings, self.metrics, backend)
         self.models = served_models(settings.model_repository)
         for model in self.models:
@@ -134,21 +145,30 @@ class Engine:
         self.draining = False
         self.admitted = 0  # requests holding a place (waiting or running); touched only on the event loop
 
-    async def judge(self, op: Operation, tenant: str, request: Request) -> JSONResponse:
+    async def judge(self, op: Operation, tenant: str, request: Request, session_id: str | None = None) -> JSONResponse:
         limit = self.settings.max_upload_bytes
         check_headers(request, limit)
         ticket = self._admit(tenant)
+        live = None
         try:
             parts = op.parts(await read_multipart(request, limit))
             challenge = self.guard.challenge(parts.token, tenant) if op.challenge else None
             if challenge is not None:
                 await self.guard.claim(challenge)
+            if op.session:
+                live = self.sessions.claim(session_id, tenant)
+                parts = replace(parts, session=live)
+            judged = True  # anything but a refusal before judging spends the session
             try:
                 answer, inputs = await self._execute(op, ticket, request, parts, challenge)
             except Problem as refused:
-                if challenge is not None and refused.code in NOT_JUDGED:
+                judged = refused.code not in NOT_JUDGED
+                if challenge is not None and not judged:
                     await self.guard.release(challenge)
                 raise
+            finally:
+                if live is not None:
+                    self.sessions.judged(live) if judged else self.sessions.release(live)
         finally:
             if not ticket.handed_to_worker:
                 ticket.release()
@@ -229,9 +249,19 @@ class Engine:
             active = answer["liveness"]["active"]
             claims["challenge"] = active["challenge"]
             claims["events"] = [{k: e[k] for k in ("action", "start_s", "end_s")} for e in active["observed"]]
+            if answer["liveness"].get("light") is not None:  # the screen's colours and the skin's answer
+                claims["light"] = answer["liveness"]["light"]
+                self._observe_light(answer["liveness"]["light"])
+        if "session" in answer:  # what the live session revealed when, and how its media arrived
+            claims["session"] = answer["session"]
         body = {**answer, "models": self.models, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
         log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"]})
         return JSONResponse(body, headers={"x-portrait-outcome": answer["decision"]})
+
+    def _observe_light(self, reading: dict) -> None:
+        if reading.get("score") is not None:
+            self.metrics.light_score.observe(reading["score"])
+            self.metrics.light_latency.observe(reading["latency_s"])
 
     async def ready(self) -> tuple[bool, str | None]:
         """Readiness: not draining, the nonce store (when shared) and the backend answer.

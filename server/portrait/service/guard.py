@@ -27,6 +27,7 @@ class Guard:
         secret = settings.challenge_secret.encode() or secrets.token_bytes(32)
         if not settings.challenge_secret:
             log.warning("PORTRAIT_CHALLENGE_SECRET is not set: challenges are valid on this process only")
+        self.secret = secret  # challenge tokens, and the keys sealing live sessions (service/sessions.py)
         self.challenges = ChallengeSigner(secret, ttl_s=settings.challenge_ttl_s)
         self.nonces: NonceStore = (RedisNonceStore(settings.redis_url, timeout_s=settings.redis_timeout_s)
                                    if settings.redis_url else MemoryNonceStore())

@@ -76,10 +76,24 @@ CODES: dict[str, tuple[int, str]] = {
                                  "not spent"),
     "nonce_store_unavailable": (503, "the shared store of used challenges (Redis) cannot answer (with "
                                      "`Retry-After`); the challenge is not spent"),
+    "session_not_found": (404, "no such session (the id is not one this service issued)"),
+    "session_required": (403, "this tenant verifies through live sessions only (`POST /v1/sessions`)"),
+    "invalid_client_token": (401, "the session stream's client token is missing or not this session's"),
+    "session_expired": (410, "the session's stream did not start, or its verdict was not asked, in time; create a new one"),
+    "session_not_streamed": (409, "the session's stream has not ended (or never started); verify after it says stop"),
+    "session_already_streamed": (409, "the session's stream was already started once"),
+    "session_already_judged": (409, "the session already has its verdict; create a new one"),
+    "session_too_large": (413, "the session's media went over `PORTRAIT_SESSION_MAX_BYTES`"),
+    "invalid_stream_message": (400, "the stream sent a message the protocol does not have"),
+    "session_ahead_of_real_time": (422, "the media arrived faster than they could have been recorded"),
+    "session_behind_real_time": (422, "the media arrived slower than they were recorded"),
+    "session_stalled": (422, "the stream stopped sending media"),
+    "session_too_long": (422, "the stream went on past the end of the recording"),
+    "sessions_full": (503, "every place for a session's media is taken (with `Retry-After`)"),
     "deadline_exceeded": (504, "the request ran past `PORTRAIT_REQUEST_TIMEOUT_S`; the challenge is not spent"),
 }
 
-RETRY_AFTER = frozenset({"rate_limited", "too_many_in_flight", "overloaded", "backend_unavailable",
+RETRY_AFTER = frozenset({"sessions_full", "rate_limited", "too_many_in_flight", "overloaded", "backend_unavailable",
                          "nonce_store_unavailable"})
 
 

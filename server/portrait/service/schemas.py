@@ -75,10 +75,23 @@ class ActiveLiveness(BaseModel):
                                "challenge_incomplete, action_out_of_window or recording_too_long.")
 
 
+class LightReading(BaseModel):
+    colours: list[str] = Field(description="The screen colours a live session revealed, in order.")
+    shown_s: list[float] = Field(description="The media second at which each colour was revealed.")
+    score: float | None = Field(description="How closely the skin's colour followed the colours (0..1); null when "
+                                "too few colour changes were seen on the face.")
+    latency_s: float | None = Field(description="From a reveal to its reflection on camera, as measured.")
+    strength: float | None = Field(description="The screen's share of the light on the skin, as measured.")
+    steps: int = Field(description="Colour changes seen on the face.")
+    threshold: float | None
+    reason: str | None = Field(description="light_mismatch when the skin did not answer the colours.")
+
+
 class Liveness(BaseModel):
     active: ActiveLiveness
     passive: Score
     continuity: Score
+    light: LightReading | None = Field(default=None, description="Live sessions only: the screen light check.")
 
 
 class ModelVersion(BaseModel):
@@ -108,6 +121,50 @@ class VerificationResponse(BaseModel):
     timings_ms: dict[str, float]
     request_id: str
     receipt: str = Field(description="Ed25519-signed token (JWS compact form) of the inputs' digests and the answer.")
+
+
+class SessionRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    mirrored: bool | None = Field(default=None, description="Whether the capture client mirrors the recording; "
+                                  "the default is the tenant's setting (else false). The capture module does not.")
+    actions: list[Action] | None = Field(
+        default=None, min_length=1, max_length=MAX_ACTIONS,
+        description="Only when the server allows client-named challenges (kiosks, tests); the colours are always drawn.")
+    schedule: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_ACTIONS, description="With `actions`, where allowed: the second "
+        "of media at which each prompt is revealed.")
+
+
+class SessionResponse(BaseModel):
+    session_id: str = Field(description="Opaque; names the session in the stream's and the verification's paths.")
+    client_token: str = Field(description="Hand to the customer's app: it opens the stream with it, once.")
+    stream_path: str = Field(description="The WebSocket path the app streams the camera to.")
+    chunk_ms: int = Field(description="The MediaRecorder slice the app should record in.")
+    mirrored: bool
+    expires_at: str = Field(description="The stream must start before this.")
+
+
+class SessionReveal(BaseModel):
+    kind: Literal["prompt", "light"]
+    index: int
+    value: str = Field(description="The action prompted, or the colour shown.")
+    media_s: float = Field(description="The media time the session had received when it revealed this.")
+    wall_s: float = Field(description="Seconds after the stream's first chunk arrived.")
+
+
+class SessionRecord(BaseModel):
+    id_sha256: str
+    reveals: list[SessionReveal]
+    stop_media_s: float | None
+    media_s: float | None
+    bytes: int
+    client_named_actions: bool
+    pace: dict[str, float]
+
+
+class SessionVerificationResponse(VerificationResponse):
+    session: SessionRecord
 
 
 class LivenessResponse(BaseModel):

@@ -23,6 +23,7 @@ class Evidence:
     challenge_problem: str | None  # why the challenge was not answered (liveness.REASONS)
     match_score: float | None
     match_threshold: float
+    light_problem: str | None = None  # "light_mismatch": the skin did not answer a live session's screen colours
 
 
 def decide(e: Evidence) -> tuple[str, list[str]]:
@@ -40,8 +41,8 @@ def decide(e: Evidence) -> tuple[str, list[str]]:
         spoof.append("identity_changed")
     if spoof:
         return REJECT_SPOOF, spoof
-    if e.challenge_problem:
-        return RETRY, [e.challenge_problem]
+    if e.challenge_problem or e.light_problem:
+        return RETRY, [p for p in (e.challenge_problem, e.light_problem) if p]
     if e.match_score is not None and e.match_score < e.match_threshold:
         return REJECT_MISMATCH, ["face_mismatch"]
     return ACCEPT, []

@@ -89,6 +89,17 @@ class Sequence:
         return {"colours": [NAMES[c] for c in self.colours], "due_s": list(self.due_s)}
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What a session showed: the media second each colour was revealed, and the colours."""
+
+    shown_s: tuple[float, ...]
+    colours: tuple[int, ...]
+
+    def claims(self) -> dict:
+        return {"colours": [NAMES[c] for c in self.colours], "shown_s": [round(s, 3) for s in self.shown_s]}
+
+
 def colours_needed(record_s: float) -> int:
     """How many colours cover a recording of `record_s` seconds at the shortest duration."""
     return max(1, math.ceil((record_s - FIRST_S) / DURATIONS_S[0]) + 1)
@@ -255,11 +266,16 @@ class Response:
                 "strength": None if self.strength is None else round(self.strength, 4), "steps": self.steps}
 
 
-def respond(observed: np.ndarray, times: np.ndarray, shown_s: tuple[float, ...], colours: tuple[int, ...]) -> Response:
+def respond(observed: np.ndarray, times: np.ndarray, shown: Shown) -> Response:
     """One session's reading: its frames' chromaticity against the colours it revealed."""
-    if len(times) == 0 or not shown_s:
+    if len(times) == 0 or not shown.shown_s:
         return Response(None, None, None, 0)
-    score, lag, strength, steps = scores(observed, times, np.array([shown_s]), np.array([colours]))
+    score, lag, strength, steps = scores(observed, times, np.array([shown.shown_s]), np.array([shown.colours]))
     if np.isnan(score[0]):
         return Response(None, None, None, int(steps[0]))
     return Response(float(score[0]), float(lag[0]), float(strength[0]), int(steps[0]))
+
+
+def observe(frames: np.ndarray, mesh_xy: np.ndarray) -> np.ndarray:
+    """The skin's log-chromaticity [M,2] in frames [M,H,W,3] (BGR) with mesh points [M,468,2]."""
+    return chroma(skin_colour(frames, sample_points(mesh_xy)))
