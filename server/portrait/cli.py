@@ -180,11 +180,27 @@ def _eval_challenge(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    if (args.pairs is None) == (args.liveness is None):
-        raise ValueError("give --pairs (match thresholds) or --liveness (PAD and continuity), one of them")
+    if sum(x is not None for x in (args.pairs, args.liveness, args.light)) != 1:
+        raise ValueError("give --pairs (match thresholds), --liveness (PAD and continuity) or --light (the screen "
+                         "light check), one of them")
+    if args.light is not None:
+        from portrait import light_eval
+
+        return _emit(light_eval.calibrate(_offline(), args.root, args.light, args.output), args.json)
     if args.liveness is not None:
         return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
+
+
+def _eval_light(args: argparse.Namespace) -> int:
+    from portrait import light_eval
+    from portrait.pipeline import shipped_light_threshold
+
+    threshold = shipped_light_threshold()
+    if threshold is None:
+        raise ValueError("the calibration record has no light threshold: run portrait calibrate --light first")
+    return _emit(light_eval.evaluate(_offline(), args.root, args.list, threshold, args.seed, args.per_clip, args.draws),
+                 args.json)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -280,11 +296,25 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=_eval_challenge)
 
+    lit = evaluate.add_parser("light", help="the screen light check on simulated positives (the list's live clips "
+                              "lit by drawn sequences) and every unlit clip under ROOT: APCER, BPCER, and the chance "
+                              "that a recording lit for another sequence passes")
+    lit.add_argument("--list", type=Path, required=True, help="the dev liveness list (its live clips are lit)")
+    lit.add_argument("--root", type=Path, required=True)
+    lit.add_argument("--draws", type=int, default=10_000, help="sequences drawn per negative and per positive")
+    lit.add_argument("--per-clip", type=int, default=12, help="lit versions of each live clip")
+    lit.add_argument("--seed", type=int, default=1919)
+    lit.add_argument("--json", action="store_true")
+    lit.set_defaults(func=_eval_light)
+
     calibrate = commands.add_parser("calibrate", help="match thresholds (SFace, dlib, fused) for a target false-match"
                                     " rate, the fusion's parameters, and whether fusion ships")
     calibrate.add_argument("--pairs", type=Path, default=None, help="CSV img_a,img_b,same_person: match thresholds")
     calibrate.add_argument("--liveness", type=Path, default=None,
                            help="CSV path,label[,attack]: the PAD box map and threshold, and the continuity threshold")
+    calibrate.add_argument("--light", type=Path, default=None,
+                           help="CSV path,label[,attack]: the screen light check's threshold, on its live clips lit "
+                                "by the reflection simulation and every unlit clip under ROOT")
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")

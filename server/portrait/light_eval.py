@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from portrait import challenge, reflection
+from portrait.media.errors import MediaError
 from portrait.media.limits import VideoLimits
 from portrait.pipeline import CALIBRATION, Timings
 from portrait.stages import keyframes, light
@@ -47,7 +48,7 @@ class Clip:
 
 def load_clip(offline, path: Path, name: str, label: str) -> Clip | None:
     """Decode at the service's 15 frames per second (up to 40 s) and track the face."""
-    limits = replace(offline.settings.video_limits, max_frames=600, max_duration_s=120.0)
+    limits = replace(offline.settings.video_limits, max_frames=600, max_duration_s=40.0)
     video = offline.decode.video(path.read_bytes(), limits)
     track, mesh = offline.pipeline.track_video(video.frames, Timings())
     if track.reason is not None or mesh is None:
@@ -134,3 +135,148 @@ def clip_rows(root: Path, live_list: Path) -> list[tuple[str, str]]:
             if Path(r["path"]).suffix.lower() in VIDEO_SUFFIXES and r["label"] in ("live", "spoof"):
                 rows.append((f"attacks/{r['path']}", "live" if r["label"] == "live" else r["attack"]))
     return rows
+
+
+@dataclass
+class Material:
+    """Scores of the light check on the simulated positives and every negative."""
+
+    positives: list[dict]  # per lit sample: clip, conditions, own score
+    wrong: np.ndarray  # [P, draws] each positive against sequences it was not lit for
+    negatives: dict[str, np.ndarray]  # kind -> scores of unlit clips against drawn sequences
+    unlit_clips: dict[str, str]  # clip -> kind
+    skipped: dict[str, str]
+    draws: int
+
+
+def build(offline, root: Path, live_list: Path, seed: int, per_clip: int, draws: int, log=print) -> Material:
+    """Every clip once: its positives (live dev clips, `per_clip` drawn sequences and
+    conditions each) and its unlit negative (each against `draws` drawn sequences); each
+    positive also against `draws` sequences it was not lit for. One clip's frames at a time."""
+    rng = np.random.default_rng(seed)
+    limits = offline.settings.video_limits
+    live_dev = {r["path"] for r in read_list(live_list) if r["label"].strip() == "live"}
+    positives, wrong, negatives, unlit, skipped = [], [], {}, {}, {}
+    for name, kind in clip_rows(root, live_list):
+        try:
+            clip = load_clip(offline, root / name, name, kind)
+        except (OSError, ValueError, MediaError) as error:
+            skipped[name] = getattr(error, "code", type(error).__name__)
+            continue
+        if clip is None:
+            skipped[name] = "no face tracked"
+            continue
+        kind_key = "unlit_live" if kind == "live" else f"unlit_{kind}"
+        sample = make_sample(clip, rng, limits, lit=False)
+        negatives.setdefault(kind_key, []).append(null_scores(sample, draws, rng, _record_s(rng)))
+        unlit[name] = kind_key
+        if name in live_dev:
+            for _ in range(per_clip):
+                lit = make_sample(clip, rng, limits, lit=True)
+                positives.append({"clip": name, "score": own_score(lit), "conditions": asdict(lit.conditions)})
+                wrong.append(null_scores(lit, draws, rng))
+        log(f"light material: {name} ({kind}) done")
+        del clip
+    return Material(positives, np.array(wrong), {k: np.concatenate(v) for k, v in negatives.items()}, unlit,
+                    skipped, draws)
+
+
+def _record_s(rng: np.random.Generator) -> float:
+    return float(challenge.random_challenge(rng=rng).record_s)
+
+
+def _pass_rate(scores: np.ndarray, threshold: float) -> float:
+    """A NaN score (too few changes seen) never passes."""
+    return float(np.mean(np.nan_to_num(scores, nan=-1.0) >= threshold))
+
+
+def threshold_for(material: Material, target: float = TARGET_FALSE_PASS) -> float:
+    """The lowest threshold at which every kind of negative, and positives scored against
+    sequences they were not lit for, pass at most `target` of the time."""
+    pools = [material.wrong.ravel(), *material.negatives.values()]
+    quantiles = [float(np.quantile(np.nan_to_num(p, nan=-1.0), 1 - target, method="higher")) for p in pools]
+    return float(np.nextafter(max(quantiles), np.inf))
+
+
+def figures(material: Material, threshold: float) -> dict:
+    """APCER per kind of negative (unlit clips x drawn sequences), BPCER on the simulated
+    positives (with 95% intervals and by light strength), and the chance that a recording
+    lit for another sequence passes."""
+    from portrait.evaluation import wilson_interval
+
+    own = np.array([p["score"] for p in material.positives])
+    strengths = np.array([p["conditions"]["strength"] for p in material.positives])
+    rejected = int(np.sum(~(np.nan_to_num(own, nan=-1.0) >= threshold)))
+    wrong = material.wrong.ravel()
+    wrong_passed = int(np.sum(np.nan_to_num(wrong, nan=-1.0) >= threshold))
+    apcer = {kind: {"rate": _pass_rate(scores, threshold), "trials": int(len(scores)),
+                    "passed": int(np.sum(np.nan_to_num(scores, nan=-1.0) >= threshold)),
+                    "ci95": wilson_interval(int(np.sum(np.nan_to_num(scores, nan=-1.0) >= threshold)), len(scores)),
+                    "clips": sum(1 for k in material.unlit_clips.values() if k == kind)}
+             for kind, scores in sorted(material.negatives.items())}
+    bands = {}
+    for low, high in ((0.08, 0.12), (0.12, 0.2), (0.2, 0.3), (0.3, 0.41)):
+        inside = (strengths >= low) & (strengths < high)
+        if inside.any():
+            bands[f"{low}-{high}"] = {"samples": int(inside.sum()),
+                                      "bpcer": round(float(np.mean(~(np.nan_to_num(own[inside], nan=-1.0) >= threshold))), 4)}
+    return {
+        "threshold": round(threshold, 4),
+        "bpcer": round(rejected / max(len(own), 1), 4), "bpcer_rejected": rejected, "positives": int(len(own)),
+        "bpcer_ci95": wilson_interval(rejected, len(own)),
+        "bpcer_by_strength": bands,
+        "positive_scores": {"min": _r(np.nanmin(own)), "p5": _r(np.nanpercentile(own, 5)), "median": _r(np.nanmedian(own))},
+        "apcer": apcer,
+        "apcer_worst_kind": max((v["rate"] for v in apcer.values()), default=None),
+        "wrong_sequence": {"rate": round(wrong_passed / max(len(wrong), 1), 7), "passed": wrong_passed,
+                           "trials": int(len(wrong)), "draws_per_positive": material.draws,
+                           "ci95": wilson_interval(wrong_passed, len(wrong)),
+                           "highest": _r(np.nanmax(wrong))},
+        "negatives_highest": {kind: _r(np.nanmax(s)) for kind, s in material.negatives.items()},
+        "skipped": material.skipped,
+    }
+
+
+def _r(value: float) -> float:
+    return round(float(value), 4)
+
+
+def calibrate(offline, root: Path, live_list: Path, output: Path | None = None, seed: int = 19,
+              per_clip: int = 12, draws: int = 10_000) -> dict:
+    """`portrait calibrate --light`: the threshold from simulated material, written to the
+    calibration record with the data it came from and how optimistic it is."""
+    material = build(offline, root, live_list, seed, per_clip, draws)
+    threshold = threshold_for(material)
+    measured = figures(material, threshold)
+    record = {
+        "threshold": measured["threshold"],
+        "rule": f"the lowest threshold at which every kind of negative and the positives scored against sequences "
+                f"they were not lit for pass at most {TARGET_FALSE_PASS:g} of the time",
+        "statistic": "mean over colour changes of cos(observed, predicted change of the skin's log-chromaticity) "
+                     "x min(r, 1/r) of the change's size over the session's median response; best latency over "
+                     f"{light.LAGS_S[0]}-{light.LAGS_S[-1]} s",
+        "palette": list(light.NAMES), "durations_s": list(light.DURATIONS_S), "first_s": light.FIRST_S,
+        "data": f"{live_list.name}: {len(material.positives)} simulated positives ({per_clip} per live dev "
+                f"clip, conditions drawn: reflection.Conditions.draw); negatives: {len(material.unlit_clips)} unlit "
+                f"clips ({', '.join(f'{k} {sum(1 for v in material.unlit_clips.values() if v == k)}' for k in sorted(material.negatives))}) "
+                f"and every positive against sequences it was not lit for, {draws} drawn sequences each; seed {seed}",
+        "figures_at_threshold": {k: measured[k] for k in ("bpcer", "bpcer_ci95", "bpcer_by_strength", "apcer_worst_kind",
+                                                          "wrong_sequence", "positive_scores")},
+        "optimism": "positives are simulated (reflection.py), not recorded: a real phone's screen, camera and room "
+                    "differ, and the threshold was chosen and measured on the same material. Real-phone error rates "
+                    "need a pilot (README, Live sessions)",
+    }
+    target = output or CALIBRATION
+    stored = json.loads(target.read_text()) if target.exists() else {}
+    stored.update(light=record, light_calibrated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    target.write_text(json.dumps(stored, indent=2) + "\n")
+    return {"light": record, "figures": measured}
+
+
+def evaluate(offline, root: Path, live_list: Path, threshold: float, seed: int = 1919, per_clip: int = 12,
+             draws: int = 10_000) -> dict:
+    """`portrait eval light`: fresh draws at the shipped threshold."""
+    material = build(offline, root, live_list, seed, per_clip, draws, log=lambda *_: None)
+    return {"seed": seed, **figures(material, threshold),
+            "positives_detail": [{"clip": p["clip"], "score": None if np.isnan(p["score"]) else round(p["score"], 4),
+                                  "strength": round(p["conditions"]["strength"], 3)} for p in material.positives]}

@@ -76,13 +76,22 @@ def stream(ws_url: str, token: str, source: FrameSource, size: tuple[int, int], 
     video.time_base = Fraction(1, 1000)
     video.bit_rate = bitrate
     video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-    last: dict = {}
+    try:
+        _run(ws_url, token, source, fps, chunk_ms, pace, max_s, revealed, sink, container, video)
+    except ConnectionClosed:
+        pass
+    last = next((m for m in reversed(revealed.messages) if m["type"] in ("complete", "error")), {"type": "closed"})
+    return {"revealed": revealed, "last": last}
+
+
+def _run(ws_url: str, token: str, source: FrameSource, fps: float, chunk_ms: int, pace: Pace, max_s: float,
+         revealed: Revealed, sink: _Sink, container, video) -> None:
     with connect(ws_url, max_size=2 ** 20, open_timeout=10) as ws:
         ws.send(json.dumps({"token": token}))
         ready = json.loads(ws.recv(timeout=10))
+        revealed.messages.append(ready)
         if ready.get("type") != "ready":
-            container.close()
-            return {"revealed": revealed, "last": ready}
+            return
         start = time.monotonic()
         next_send, index, stalled = chunk_ms / 1000, 0, False
         try:
@@ -121,10 +130,8 @@ def stream(ws_url: str, token: str, source: FrameSource, size: tuple[int, int], 
                 revealed.messages.append(message)
                 if message["type"] in ("complete", "error"):
                     break
-        except (ConnectionClosed, TimeoutError):
+        except TimeoutError:
             pass
-    last = next((m for m in reversed(revealed.messages) if m["type"] in ("complete", "error")), {"type": "closed"})
-    return {"revealed": revealed, "last": last}
 
 
 def _drain(ws, revealed: Revealed, t: float) -> None:

@@ -9,6 +9,8 @@ reach /demo spends that tenant's quota: enable it only on a demo deployment.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -55,6 +57,17 @@ def router(settings: Settings) -> APIRouter:
     async def relay_challenge(request: Request) -> Response:
         body = await _body(request, MAX_CHALLENGE_BODY)
         return await _relay(request, "/v1/challenges", key, body, "application/json")
+
+    @routes.post("/api/session")
+    async def relay_session(request: Request) -> Response:
+        body = await _body(request, MAX_CHALLENGE_BODY)
+        return await _relay(request, "/v1/sessions", key, body, "application/json")
+
+    @routes.post("/api/session/{session_id}/verify")
+    async def relay_session_verification(request: Request, session_id: str) -> Response:
+        body = await _body(request, settings.max_upload_bytes + MULTIPART_SLACK)
+        return await _relay(request, f"/v1/sessions/{quote(session_id, safe='')}/verifications", key, body,
+                            request.headers.get("content-type", ""))
 
     @routes.post("/api/verify")
     async def relay_verification(request: Request) -> Response:

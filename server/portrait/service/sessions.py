@@ -221,8 +221,8 @@ class Sessions:
         await websocket.accept()
         live = None
         try:
-            plan = self._plan(session_id)
             hello = await asyncio.wait_for(websocket.receive_text(), timeout=FIRST_CHUNK_S)
+            plan = self._plan(session_id)
             if not self.sealer.token_ok(session_id, _message(hello).get("token")):
                 raise problem("invalid_client_token")
             if time.time() >= plan.expires_at:

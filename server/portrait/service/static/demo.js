@@ -1,6 +1,7 @@
 // The demo page: ID photo -> challenge (through the relay) -> recording -> verification.
+// `?mode=session` runs a live session (prompts and screen colours revealed while recording);
 // `?actions=blink,turn_left&schedule=1,3` names the challenge when the server allows it.
-import { record, actionText } from "/v1/capture/portrait-capture.js";
+import { record, recordSession, actionText } from "/v1/capture/portrait-capture.js";
 
 const $ = (id) => document.getElementById(id);
 const input = $("id-image");
@@ -26,6 +27,10 @@ start.addEventListener("click", async () => {
   start.disabled = true;
   $("result").hidden = true;
   try {
+    if (new URLSearchParams(location.search).get("mode") === "session") {
+      await runSession();
+      return;
+    }
     setState("challenge", "Asking Portrait for a challenge\u2026");
     const challenge = await post("/demo/api/challenge", JSON.stringify(challengeRequest()), "application/json");
     setState("recording", `Challenge: ${challenge.actions.map(actionText).join(", then ")}.`);
@@ -43,6 +48,20 @@ start.addEventListener("click", async () => {
     start.disabled = !input.files[0];
   }
 });
+
+async function runSession() {
+  setState("challenge", "Starting a live session\u2026");
+  const session = await post("/demo/api/session", JSON.stringify(challengeRequest()), "application/json");
+  setState("recording", "Follow the prompts as they appear.");
+  await recordSession(session, $("capture"));
+  setState("verifying", "Verifying\u2026");
+  const form = new FormData();
+  form.append("id_image", input.files[0]);
+  const answer = await post(`/demo/api/session/${encodeURIComponent(session.session_id)}/verify`, form);
+  const prompts = answer.session.reveals.filter((r) => r.kind === "prompt");
+  show({ actions: prompts.map((r) => r.value), schedule: prompts.map((r) => r.media_s.toFixed(2)) }, answer);
+  setState("done", "");
+}
 
 function challengeRequest() {
   const params = new URLSearchParams(location.search);
@@ -72,6 +91,8 @@ function show(challenge, answer) {
   $("match").textContent = score(answer.match);
   $("passive").textContent = score(answer.liveness.passive);
   $("continuity").textContent = score(answer.liveness.continuity);
+  const light = answer.liveness.light;
+  $("light").textContent = light ? `${score(light)}, ${light.steps} colour changes seen` : "not used (one-shot mode)";
   const active = answer.liveness.active;
   const seen = active.observed.map((o) => `${o.action} at ${o.start_s.toFixed(2)} s`).join(", ") || "nothing";
   const asked = challenge.actions.map((a, i) => `${a} at ${challenge.schedule[i]} s`).join(", ");

@@ -1,5 +1,18 @@
 // Portrait capture: records the customer's answer to a Portrait challenge in the browser.
 //
+// Live session (recommended): the carrier's back end creates a session (POST /v1/sessions) and
+// hands its session_id, client_token and stream_path to the page, which streams the camera:
+//
+//   import { recordSession } from "/v1/capture/portrait-capture.js";
+//   await recordSession(session, document.querySelector("#capture"));
+//   // then the back end asks POST /v1/sessions/{session_id}/verifications with the ID photo
+//
+// The server reveals each prompt and each screen colour while the customer records; the module
+// shows the prompt and fills the screen around the face oval with the colour the moment it
+// arrives, and stops when the server says so. Nothing of the challenge is known before.
+//
+// One-shot (integrations that cannot stream; weaker, the whole challenge is known before):
+//
 //   import { record } from "/v1/capture/portrait-capture.js";
 //   const { blob, mimeType } = await record(challenge, document.querySelector("#capture"));
 //
@@ -34,7 +47,12 @@ export const ERROR_MESSAGES = {
   recording_too_short: "The recording stopped too early. Keep this page open and the camera on until the end, then try again.",
   invalid_challenge: "The challenge is not usable by this page. Please start again.",
   aborted: "The recording was cancelled.",
+  connection_lost: "The connection was too slow or was interrupted. Check your connection and try again.",
+  session_refused: "The session could not be completed. Please start again.",
 };
+
+// Server codes of a refused stream that the customer can fix by a better connection.
+const CONNECTION_CODES = new Set(["session_stalled", "session_behind_real_time"]);
 
 // WebM first (VP8 is the cheapest to encode on small phones); MP4 where only that is offered (Safari).
 const MIME_TYPES = ["video/webm;codecs=vp8", "video/webm;codecs=vp9", "video/webm",
@@ -159,6 +177,82 @@ export async function record(challenge, container, options = {}) {
   }
 }
 
+// A live session: stream the camera to Portrait, show what it reveals as it reveals it.
+// `session` is what POST /v1/sessions answered the carrier's back end (session_id, client_token,
+// stream_path, chunk_ms, mirrored). Resolves when the server has the whole recording; the
+// verdict is the back end's to ask. `options.baseUrl`: where Portrait is (default: this page).
+export async function recordSession(session, container, options = {}) {
+  if (!session || !session.stream_path || !session.client_token) throw new CaptureError("invalid_challenge");
+  const view = buildView(container, !session.mirrored);
+  let stream = null;
+  let recorder = null;
+  let socket = null;
+  let onHidden = null;
+  try {
+    if (options.signal?.aborted) throw new CaptureError("aborted");
+    if (!window.isSecureContext) throw new CaptureError("insecure_context");
+    const mimeType = MIME_TYPES.filter((t) => t.startsWith("video/webm")).find((t) => MediaRecorder.isTypeSupported?.(t));
+    if (!navigator.mediaDevices?.getUserMedia || typeof WebSocket === "undefined" || !mimeType) {
+      throw new CaptureError("unsupported_browser");
+    }
+    view.say("Starting the camera\u2026");
+    stream = await openCamera();
+    view.video.srcObject = stream;
+    view.video.play().catch(() => {});
+    const url = new URL(session.stream_path, options.baseUrl || location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    socket = new WebSocket(url);
+    const result = await new Promise((resolve, reject) => {
+      const fail = (code, detail) => reject(new CaptureError(code, detail));
+      socket.onerror = () => fail("connection_lost", "the stream could not be opened");
+      socket.onclose = (event) => fail("connection_lost", `closed ${event.code}`);
+      socket.onopen = () => socket.send(JSON.stringify({ token: session.client_token }));
+      onHidden = () => { if (document.hidden) fail("recording_too_short", "the page was hidden"); };
+      document.addEventListener("visibilitychange", onHidden);
+      options.signal?.addEventListener("abort", () => fail("aborted"), { once: true });
+      socket.onmessage = (event) => {
+        const message = JSON.parse(event.data);
+        if (message.type === "ready") {
+          recorder = new MediaRecorder(stream, { mimeType, videoBitsPerSecond: options.videoBitsPerSecond || 1_500_000 });
+          recorder.ondataavailable = (e) => { if (e.data && e.data.size && socket.readyState === 1) socket.send(e.data); };
+          recorder.onstop = () => { if (socket.readyState === 1) socket.send(JSON.stringify({ type: "end" })); };
+          recorder.start(message.chunk_ms || session.chunk_ms || 250);
+          view.root.classList.add("pc-recording", "pc-session");
+          view.prompt(null, false);
+          view.say("Recording. Keep your face inside the oval and follow the prompts.");
+        } else if (message.type === "prompt") {
+          view.prompt(message.action, true);
+          view.say(actionText(message.action));
+          options.onPrompt?.(message.action, message.index);
+        } else if (message.type === "light") {
+          view.light(message.colour, message.rgb);
+        } else if (message.type === "stop") {
+          if (recorder && recorder.state !== "inactive") recorder.stop();
+        } else if (message.type === "complete") {
+          socket.onclose = null;
+          resolve({ sessionId: session.session_id, mediaS: message.media_s });
+        } else if (message.type === "error") {
+          socket.onclose = null;
+          fail(CONNECTION_CODES.has(message.code) ? "connection_lost" : "session_refused", message.code);
+        }
+      };
+    });
+    view.light(null, null);
+    view.done("Recording finished.");
+    return result;
+  } catch (error) {
+    const failure = error instanceof CaptureError ? error : new CaptureError("camera_error", String(error));
+    view.light(null, null);
+    view.fail(failure.message);
+    throw failure;
+  } finally {
+    if (onHidden) document.removeEventListener("visibilitychange", onHidden);
+    if (recorder && recorder.state !== "inactive") recorder.stop();
+    stream?.getTracks().forEach((track) => track.stop());
+    if (socket && socket.readyState <= 1) socket.close();
+  }
+}
+
 export function actionText(action) {
   return ACTION_TEXT[action] || action.replace(/_/g, " ");
 }
@@ -225,10 +319,15 @@ function buildView(container, mirrorPreview) {
       prompt.dataset.action = active ? action : "";
       prompt.classList.toggle("pc-active", active);
     },
+    // The screen around the face oval in the session's colour (none: the usual dim surround).
+    light(name, rgb) {
+      root.style.setProperty("--pc-light", rgb || "rgba(0,0,0,.45)");
+      root.dataset.light = name || "";
+    },
     progress(fraction) { fill.style.width = `${Math.min(Math.max(fraction, 0), 1) * 100}%`; },
     countdown(message) { countdown.textContent = message; },
     done(message) {
-      root.classList.remove("pc-recording");
+      root.classList.remove("pc-recording", "pc-session");
       prompt.classList.remove("pc-active");
       fill.style.width = "100%";
       text.textContent = message;
@@ -237,7 +336,7 @@ function buildView(container, mirrorPreview) {
       live.textContent = message;
     },
     fail(message) {
-      root.classList.remove("pc-recording");
+      root.classList.remove("pc-recording", "pc-session");
       root.classList.add("pc-failed");
       alert.textContent = message;
     },
@@ -260,7 +359,10 @@ function injectStyle() {
 .pc-video{width:100%;height:100%;object-fit:cover;display:block}
 .pc-mirror{transform:scaleX(-1)}
 .pc-oval{position:absolute;left:50%;top:50%;width:46%;aspect-ratio:3/4;transform:translate(-50%,-50%);
-  border-radius:50%;border:3px solid #fff;box-shadow:0 0 0 999px rgba(0,0,0,.45)}
+  border-radius:50%;border:3px solid #fff;box-shadow:0 0 0 200vmax var(--pc-light,rgba(0,0,0,.45))}
+.pc-session .pc-stage{position:fixed;inset:0;z-index:1000;border-radius:0;aspect-ratio:auto}
+.pc-session .pc-prompt{position:fixed;left:0;right:0;bottom:8vh;z-index:1001;justify-content:center;
+  background:rgba(255,255,255,.92);margin:0 auto;max-width:90vw;border-radius:12px;padding:8px 12px}
 .pc-recording .pc-oval{border-color:#3ddc84}
 .pc-dot{position:absolute;top:10px;right:12px;color:#fff;font-weight:700;font-size:13px;opacity:0}
 .pc-dot::before{content:"";display:inline-block;width:10px;height:10px;border-radius:50%;background:#e33;margin-right:6px}

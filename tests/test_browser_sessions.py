@@ -1,0 +1,146 @@
+"""Live sessions in a real browser: Debian's Chromium driven by Playwright runs the demo page
+in session mode, `portrait-capture.js` streams the camera to `portrait serve` over the
+WebSocket, shows the prompts and fills the screen around the face oval with each colour the
+session reveals.
+
+The camera is a test hook: the page's getUserMedia returns a canvas stream, and this test
+draws each frame into it from a dev clip, lit by the colour the page is showing at that
+moment through the reflection simulation (`portrait.reflection`): the clip as a real camera
+would record it in front of that screen. The clip starts when the recording does. The same
+clip unlit, and the forged recording (the clip's actions cut out and re-timed to each prompt
+as it is revealed, `portrait.forgery`), must be refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from portrait import forgery, reflection
+from portrait.media.limits import VideoLimits
+from portrait.offline import Offline
+from portrait.pipeline import Timings
+from portrait.settings import Settings
+from portrait.streamer import Revealed
+from test_browser import CHROMIUM, CHROMIUM_ARGS, demo, playwright  # noqa: F401 (fixtures)
+from test_service import KEY_A
+
+FPS = 15
+# d12 turns left at 1.5 s, right at 3.2 s and opens its mouth at 4.6 s of the file; the
+# recording stops about 6.1-6.4 s in, before its second left turn at 6.6 s.
+CLIP, ACTIONS, SCHEDULE = "videos/liveportrait/d12.mp4", "turn_left,turn_right,open_mouth", "0.3,1.5,2.6"
+
+HOOK = """
+(() => {
+  const canvas = document.createElement("canvas");
+  canvas.width = %(width)d; canvas.height = %(height)d;
+  const context = canvas.getContext("2d");
+  navigator.mediaDevices.getUserMedia = async () => canvas.captureStream(30);
+  window.__pushFrame = async (b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const bitmap = await createImageBitmap(new Blob([bytes], { type: "image/jpeg" }));
+    context.drawImage(bitmap, 0, 0);
+    bitmap.close();
+    const root = document.querySelector(".pc-root");
+    return { light: root ? root.dataset.light || "" : "", recording: !!root && root.classList.contains("pc-recording"),
+             state: document.body.dataset.state || "" };
+  };
+})();
+"""
+
+
+@pytest.fixture(scope="module")
+def clip(testdata, model_repository):
+    """The clip's frames (15 per second, at most 480 pixels), its face per frame, its events."""
+    offline = Offline(Settings(model_repository=model_repository))
+    video = offline.decode.video((testdata / CLIP).read_bytes(), VideoLimits(max_frames=400, max_side=480))
+    analysis = offline.pipeline.analyse_video(video, Timings(), need_embeddings=False)
+    boxes = [face if present else None for face, present in zip(analysis.track.faces, analysis.track.present)]
+    return {"frames": video.frames, "times": video.timestamps - video.timestamps[0], "boxes": boxes,
+            "events": analysis.events, "id": cv2.imencode(".jpg", video.frames[0])[1].tobytes()}
+
+
+def run_session(playwright, demo, clip, source) -> dict:  # noqa: F811
+    """The demo page in session mode with `source(t, revealed)` as its camera."""
+    height, width = clip["frames"].shape[1:3]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        page = browser.new_page()
+        page.add_init_script(HOOK % {"width": width, "height": height})
+        page.goto(f"{demo['url']}/demo?mode=session&actions={ACTIONS}&schedule={SCHEDULE}")
+        page.set_input_files("#id-image", files=[{"name": "id.jpg", "mimeType": "image/jpeg", "buffer": clip["id"]}])
+        page.click("#start")
+        revealed, shown, started, frames = Revealed(), "", None, 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            t = 0.0 if started is None else now - started
+            frame = source(t, revealed) if started is not None else clip["frames"][0]
+            jpeg = base64.b64encode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])[1]).decode()
+            seen = page.evaluate("b => window.__pushFrame(b)", jpeg)
+            frames += 1
+            if seen["recording"] and started is None:
+                started = time.monotonic()
+            if started is not None and seen["light"] != shown:
+                shown = seen["light"]
+                if shown:
+                    revealed.colours.append((time.monotonic() - started, shown))
+            if seen["state"] in ("verifying", "done", "error"):
+                break
+            time.sleep(max(0.0, 1 / FPS - (time.monotonic() - now)))
+        page.wait_for_selector("body[data-state=done], body[data-state=error]", state="attached", timeout=180_000)
+        return {"state": page.evaluate("document.body.dataset.state"),
+                "code": page.get_attribute("#status", "data-code"),
+                "answer": page.evaluate("window.portraitAnswer || null"), "frames": frames,
+                "colours_seen": len(revealed.colours), "html": page.content()}
+    finally:
+        browser.close()
+
+
+def _summary(result: dict) -> str:
+    answer = result["answer"] or {}
+    liveness = answer.get("liveness") or {}
+    return json.dumps({"state": result["state"], "code": result["code"], "frames_pushed": result["frames"],
+                       "colours_seen": result["colours_seen"], "decision": answer.get("decision"),
+                       "reasons": answer.get("reasons"), "light": liveness.get("light"),
+                       "observed": [(e["action"], e["start_s"]) for e in liveness.get("active", {}).get("observed", [])],
+                       "prompts": [(r["value"], r["media_s"]) for r in (answer.get("session") or {}).get("reveals", [])
+                                   if r["kind"] == "prompt"]})
+
+
+def _lit(clip, conditions):
+    return reflection.LitCamera(clip["frames"], clip["times"], clip["boxes"], conditions)
+
+
+def test_a_live_session_lit_by_the_colours_it_revealed_is_accepted(playwright, demo, clip):  # noqa: F811
+    result = run_session(playwright, demo, clip, _lit(clip, reflection.Conditions(strength=0.2, latency_s=0.1)))
+    print(_summary(result))
+    assert result["state"] == "done", _summary(result)
+    answer = result["answer"]
+    assert answer["decision"] == "accept", _summary(result)
+    light = answer["liveness"]["light"]
+    assert light["score"] >= light["threshold"] and light["steps"] >= 6
+    # The receipt's record of what was revealed when: every prompt and colour, in media time.
+    kinds = [r["kind"] for r in answer["session"]["reveals"]]
+    assert kinds.count("prompt") == 3 and kinds.count("light") == len(light["colours"]) >= 7
+    assert KEY_A not in result["html"]
+
+
+def test_the_same_clip_unlit_is_refused(playwright, demo, clip):  # noqa: F811
+    result = run_session(playwright, demo, clip, _lit(clip, None))
+    print(_summary(result))
+    answer = result["answer"]
+    assert answer["decision"] == "retry" and "light_mismatch" in answer["reasons"], _summary(result)
+    assert answer["liveness"]["active"]["reason"] is None, "the actions were answered: only the light failed"
+
+
+def test_the_forged_recording_is_refused(playwright, demo, clip):  # noqa: F811
+    forger = forgery.Forger(clip["frames"], clip["times"], forgery.cuts(clip["events"]))
+    result = run_session(playwright, demo, clip, forger)
+    print(_summary(result))
+    answer = result["answer"]
+    assert answer["decision"] != "accept" and "light_mismatch" in answer["reasons"], _summary(result)
