@@ -301,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "that a recording lit for another sequence passes")
     lit.add_argument("--list", type=Path, required=True, help="the dev liveness list (its live clips are lit)")
     lit.add_argument("--root", type=Path, required=True)
-    lit.add_argument("--draws", type=int, default=10_000, help="sequences drawn per negative and per positive")
-    lit.add_argument("--per-clip", type=int, default=12, help="lit versions of each live clip")
+    lit.add_argument("--draws", type=int, default=2_000, help="sequences drawn per unlit clip and per positive "
+                     "(the defaults give 200,000 wrong-sequence trials and 76,000 unlit ones)")
+    lit.add_argument("--per-clip", type=int, default=10, help="lit versions of each live clip")
     lit.add_argument("--seed", type=int, default=1919)
     lit.add_argument("--json", action="store_true")
     lit.set_defaults(func=_eval_light)

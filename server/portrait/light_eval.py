@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -149,7 +150,7 @@ class Material:
     draws: int
 
 
-def build(offline, root: Path, live_list: Path, seed: int, per_clip: int, draws: int, log=print) -> Material:
+def build(offline, root: Path, live_list: Path, seed: int, per_clip: int, draws: int, log=None) -> Material:
     """Every clip once: its positives (live dev clips, `per_clip` drawn sequences and
     conditions each) and its unlit negative (each against `draws` drawn sequences); each
     positive also against `draws` sequences it was not lit for. One clip's frames at a time."""
@@ -175,7 +176,8 @@ def build(offline, root: Path, live_list: Path, seed: int, per_clip: int, draws:
                 lit = make_sample(clip, rng, limits, lit=True)
                 positives.append({"clip": name, "score": own_score(lit), "conditions": asdict(lit.conditions)})
                 wrong.append(null_scores(lit, draws, rng))
-        log(f"light material: {name} ({kind}) done")
+        if log is not None:
+            log(f"light material: {name} ({kind}) done")
         del clip
     return Material(positives, np.array(wrong), {k: np.concatenate(v) for k, v in negatives.items()}, unlit,
                     skipped, draws)
@@ -242,10 +244,10 @@ def _r(value: float) -> float:
 
 
 def calibrate(offline, root: Path, live_list: Path, output: Path | None = None, seed: int = 19,
-              per_clip: int = 12, draws: int = 10_000) -> dict:
+              per_clip: int = 10, draws: int = 2_000) -> dict:
     """`portrait calibrate --light`: the threshold from simulated material, written to the
     calibration record with the data it came from and how optimistic it is."""
-    material = build(offline, root, live_list, seed, per_clip, draws)
+    material = build(offline, root, live_list, seed, per_clip, draws, log=lambda line: print(line, file=sys.stderr))
     threshold = threshold_for(material)
     measured = figures(material, threshold)
     record = {
@@ -273,10 +275,10 @@ def calibrate(offline, root: Path, live_list: Path, output: Path | None = None, 
     return {"light": record, "figures": measured}
 
 
-def evaluate(offline, root: Path, live_list: Path, threshold: float, seed: int = 1919, per_clip: int = 12,
-             draws: int = 10_000) -> dict:
+def evaluate(offline, root: Path, live_list: Path, threshold: float, seed: int = 1919, per_clip: int = 10,
+             draws: int = 2_000) -> dict:
     """`portrait eval light`: fresh draws at the shipped threshold."""
-    material = build(offline, root, live_list, seed, per_clip, draws, log=lambda *_: None)
+    material = build(offline, root, live_list, seed, per_clip, draws)
     return {"seed": seed, **figures(material, threshold),
             "positives_detail": [{"clip": p["clip"], "score": None if np.isnan(p["score"]) else round(p["score"], 4),
                                   "strength": round(p["conditions"]["strength"], 3)} for p in material.positives]}

@@ -71,6 +71,11 @@ def screen_colour(at_s: float, shown_s: np.ndarray, colours: np.ndarray) -> np.n
     return PALETTE_LINEAR[int(colours[k])] if k >= 0 else np.zeros(3)
 
 
+GRID = 8  # the weight map is smooth: computed on a grid this many times coarser, then resized
+_TO_SRGB = (np.where(np.linspace(0, 1, 4096) <= 0.0031308, np.linspace(0, 1, 4096) * 12.92,
+                     1.055 * np.power(np.linspace(0, 1, 4096), 1 / 2.4) - 0.055) * 255).astype(np.float32)
+
+
 def face_weight(shape: tuple[int, int], box: np.ndarray | None, background: float) -> np.ndarray:
     """[H,W] share of the face's screen light each pixel gets: a soft ellipse over the face
     box (1 inside, falling smoothly over a fifth of its size) and `background` elsewhere."""
@@ -78,10 +83,11 @@ def face_weight(shape: tuple[int, int], box: np.ndarray | None, background: floa
     if box is None:
         return np.full((height, width), background, np.float32)
     x, y, w, h = (float(v) for v in box[:4])
-    ys, xs = np.ogrid[:height, :width]
-    r = np.sqrt(((xs - (x + w / 2)) / (0.6 * w)) ** 2 + ((ys - (y + h / 2)) / (0.7 * h)) ** 2)
+    ys, xs = np.ogrid[: -(-height // GRID), : -(-width // GRID)]
+    r = np.sqrt(((xs * GRID - (x + w / 2)) / (0.6 * w)) ** 2 + ((ys * GRID - (y + h / 2)) / (0.7 * h)) ** 2)
     inside = np.clip((1.2 - r) / 0.2, 0, 1).astype(np.float32)
-    return background + (1 - background) * inside
+    coarse = background + (1 - background) * inside
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass
@@ -101,22 +107,28 @@ class Camera:
         """One BGR uint8 frame as the camera would record it under `colour` (linear RGB, what
         the screen showed `latency_s` before)."""
         c = self.conditions
-        linear = LINEAR[frame][..., ::-1]  # RGB linear light
+        linear = LINEAR[frame]  # BGR linear light
         falloff = 1.0 if box is None else float(np.clip((box[2] / frame.shape[1] / c.reference_width) ** 2, 0.05, 2.0))
         weight = face_weight(frame.shape[:2], box, c.background_ratio)
-        lit = linear * (1 + (c.strength * falloff) * weight[..., None] * colour[None, None, :].astype(np.float32))
-        # The gains the camera aims for keep the unlit frame's level and grey balance.
-        before, after = linear.reshape(-1, 3).mean(0), lit.reshape(-1, 3).mean(0)
+        gain = (c.strength * falloff) * np.asarray(colour, np.float32)[::-1]  # per channel, BGR
+        lit = linear + linear * (weight[..., None] * gain[None, None, :])
+        # The gains the camera aims for keep the unlit frame's level and grey balance (RGB order).
+        before = np.array(cv2.mean(linear)[:3][::-1])
+        after = np.array(cv2.mean(lit)[:3][::-1])
         exposure_target = float(before.mean() / max(after.mean(), 1e-6))
         balance_target = (before / np.maximum(after, 1e-6)) / exposure_target
         dt = 1 / 30 if self.last_s is None else max(at_s - self.last_s, 0.0)
         self.exposure += (exposure_target - self.exposure) * (1 - np.exp(-dt / c.exposure_tau_s))
         self.balance += (balance_target - self.balance) * (1 - np.exp(-dt / c.white_balance_tau_s))
         self.last_s = at_s
-        out = np.clip(lit * (self.exposure * self.balance)[None, None, :].astype(np.float32), 0, 1)
-        srgb = np.where(out <= 0.0031308, out * 12.92, 1.055 * np.power(out, 1 / 2.4) - 0.055) * 255
-        srgb += self.rng.normal(0, c.noise_levels, srgb.shape).astype(np.float32)
-        bgr = np.clip(np.rint(srgb[..., ::-1]), 0, 255).astype(np.uint8)
+        out = lit * (self.exposure * self.balance)[None, None, ::-1].astype(np.float32) * 4095
+        codes = np.clip(out, 0, 4095).astype(np.uint16)
+        srgb = _TO_SRGB[codes]  # linear -> sRGB levels through a 4096-entry table
+        noise = np.empty_like(srgb)
+        cv2.setRNGSeed(int(self.rng.integers(0, 2 ** 31)))
+        cv2.randn(noise, 0.0, float(c.noise_levels))
+        srgb += noise
+        bgr = np.clip(srgb + 0.5, 0, 255).astype(np.uint8)
         if c.jpeg_quality >= 100:
             return bgr
         ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, c.jpeg_quality])

@@ -43,6 +43,7 @@ FrameSource = Callable[[float, Revealed], np.ndarray]  # (recording second, reve
 class _Sink:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
+        self.sent: list[bytes] = []  # everything taken, in order: the recording as the session got it
 
     def write(self, data: bytes) -> int:
         self.parts.append(bytes(data))
@@ -50,6 +51,7 @@ class _Sink:
 
     def take(self) -> bytes:
         data, self.parts = b"".join(self.parts), []
+        self.sent.append(data)
         return data
 
 
@@ -81,7 +83,7 @@ def stream(ws_url: str, token: str, source: FrameSource, size: tuple[int, int], 
     except ConnectionClosed:
         pass
     last = next((m for m in reversed(revealed.messages) if m["type"] in ("complete", "error")), {"type": "closed"})
-    return {"revealed": revealed, "last": last}
+    return {"revealed": revealed, "last": last, "media": b"".join(sink.sent), "chunks": sink.sent}
 
 
 def _run(ws_url: str, token: str, source: FrameSource, fps: float, chunk_ms: int, pace: Pace, max_s: float,

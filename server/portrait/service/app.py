@@ -41,10 +41,10 @@ _MEDIA = ("unsupported_media_type", "corrupt_media", "media_too_large")
 _VIDEO = ("video_too_long", "no_frames")
 _CHALLENGE = ("malformed_challenge", "forged_challenge", "wrong_tenant", "replayed_challenge", "expired_challenge",
               "nonce_store_unavailable")
+# A session's verification; a stream that was refused once it had started answers its code here.
 _SESSION = ("session_not_found", "wrong_tenant", "session_expired", "session_not_streamed", "session_already_judged",
             "session_ahead_of_real_time", "session_behind_real_time", "session_stalled", "session_too_long",
-            "session_too_large", "session_already_streamed", "invalid_stream_message", "invalid_client_token",
-            "sessions_full", "nonce_store_unavailable", "unsupported_media_type", "corrupt_media")
+            "session_too_large", "invalid_stream_message")
 ERRORS = {
     "/v1/challenges": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_schedule",
                        "invalid_request", "session_required"),
