@@ -176,6 +176,7 @@ def _metric(service, name) -> float:
     (streamer.Pace(speed=4.0), "session_ahead_of_real_time"),  # a file pushed
     (streamer.Pace(speed=0.4), "session_behind_real_time"),  # frames made slower than real time
     (streamer.Pace(stall_at_s=1.0, stall_s=3.0), "session_stalled"),
+    (streamer.Pace(overrun_s=4.0), "session_too_long"),  # recording on well past stop
 ])
 def test_a_stream_off_the_recording_pace_is_refused_with_its_code(service, pace, code):
     session = _create(service)

@@ -58,11 +58,13 @@ class _Sink:
 @dataclass
 class Pace:
     """How the client sends: `speed` > 1 pushes media faster than it is recorded (a file
-    pushed), < 1 slower; `stall_at_s` stops sending for `stall_s` there."""
+    pushed), < 1 slower; `stall_at_s` stops sending for `stall_s` there; `overrun_s` goes on
+    recording that long after the session said stop."""
 
     speed: float = 1.0
     stall_at_s: float | None = None
     stall_s: float = 0.0
+    overrun_s: float = 0.0
 
 
 def stream(ws_url: str, token: str, source: FrameSource, size: tuple[int, int], fps: float = 15.0,
@@ -109,7 +111,7 @@ def _run(ws_url: str, token: str, source: FrameSource, fps: float, chunk_ms: int
                 for packet in video.encode(frame):
                     container.mux(packet)
                 index += 1
-                done = revealed.stopped_at is not None or t > max_s
+                done = (revealed.stopped_at is not None and t >= revealed.stopped_at + pace.overrun_s) or t > max_s
                 if t >= next_send or done:
                     if done:
                         for packet in video.encode():

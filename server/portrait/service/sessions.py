@@ -63,15 +63,6 @@ END_S = 2.0  # after stop, the recorder's last chunk and "end" arrive within thi
 MAX_MESSAGE_BYTES = 1024 * 1024  # one chunk; a 250 ms slice at 2 Mbit/s is 64 kB
 MAX_ID_LENGTH = 1024
 
-# The stream's refusals: the WebSocket closes with the code; the verification request then
-# answers the same code with the status in problems.CODES.
-PACE_CODES = ("session_ahead_of_real_time", "session_behind_real_time", "session_stalled", "session_too_long")
-CLOSE_CODES = {"invalid_client_token": 4401, "session_expired": 4410, "session_already_streamed": 4409,
-               "sessions_full": 4503, "nonce_store_unavailable": 4503, "session_too_large": 4413,
-               "unsupported_media_type": 4415, "corrupt_media": 4422, "invalid_stream_message": 4400,
-               "session_not_found": 4404, **{code: 4408 for code in PACE_CODES}}
-
-
 @dataclass(frozen=True)
 class Plan:
     """What a session will reveal, sealed into its id."""
@@ -361,13 +352,15 @@ class Sessions:
             self.metrics.sessions.labels(code).inc()
 
     async def _refuse(self, websocket: WebSocket, live: Live | None, refused: Problem) -> None:
+        """An error message with the code, then a close code of 4000 + the code's HTTP status;
+        a refusal after the stream started is also what its verification answers."""
         if live is not None:
             self._fail(live, refused.code)
         log.info("session refused", extra={"code": refused.code})
         if websocket.client_state == WebSocketState.CONNECTED:
             try:
                 await websocket.send_json({"type": "error", "code": refused.code, "detail": refused.detail})
-                await websocket.close(CLOSE_CODES.get(refused.code, 4400))
+                await websocket.close(4000 + refused.status)
             except (WebSocketDisconnect, RuntimeError):
                 pass
 
