@@ -6,7 +6,8 @@ session reveals.
 The camera is a test hook: the page's getUserMedia returns a canvas stream, and this test
 draws each frame into it from a dev clip, lit by the colour the page is showing at that
 moment through the reflection simulation (`portrait.reflection`): the clip as a real camera
-would record it in front of that screen. The clip starts when the recording does. The same
+would record it in front of that screen. The hook reads what the page shows (colour, prompt)
+as a camera and an attacker watching the screen would. The clip starts when the recording does. The same
 clip unlit, and the forged recording (the clip's actions cut out and re-timed to each prompt
 as it is revealed, `portrait.forgery`), must be refused."""
 
@@ -46,8 +47,9 @@ HOOK = """
     context.drawImage(bitmap, 0, 0);
     bitmap.close();
     const root = document.querySelector(".pc-root");
+    const prompt = document.querySelector(".pc-prompt.pc-active");
     return { light: root ? root.dataset.light || "" : "", recording: !!root && root.classList.contains("pc-recording"),
-             state: document.body.dataset.state || "" };
+             prompt: prompt ? prompt.dataset.action || "" : "", state: document.body.dataset.state || "" };
   };
 })();
 """
@@ -74,7 +76,7 @@ def run_session(playwright, demo, clip, source) -> dict:  # noqa: F811
         page.goto(f"{demo['url']}/demo?mode=session&actions={ACTIONS}&schedule={SCHEDULE}")
         page.set_input_files("#id-image", files=[{"name": "id.jpg", "mimeType": "image/jpeg", "buffer": clip["id"]}])
         page.click("#start")
-        revealed, shown, started, frames = Revealed(), "", None, 0
+        revealed, shown, prompted, started, frames = Revealed(), "", "", None, 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             now = time.monotonic()
@@ -89,6 +91,10 @@ def run_session(playwright, demo, clip, source) -> dict:  # noqa: F811
                 shown = seen["light"]
                 if shown:
                     revealed.colours.append((time.monotonic() - started, shown))
+            if started is not None and seen["prompt"] != prompted:  # what the customer is asked, as shown
+                prompted = seen["prompt"]
+                if prompted:
+                    revealed.prompts.append((time.monotonic() - started, prompted))
             if seen["state"] in ("verifying", "done", "error"):
                 break
             time.sleep(max(0.0, 1 / FPS - (time.monotonic() - now)))

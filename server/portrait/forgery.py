@@ -28,10 +28,14 @@ class Cut:
 
 
 def cuts(events) -> dict[str, Cut]:
-    """The first event of each action the source recording shows (pipeline events)."""
+    """The first event of each head move or mouth opening the source recording shows
+    (pipeline events), cut short of the next one so that a cut shows one action only."""
+    moves = sorted((e for e in events if e.action != "blink"), key=lambda e: e.start_s)
     found: dict[str, Cut] = {}
-    for event in events:
-        found.setdefault(event.action, Cut(event.action, max(0.0, event.start_s - MARGIN_S[0]), event.end_s + MARGIN_S[1]))
+    for event, following in zip(moves, [*moves[1:], None]):
+        limit = following.start_s - MARGIN_S[0] if following is not None else float("inf")
+        found.setdefault(event.action, Cut(event.action, max(0.0, event.start_s - MARGIN_S[0]),
+                                           min(event.end_s + MARGIN_S[1], limit)))
     return found
 
 
