@@ -85,9 +85,6 @@ class Sequence:
     colours: tuple[int, ...]
     due_s: tuple[float, ...]
 
-    def claims(self) -> dict:
-        return {"colours": [NAMES[c] for c in self.colours], "due_s": list(self.due_s)}
-
 
 @dataclass(frozen=True)
 class Shown:
