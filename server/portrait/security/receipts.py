@@ -11,8 +11,10 @@ id), `tenant`, `iat` (epoch seconds), `inputs` (sha256 hex of each input: id ima
 the challenge nonce), `decision`, `reasons`, `scores`, `models` (name, version, sha256),
 `thresholds` (every threshold the decision used) and, for videos, `challenge` (the actions,
 schedule, window, recording length and `mirrored` that were asked) and `events` (each
-action seen, with its start and end in seconds). Claims must be plain JSON: NaN or
-infinity is refused.
+action seen, with its start and end in seconds); for live sessions, `session` (every prompt
+and colour revealed with the media and wall second of its reveal, the stop, the pace, the
+recording's digest) and `light` (the colours, the light check's score, threshold, latency and
+strength). Claims must be plain JSON: NaN or infinity is refused.
 """
 
 from __future__ import annotations

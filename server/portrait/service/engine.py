@@ -81,10 +81,6 @@ class Run:
         settings = self._engine.settings
         return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits))
 
-    def session_video(self, live: Live) -> Any:
-        """A session's recording, decoded from the media it holds."""
-        return self.video(live.media())
-
     def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
         with self.timings.stage("decode"):
             try:
@@ -167,8 +163,10 @@ class Engine:
                     await self.guard.release(challenge)
                 raise
             finally:
-                if live is not None:
-                    self.sessions.judged(live) if judged else self.sessions.release(live)
+                if live is not None and judged:
+                    self.sessions.judged(live)
+                elif live is not None:
+                    self.sessions.release(live)
         finally:
             if not ticket.handed_to_worker:
                 ticket.release()

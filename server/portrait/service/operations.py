@@ -3,6 +3,8 @@ worker thread. The engine gives every one of them the same path."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from portrait.media.clip import Video
@@ -25,9 +27,10 @@ def _session_verify(run: Run, parts: Parts, challenge: Challenge | None) -> dict
     """A live session's recording against the prompts and colours as it revealed them."""
     live = parts.session
     image = run.image(parts.files["id_image"])
-    video = _until(run.session_video(live), live.stop_s)
+    media = live.media()
+    video = _until(run.video(media), live.stop_s)
     answer = run.pipeline.verify(image, video, live.challenge(), timings=run.timings, shown=live.shown())
-    return {**answer, "session": live.claims()}
+    return {**answer, "session": {**live.claims(), "video_sha256": hashlib.sha256(media).hexdigest()}}
 
 
 def _until(video: Video, stop_s: float | None) -> Video:

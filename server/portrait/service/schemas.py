@@ -161,6 +161,7 @@ class SessionRecord(BaseModel):
     bytes: int
     client_named_actions: bool
     pace: dict[str, float]
+    video_sha256: str = Field(description="SHA-256 of the recording as the session received it.")
 
 
 class SessionVerificationResponse(VerificationResponse):
