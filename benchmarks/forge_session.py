@@ -8,7 +8,9 @@ the same clip, so only liveness can stop it.
 Each try creates a session whose actions are ones the clip shows (as the attack was tried
 against the one-shot mode: only challenges the clip can answer), with the prompt times and
 the screen colours drawn by the server. For comparison, `--genuine` tries stream the same
-clip lit by the colours each session revealed (`portrait.reflection`).
+clip, unedited, lit by the colours each session revealed (`portrait.reflection`, conditions
+drawn), in sessions whose prompts come before the clip's own actions (d12: turn left, turn
+right, open the mouth, prompted at 0.3, 1.5 and 2.6 s).
 
     python benchmarks/forge_session.py --tries 20 --genuine 5
 """
@@ -19,6 +21,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import replace
 from itertools import permutations
 from pathlib import Path
 
@@ -32,6 +35,8 @@ from portrait.offline import Offline
 from portrait.pipeline import Timings
 from portrait.settings import Settings
 
+GENUINE = (["turn_left", "turn_right", "open_mouth"], [0.3, 1.5, 2.6])  # what d12 does, prompted before it does it
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -39,6 +44,8 @@ def main() -> int:
     parser.add_argument("--genuine", type=int, default=5)
     parser.add_argument("--clip", default="videos/liveportrait/d12.mp4")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--latency", type=float, default=0.1, help="the genuine camera's latency after the page "
+                        "shows a colour (this client's own frame loop adds one or two frames to it)")
     parser.add_argument("--testdata", type=Path, default=None)
     args = parser.parse_args()
     testdata = args.testdata or default_testdata()
@@ -58,17 +65,21 @@ def main() -> int:
     try:
         for kind, count in (("forged", args.tries), ("genuine", args.genuine)):
             for i in range(count):
-                actions = choices[int(rng.integers(len(choices)))]
-                created = service.client.post(f"{service.url}/v1/sessions", json={"actions": actions},
-                                              headers=headers).json()
+                actions = choices[int(rng.integers(len(choices)))] if kind == "forged" else GENUINE[0]
+                body = {"actions": actions} if kind == "forged" else {"actions": GENUINE[0], "schedule": GENUINE[1]}
+                created = service.client.post(f"{service.url}/v1/sessions", json=body, headers=headers).json()
                 source = (forgery.Forger(video.frames, times, cuts) if kind == "forged" else
-                          reflection.LitCamera(video.frames, times, boxes, reflection.Conditions.draw(rng)))
+                          reflection.LitCamera(video.frames, times, boxes, replace(reflection.Conditions.draw(rng),
+                                                                                    latency_s=args.latency)))
                 outcome = streamer.stream(service.url.replace("http", "ws") + created["stream_path"],
                                           created["client_token"], source, size)
                 answer = service.client.post(f"{service.url}/v1/sessions/{created['session_id']}/verifications",
                                              headers=headers, files={"id_image": ("id.jpg", id_jpeg, "image/jpeg")}).json()
                 light = (answer.get("liveness") or {}).get("light") or {}
                 row = {"try": i + 1, "actions": actions, "stream": outcome["last"]["type"],
+                       "frames": (answer.get("video") or {}).get("frames"),
+                       "light": {k: light.get(k) for k in ("latency_s", "strength", "steps")},
+                       "simulated_strength": None if kind == "forged" else round(source.conditions.strength, 3),
                        "decision": answer.get("decision", answer.get("code")), "reasons": answer.get("reasons"),
                        "challenge_reason": ((answer.get("liveness") or {}).get("active") or {}).get("reason"),
                        "light_score": light.get("score"), "light_threshold": light.get("threshold")}
