@@ -278,3 +278,42 @@ def test_a_lit_session_is_accepted_and_its_receipt_says_what_was_revealed_when(s
         "turn_left", "turn_right", "open_mouth"]
     assert claims["challenge"]["schedule"] == [r["media_s"] for r in claims["session"]["reveals"] if r["kind"] == "prompt"]
     assert _metric(service, "portrait_session_media_bytes") == 0  # judged: the media are gone
+
+
+def test_a_session_holds_its_media_and_little_else():
+    """Measured with tracemalloc: the memory a streamed session holds is its media's bytes
+    plus a fixed few kilobytes (the reveals, the media clock), whatever the slicing."""
+    import asyncio
+    import tracemalloc
+
+    from portrait.service.metrics import Metrics
+    from portrait.service.sessions import Live, Sessions
+
+    data = _webm(7.0, size=256)
+    slices = [data[i : i + 512] for i in range(0, len(data), 512)]
+    clock = MediaClock()
+    ends = [clock.feed(chunk) or 0.0 for chunk in slices]
+    sessions = Sessions(Settings(), b"s" * 32, Metrics())
+    spec = ChallengeSpec.timed(["turn_left", "blink"], [1.0, 2.6])
+    plan = Plan("carrier-a", spec, light.random_sequence(7.0, np.random.default_rng(0)), "n" * 22, time.time() + 60,
+                False)
+
+    class Socket:
+        async def send_json(self, message: dict) -> None:
+            pass
+
+    async def stream() -> int:
+        live = Live("id", plan, reserved=True)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        start = time.monotonic()
+        for chunk, end in zip(slices, ends):
+            await sessions._chunk(Socket(), live, bytes(bytearray(chunk)), start + end)  # received: new bytes
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert live.size == len(data) and live.stop_s is not None and len(live.colours) >= 8
+        return held
+
+    held = asyncio.run(stream())
+    print(f"media {len(data)} bytes in {len(slices)} chunks: the session holds {held} bytes")
+    assert len(data) <= held <= len(data) + 64 * 1024
