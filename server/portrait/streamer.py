@@ -136,6 +136,9 @@ def _run(ws_url: str, token: str, source: FrameSource, fps: float, chunk_ms: int
                     break
         except TimeoutError:
             pass
+        except ConnectionClosed as closed:  # refused while sending: the close frame has the code
+            if closed.rcvd is not None and closed.rcvd.code >= 4000:
+                revealed.messages.append({"type": "error", "code": closed.rcvd.reason, "close_code": closed.rcvd.code})
 
 
 def _drain(ws, revealed: Revealed, t: float) -> None:

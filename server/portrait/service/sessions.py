@@ -352,15 +352,16 @@ class Sessions:
             self.metrics.sessions.labels(code).inc()
 
     async def _refuse(self, websocket: WebSocket, live: Live | None, refused: Problem) -> None:
-        """An error message with the code, then a close code of 4000 + the code's HTTP status;
-        a refusal after the stream started is also what its verification answers."""
+        """An error message with the code, then a close code of 4000 + the code's HTTP status
+        with the code as its reason (a client that was sending may miss the message); a
+        refusal after the stream started is also what its verification answers."""
         if live is not None:
             self._fail(live, refused.code)
         log.info("session refused", extra={"code": refused.code})
         if websocket.client_state == WebSocketState.CONNECTED:
             try:
                 await websocket.send_json({"type": "error", "code": refused.code, "detail": refused.detail})
-                await websocket.close(4000 + refused.status)
+                await websocket.close(4000 + refused.status, reason=refused.code)
             except (WebSocketDisconnect, RuntimeError):
                 pass
 

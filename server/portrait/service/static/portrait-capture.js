@@ -205,7 +205,8 @@ export async function recordSession(session, container, options = {}) {
     const result = await new Promise((resolve, reject) => {
       const fail = (code, detail) => reject(new CaptureError(code, detail));
       socket.onerror = () => fail("connection_lost", "the stream could not be opened");
-      socket.onclose = (event) => fail("connection_lost", `closed ${event.code}`);
+      socket.onclose = (event) => fail(event.code >= 4000 && !CONNECTION_CODES.has(event.reason) ? "session_refused"
+        : "connection_lost", event.reason || `closed ${event.code}`);
       socket.onopen = () => socket.send(JSON.stringify({ token: session.client_token }));
       onHidden = () => { if (document.hidden) fail("recording_too_short", "the page was hidden"); };
       document.addEventListener("visibilitychange", onHidden);
