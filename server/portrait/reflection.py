@@ -149,12 +149,13 @@ def light_clip(frames: np.ndarray, times: np.ndarray, boxes: np.ndarray | None, 
 
 class LitCamera:
     """A live session's "camera" for tests and benchmarks: a clip played forward then back
-    for as long as the session records, each frame lit by the colour the screen showed
-    `latency_s` before (None `conditions`: unlit). A frame source for `portrait.streamer`."""
+    for as long as the session records, after holding its first frame `hold_s` (a person
+    settling in), each frame lit by the colour the screen showed `latency_s` before (None
+    `conditions`: unlit). A frame source for `portrait.streamer`."""
 
     def __init__(self, frames: np.ndarray, times: np.ndarray, boxes: list[np.ndarray | None],
-                 conditions: Conditions | None) -> None:
-        self.frames, self.times, self.boxes = frames, times, boxes
+                 conditions: Conditions | None, hold_s: float = 0.0) -> None:
+        self.frames, self.times, self.boxes, self.hold_s = frames, times, boxes, hold_s
         self.conditions = conditions
         self.camera = Camera(conditions) if conditions is not None else None
 
@@ -165,7 +166,7 @@ class LitCamera:
         return int(min(np.searchsorted(self.times, folded), len(self.times) - 1))
 
     def __call__(self, t: float, revealed) -> np.ndarray:
-        i = self.index(t)
+        i = self.index(max(0.0, t - self.hold_s))
         if self.camera is None:
             return self.frames[i]
         name = revealed.colour_at(t - self.conditions.latency_s)
