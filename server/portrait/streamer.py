@@ -82,8 +82,8 @@ def stream(ws_url: str, token: str, source: FrameSource, size: tuple[int, int], 
     video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     try:
         _run(ws_url, token, source, fps, chunk_ms, pace, max_s, revealed, sink, container, video)
-    except ConnectionClosed:
-        pass
+    except ConnectionClosed as closed:
+        _closed(revealed, closed)
     last = next((m for m in reversed(revealed.messages) if m["type"] in ("complete", "error")), {"type": "closed"})
     return {"revealed": revealed, "last": last, "media": b"".join(sink.sent), "chunks": sink.sent}
 
@@ -137,8 +137,14 @@ def _run(ws_url: str, token: str, source: FrameSource, fps: float, chunk_ms: int
         except TimeoutError:
             pass
         except ConnectionClosed as closed:  # refused while sending: the close frame has the code
-            if closed.rcvd is not None and closed.rcvd.code >= 4000:
-                revealed.messages.append({"type": "error", "code": closed.rcvd.reason, "close_code": closed.rcvd.code})
+            _closed(revealed, closed)
+
+
+def _closed(revealed: Revealed, closed: ConnectionClosed) -> None:
+    """A refusal the client missed while sending: its code is the close frame's reason."""
+    frame = closed.rcvd
+    if frame is not None and frame.code >= 4000 and not any(m["type"] == "error" for m in revealed.messages):
+        revealed.messages.append({"type": "error", "code": frame.reason, "close_code": frame.code})
 
 
 def _drain(ws, revealed: Revealed, t: float) -> None:
