@@ -133,7 +133,7 @@ class InProcess:
         from portrait.backends import backend_from_settings
         from portrait.batching import BatchingBackend
         from portrait.media import decoder
-        from portrait.pipeline import Pipeline, PipelineConfig
+        from portrait.pipeline import CALIBRATION, Pipeline, config_from_record
         from portrait.service.inference import batch_policies
 
         self.settings = settings
@@ -141,7 +141,7 @@ class InProcess:
         self.observer = _Rows()
         inner = backend or backend_from_settings(settings)
         self.batcher = BatchingBackend(inner, batch_policies(settings), observer=self.observer)
-        self.pipeline = Pipeline(self.batcher, PipelineConfig(detect_every=settings.video_detect_every), frames)
+        self.pipeline = Pipeline(self.batcher, config_from_record(settings.calibration or CALIBRATION, detect_every=settings.video_detect_every), frames)
         self.decode = decode or decoder(settings.decoder)
 
     def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, dict]:

@@ -169,7 +169,7 @@ def _eval_pairs(args: argparse.Namespace) -> int:
 
 
 def _eval_liveness(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot), args.json)
+    return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot, by=args.by), args.json)
 
 
 def _eval_challenge(args: argparse.Namespace) -> int:
@@ -177,8 +177,14 @@ def _eval_challenge(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    if args.synthetic is not None:
+        if args.pairs is None or args.same_capture is None or args.liveness is not None:
+            raise ValueError("--synthetic takes --pairs (genuine photo pairs) and --same-capture, not --liveness")
+        return _emit(_offline().calibrate_synthetic(args.synthetic, args.pairs, args.same_capture, args.root,
+                                                    args.output), args.json)
     if (args.pairs is None) == (args.liveness is None):
-        raise ValueError("give --pairs (match thresholds) or --liveness (PAD and continuity), one of them")
+        raise ValueError("give --pairs (match thresholds), --liveness (PAD and continuity) or --synthetic "
+                         "(the generated-face check), one of them")
     if args.liveness is not None:
         return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
@@ -260,12 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--by", default=None, help="a column of the pairs file (e.g. group): FMR and FNMR per value")
     pairs.add_argument("--json", action="store_true")
     pairs.set_defaults(func=_eval_pairs)
-    live = evaluate.add_parser("liveness", help="CSV path,label[,attack]: APCER, BPCER")
+    live = evaluate.add_parser("liveness", help="CSV path,label[,attack,family,source_image]: APCER, BPCER")
     live.add_argument("--list", type=Path, required=True)
     live.add_argument("--root", type=Path, required=True)
     live.add_argument("--require", type=_actions, default=[])
     live.add_argument("--plot", type=Path, default=None,
                       help="write live and attack passive-score distributions with the threshold to this PNG (extra `plot`)")
+    live.add_argument("--by", default=None, help="a column (such as family): rates per group, with the generated-face "
+                      "threshold recalibrated without the group (leave one out)")
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
 
@@ -282,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--pairs", type=Path, default=None, help="CSV img_a,img_b,same_person: match thresholds")
     calibrate.add_argument("--liveness", type=Path, default=None,
                            help="CSV path,label[,attack]: the PAD box map and threshold, and the continuity threshold")
+    calibrate.add_argument("--synthetic", type=Path, default=None,
+                           help="CSV path,label,attack,family,source_image: the generated-face check's threshold, "
+                                "with --pairs (its genuine pairs) and --same-capture")
+    calibrate.add_argument("--same-capture", type=Path, default=None,
+                           help="CSV img_a,img_b: pairs of --pairs that are one photograph (derived, not genuine)")
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         default_factory=_default_mirror,
         description="Folder holding mirrored model files (MiniFASNet, dlib); else their canonical URLs.",
     )
+    calibration: Path | None = Field(
+        default=None,
+        description="A calibration record to decide with instead of the shipped one: `portrait calibrate "
+                    "--output FILE` on the carrier's own labelled material.",
+    )
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "portrait",
         description="Downloaded wheels and model files, keyed by sha256.",
@@ -76,7 +81,19 @@ class Settings(BaseSettings):
             return 1
         return max(1, min(DEFAULT_MODEL_CALLS_CAP, usable_cores() // self.inference_threads))
 
-    @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
+    @field_validator("calibration")
+    @classmethod
+    def _readable_record(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from portrait.pipeline import config_from_record
+
+            try:
+                config_from_record(value)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{value}: not a usable calibration record ({error!r})") from None
+        return value
+
+    @field_validator("model_mirror", "api_keys_file", "receipt_key_file", "calibration", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -273,4 +273,5 @@ def _scores(answer: dict) -> dict:
     if "liveness" in answer:
         scores["passive"] = answer["liveness"]["passive"]["score"]
         scores["continuity"] = answer["liveness"]["continuity"]["score"]
+        scores["synthetic"] = answer["liveness"]["synthetic"]["score"]
     return scores

@@ -24,7 +24,7 @@ from portrait.batching import BatchingBackend, BatchPolicy
 from portrait.frames import frame_ops
 from portrait.media import decoder
 from portrait.modelrepo.specs import BY_NAME
-from portrait.pipeline import Pipeline, PipelineConfig
+from portrait.pipeline import CALIBRATION, Pipeline, config_from_record
 from portrait.service.metrics import Metrics
 from portrait.settings import Settings
 
@@ -119,7 +119,7 @@ class Inference:
         self.decode = decoder(settings.decoder)
         self.inner = backend or backend_from_settings(settings)
         self.batcher = BatchingBackend(self.inner, batch_policies(settings), observer=BatcherObserver(metrics))
-        self.config = PipelineConfig(detect_every=settings.video_detect_every)
+        self.config = config_from_record(settings.calibration or CALIBRATION, detect_every=settings.video_detect_every)
         # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
         self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")
