@@ -8,11 +8,9 @@ import pytest
 
 from portrait.backends import MEASURED, create_backend, runtime_table
 from portrait.backends.onnxruntime import OnnxRuntimeBackend
+from portrait.backends.openvino import OpenVinoBackend
 from portrait.modelrepo.specs import BY_NAME
 from portrait.pipeline import Pipeline
-
-pytest.importorskip("openvino", reason="the openvino extra is not installed")
-from portrait.backends.openvino import OpenVinoBackend  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import cv2
 import httpx
 import pytest
 
+from portrait.backends import runtime_table
 from portrait.challenge import ChallengeSpec
 from portrait.security.receipts import ReceiptSigner, generate_key, verify_receipt
 from portrait.security.tokens import ChallengeSigner
@@ -147,6 +148,17 @@ def test_health_readiness_and_openapi(service):
     assert httpx.get(f"{service['url']}/readyz").status_code == 200
     spec = httpx.get(f"{service['url']}/openapi.json").json()
     assert {"/v1/challenges", "/v1/verifications", "/v1/compare", "/v1/liveness"} <= set(spec["paths"])
+
+
+def test_the_start_log_and_metrics_name_each_models_runtime(service):
+    lines = [json.loads(line) for line in service["log"].read_text().splitlines() if line.startswith("{")]
+    said = [line for line in lines if line.get("msg") == "model runtimes"]
+    assert len(said) == 1 and said[0]["backend"] == "embedded", said
+    assert said[0]["runtimes"] == runtime_table("auto")
+    assert "openvino" in said[0]["runtimes"].values()  # the fast runtime comes with the default install
+    metrics = httpx.get(f"{service['url']}/metrics").text
+    for model, runtime in said[0]["runtimes"].items():
+        assert re.search(rf'^portrait_model_info{{name="{model}",runtime="{runtime}",', metrics, re.M), model
 
 
 def test_challenge_then_verification_accepts_the_live_subject(service, media):

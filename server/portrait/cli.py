@@ -202,9 +202,10 @@ def _levels(text: str) -> list[int]:
 
 def _modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in ("plain", "in_process", "service")]
+    unknown = [m for m in modes if m not in ("plain", "profile", "in_process", "service")]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; choose from plain, in_process, service")
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; "
+                                         "choose from plain, profile, in_process, service")
     return modes
 
 
@@ -308,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=_levels, default=[1, 4, 16], help="comma-separated levels (1,4,16)")
     bench.add_argument("--requests", type=int, default=3, help="requests per client at each level")
     bench.add_argument("--quick", action="store_true", help="one request per client at each level (CI)")
-    bench.add_argument("--modes", type=_modes, default=["plain", "in_process", "service"],
-                       help="comma-separated: plain, in_process, service")
+    bench.add_argument("--modes", type=_modes, default=["plain", "profile", "in_process", "service"],
+                       help="comma-separated: plain, profile (CPU s per stage and model, one verification at "
+                            "a time), in_process, service")
     bench.add_argument("--url", default=None, help="a running service; default: start `portrait serve` here")
     bench.add_argument("--api-key", default=None, help="API key for --url")
     bench.set_defaults(func=_bench)

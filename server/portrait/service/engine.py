@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse
 
 from portrait.backends.base import BackendError
 from portrait.batching import Cancelled, DeadlineExceeded, QueueFull
-from portrait.backends import InferenceBackend
+from portrait.backends import InferenceBackend, model_runtimes
 from portrait.media import MediaError
 from portrait.modelrepo.repository import served_models
 from portrait.pipeline import Pipeline, Timings
@@ -129,8 +129,11 @@ class Engine:
         self.guard = Guard(settings)
         self.inference = Inference(settings, self.metrics, backend)
         self.models = served_models(settings.model_repository)
+        runtimes = model_runtimes(self.inference.inner)
+        log.info("model runtimes", extra={"backend": settings.backend, "runtimes": runtimes})
         for model in self.models:
-            self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"]})
+            self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"],
+                                                            "runtime": runtimes.get(model["name"], "-")})
         self.draining = False
         self.admitted = 0  # requests holding a place (waiting or running); touched only on the event loop
 
