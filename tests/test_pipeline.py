@@ -51,6 +51,14 @@ def pipeline(model_repository):
     return Pipeline(OnnxRuntimeBackend(model_repository))
 
 
+@pytest.fixture(scope="module")
+def frame_id(pipeline):
+    """The pipeline for tests whose ID photo is a frame of the selfie itself (no second capture
+    of these people exists in the test data): the generated-face check, which rightly refuses
+    such an ID photo (tests/test_synthetic.py), is set above any score."""
+    return Pipeline(pipeline.backend, replace(pipeline.config, synthetic_threshold=2.0))
+
+
 def _events(pipeline, video, mirrored=False):
     return pipeline.analyse_video(video, Timings(), mirrored=mirrored).events
 
@@ -144,17 +152,17 @@ def test_spliced_identity_is_caught(pipeline, testdata):
     assert "identity_changed" in result["reasons"] or "video_face_lost" in result["reasons"]
 
 
-def test_exactly_the_asked_actions_in_their_windows_are_accepted(pipeline, testdata):
+def test_exactly_the_asked_actions_in_their_windows_are_accepted(frame_id, testdata):
     video = _d12_head(testdata)
     id_image = video.frames[0].copy()  # the subject's own face
-    done = pipeline.verify(id_image, video, D12_TURNS)
+    done = frame_id.verify(id_image, video, D12_TURNS)
     assert done["decision"] == "accept", done["reasons"]
     assert done["match"]["score"] > done["match"]["threshold"]
     assert done["liveness"]["active"]["challenge"] == D12_TURNS.claims()
-    assert done["thresholds"]["liveness"]["mouth_open_ratio"] == pipeline.config.liveness.mouth_open_ratio
+    assert done["thresholds"]["liveness"]["mouth_open_ratio"] == frame_id.config.liveness.mouth_open_ratio
 
 
-def test_d12_refusals_unrequested_wrong_times_mirrored_missing(pipeline, testdata):
+def test_d12_refusals_unrequested_wrong_times_mirrored_missing(pipeline, frame_id, testdata):
     """One analysis of each clip, judged against several challenges as the service would."""
     whole = _video(testdata, "liveportrait/d12.mp4")
     head = _head(whole, 4.4)
@@ -171,7 +179,7 @@ def test_d12_refusals_unrequested_wrong_times_mirrored_missing(pipeline, testdat
     assert liveness.judge(D12_TURNS, mirrored, head.duration_s).reason == "unrequested_action"
     more = ChallengeSpec.timed(["turn_left", "turn_right", "look_up"], [1.0, 2.8, 3.5])
     assert liveness.judge(more, events, head.duration_s).reason == "challenge_incomplete"
-    answer = pipeline.verify(head.frames[0].copy(), whole, D12_TURNS)
+    answer = frame_id.verify(head.frames[0].copy(), whole, D12_TURNS)
     assert answer["decision"] == "retry" and answer["reasons"] == ["unrequested_action"]
     assert {e["action"] for e in answer["liveness"]["active"]["unrequested"]} == {"open_mouth", "turn_left"}
 
@@ -291,12 +299,13 @@ def test_eval_liveness_on_the_dev_attacks(model_repository, testdata, tmp_path):
     assert report["bpcer"] == 0.0
 
 
-def test_torch_frame_path_gives_the_same_answers(pipeline, testdata):
+def test_torch_frame_path_gives_the_same_answers(frame_id, testdata):
     """The GPU path's pixel work (kernels' PyTorch references here, on the CPU) against
     OpenCV's: same decisions and actions, near-equal scores."""
     pytest.importorskip("torch", reason="the kernels extra is not installed")
     from portrait.frames import TorchFrames
 
+    pipeline = frame_id
     on_torch = Pipeline(pipeline.backend, pipeline.config, frames=TorchFrames("cpu"))
     d12, fake = _d12_head(testdata), _video(testdata, "replay_pair/fake.mp4")
     cases = ((d12.frames[0].copy(), d12, D12_TURNS),  # the subject's own face: genuine
@@ -317,7 +326,7 @@ def test_torch_frame_path_gives_the_same_answers(pipeline, testdata):
     assert genuine["match"]["score"] == pytest.approx(genuine_torch["match"]["score"], rel=0.01)
 
 
-def test_device_tensors_flow_through_the_batcher(pipeline, model_repository, testdata):
+def test_device_tensors_flow_through_the_batcher(frame_id, model_repository, testdata):
     """With `keep_on_device` the model inputs stay tensors up to the backend: the batcher
     joins them where they are (here on the CPU, with ONNX Runtime reading them)."""
     pytest.importorskip("torch", reason="the kernels extra is not installed")
@@ -326,6 +335,7 @@ def test_device_tensors_flow_through_the_batcher(pipeline, model_repository, tes
 
     batcher = BatchingBackend(OnnxRuntimeBackend(model_repository))  # closing it closes its own backend
     try:
+        pipeline = frame_id
         on_device = Pipeline(batcher, pipeline.config, frames=TorchFrames("cpu", keep_on_device=True))
         video = _d12_head(testdata)
         id_image = video.frames[0].copy()

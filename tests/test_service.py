@@ -23,7 +23,7 @@ from portrait.challenge import ChallengeSpec
 from portrait.security.receipts import ReceiptSigner, generate_key, verify_receipt
 from portrait.security.tokens import ChallengeSigner
 
-from conftest import free_port
+from conftest import frame_id_record, free_port
 
 KEY_A = "carrier-a-key-0123456789abcdef"
 KEY_B = "carrier-b-key-0123456789abcdef"
@@ -52,6 +52,8 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
         "PORTRAIT_RECEIPT_KEY_FILE": str(key_file),
         "PORTRAIT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "PORTRAIT_BATCH_MAX_DELAY_MS": "20",
+        # The ID stand-ins are frames of the clips themselves (conftest.frame_id_record).
+        "PORTRAIT_CALIBRATION": str(frame_id_record(tmp)),
         "TMPDIR": str(tmpdir),
         **(extra_env or {}),
     }
