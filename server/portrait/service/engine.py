@@ -13,8 +13,10 @@ the tenant and the request; the engine does the rest in one order:
 
 A request refused after the claim but before it is judged (overload in the batcher, the
 deadline, the client gone, the backend down) gives its claim back, so the customer retries
-with the same token. Its admission and tenant places are held until its worker is done,
-not until its client leaves.
+with the same token, but only once its work has stopped: the decoders and the batcher check
+the request's deadline and cancellation between packets and model calls, and the refusal
+waits for the worker, so a token never carries abandoned work. Its admission and tenant
+places are held until its worker is done, not until its client leaves.
 
 Security (`Guard`) and inference (`Inference`) are separate objects; the engine joins them.
 """
@@ -63,18 +65,30 @@ class Parts:
 
 
 class Run:
-    """What an operation's work sees on its worker thread: decoders and the pipeline."""
+    """What an operation's work sees on its worker thread: decoders and the pipeline, and the
+    request's deadline and cancellation, which stop a decode between packets."""
 
-    def __init__(self, engine: Engine, pipeline: Pipeline, timings: Timings) -> None:
+    def __init__(self, engine: Engine, pipeline: Pipeline, timings: Timings, deadline: float,
+                 cancelled: threading.Event) -> None:
         self._engine, self.pipeline, self.timings = engine, pipeline, timings
+        self._deadline, self._cancelled = deadline, cancelled
+
+    def checkpoint(self) -> None:
+        """Raise if the work must stop: the client left, or the deadline passed."""
+        if self._cancelled.is_set():
+            raise Cancelled("decode")
+        if time.monotonic() > self._deadline:
+            raise DeadlineExceeded("decode")
 
     def image(self, data: bytes) -> Any:
         settings = self._engine.settings
+        self.checkpoint()  # an image decode is bounded (media/jpeg.py) and runs whole
         return self._decode("image", lambda: self._engine.inference.decode.image(data, max_pixels=settings.max_image_pixels))
 
     def video(self, data: bytes) -> Any:
         settings = self._engine.settings
-        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits))
+        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits,
+                                                                                  self.checkpoint))
 
     def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
         with self.timings.stage("decode"):
@@ -174,7 +188,8 @@ class Engine:
         started = []
 
         def work() -> tuple[dict, dict]:
-            answer = op.work(Run(self, self.inference.pipeline(deadline, cancelled), timings), parts, challenge)
+            run = Run(self, self.inference.pipeline(deadline, cancelled), timings, deadline, cancelled)
+            answer = op.work(run, parts, challenge)
             digests = {f"{name}_sha256": hashlib.sha256(data).hexdigest() for name, data in parts.files.items()}
             return answer, digests
 
@@ -182,10 +197,12 @@ class Engine:
         ticket.handed_to_worker = True
         task.add_done_callback(lambda done: _finished(ticket, done))
 
-        def stop() -> None:
+        async def stop() -> None:
+            """Stop the work and wait until it has: the claim is given back only then."""
             cancelled.set()
             if not started:
                 task.cancel()  # still waiting for a worker: leave the line
+            await asyncio.wait({task})
 
         try:
             while True:
@@ -193,10 +210,10 @@ class Engine:
                 if done:
                     break
                 if time.monotonic() > deadline:
-                    stop()
+                    await stop()
                     raise problem("deadline_exceeded", "the verification took too long; try again")
                 if await request.is_disconnected():
-                    stop()
+                    await stop()
                     raise problem("client_closed_request", "the client went away")
             result = task.result()
         except MediaError as error:

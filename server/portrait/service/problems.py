@@ -34,7 +34,9 @@ TITLES = {
 _MEDIA_MEANING = {
     "unsupported_media_type": "an upload is not an image or video format the service reads",
     "corrupt_media": "an upload does not decode",
-    "media_too_large": "an image or video frame has more pixels than allowed",
+    "media_too_large": "an image or video frame has more pixels than allowed, or a progressive JPEG needs more than "
+                       "64 MiB to decode",
+    "too_many_scans": "a JPEG image or MJPEG video frame has more than 32 scans",
     "video_too_long": "the video runs longer, or has more frames, than allowed",
     "no_frames": "the video has no decodable frame",
 }
