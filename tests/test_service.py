@@ -46,7 +46,7 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
         "PORTRAIT_PORT": str(port),
         "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A},carrier-b:{KEY_B},carrier-c:{KEY_C}",
         "PORTRAIT_CHALLENGE_SECRET": SECRET,
-        "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1",
+        "PORTRAIT_CLIENT_ACTIONS_TENANTS": "carrier-a,carrier-b,carrier-c", "PORTRAIT_FULL_ANSWER_TENANTS": "carrier-a,carrier-b",
         "PORTRAIT_MIRRORED_TENANTS": "carrier-b",
         "PORTRAIT_RECEIPT_KEY_FILE": str(key_file),
         "PORTRAIT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),

@@ -21,6 +21,10 @@ from portrait.media.errors import MediaError
 # Scans a JPEG may have. libjpeg's progressive script has 10 (6 for grey), the most in the
 # test data is 14 (`obama_and_biden.jpg`); a baseline file has 1 (3 when each component has its own).
 MAX_SCANS = 32
+# Scans one MJPEG video frame may have: cameras write sequential JPEG, at most one scan per
+# component, per field of an interlaced frame (6). A video has up to `frame_budget` frames,
+# so each frame's scans multiply the decode's cost.
+MAX_FRAME_SCANS = 6
 # The most a multi-scan JPEG's coefficient buffer may take: 2 bytes per coefficient, 64 per
 # 8x8 block, every block of every component at full size. 64 MiB is a 22-megapixel 4:2:0 or
 # an 11-megapixel 4:4:4 progressive photo (the largest in the test data takes 42 MiB).
@@ -148,17 +152,17 @@ def check_cost(layout: Layout, max_pixels: int) -> None:
         raise MediaError("media_too_large", message)
 
 
-def check_frames(data: bytes, max_pixels: int) -> int:
+def check_frames(data: bytes, max_pixels: int, max_scans: int = MAX_FRAME_SCANS) -> int:
     """Check every JPEG image in one MJPEG packet (interlaced MJPEG carries two), counting
-    their scans together; returns the number of images."""
+    their scans together against max_scans; returns the number of images."""
     images = scans = pos = 0
     while True:
         layout, pos = read_layout(data, pos)
         images += 1
         scans += layout.scans
+        if scans > max_scans:
+            raise MediaError("too_many_scans", f"a video frame has more than {max_scans} scans")
         check_cost(layout, max_pixels)
-        if scans > MAX_SCANS:
-            raise MediaError("too_many_scans", f"the video frame has more than {MAX_SCANS} scans")
         pos = data.find(b"\xff\xd8", pos)
         if pos < 0:
             return images

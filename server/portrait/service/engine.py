@@ -28,6 +28,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -234,11 +235,14 @@ class Engine:
         return result
 
     def _respond(self, endpoint: str, tenant: str, answer: dict, inputs: dict) -> JSONResponse:
+        """The answer, in full or as the decision and reasons (the tenant's setting), and the
+        receipt, which carries what an audit needs either way."""
         rid = request_id.get()
         for reason in answer["reasons"] or ["none"]:
             self.metrics.decisions.labels(endpoint, answer["decision"], reason).inc()
+        receipt_id = uuid.uuid4().hex  # unique per receipt, whatever request id the client chose
         claims = {
-            "rid": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
+            "rid": receipt_id, "request_id": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
             "inputs": inputs, "decision": answer["decision"], "reasons": answer["reasons"],
             "scores": _scores(answer), "models": self.models, "thresholds": answer["thresholds"],
         }
@@ -246,8 +250,11 @@ class Engine:
             active = answer["liveness"]["active"]
             claims["challenge"] = active["challenge"]
             claims["events"] = [{k: e[k] for k in ("action", "start_s", "end_s")} for e in active["observed"]]
-        body = {**answer, "models": self.models, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
-        log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"]})
+        shown = {**answer, "models": self.models} if self.settings.full_answer_for(tenant) else {
+            "decision": answer["decision"], "reasons": answer["reasons"]}
+        body = {**shown, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
+        log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"],
+                                    "receipt_id": receipt_id})
         return JSONResponse(body, headers={"x-portrait-outcome": answer["decision"]})
 
     async def ready(self) -> tuple[bool, str | None]:
