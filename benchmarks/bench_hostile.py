@@ -216,9 +216,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-neighbour", action="store_true")
+    parser.add_argument("--cases", default="", help="comma-separated words: run only the cases whose name has one")
     args = parser.parse_args()
     photos = tuple((TESTDATA / f"images/face_recognition/examples/{name}.jpg").read_bytes() for name in ("obama", "biden"))
     all_cases = cases(photos[0])
+    if args.cases:
+        words = args.cases.split(",")
+        all_cases = {name: case for name, case in all_cases.items() if any(word in name for word in words)}
     server = Server({"PORTRAIT_WORKERS": "2", "PORTRAIT_MAX_WAITING": "6", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "4"})
     try:
         rows = measure_cases(server, all_cases, args.timeout)
