@@ -7,8 +7,8 @@ Users:
   (saying whether its capture client mirrors), then POST /v1/verifications with the challenge
   token, an ID photo and a selfie video. Pre-recorded media cannot follow a random challenge, so
   by default it names the challenge's actions itself (the server must run with
-  PORTRAIT_ALLOW_CLIENT_ACTIONS=1); with LOCUST_ACTIONS="" it takes the server's random actions
-  and most answers will be `retry` (still a full pipeline run).
+  PORTRAIT_CLIENT_ACTIONS_TENANTS naming its tenant); with LOCUST_ACTIONS="" it takes the
+  server's random actions and most answers will be `retry` (still a full pipeline run).
 - CompareUser (weight 1): POST /v1/compare with photo pairs from a pairs CSV.
 
 The default media are `portrait bench`'s standard workload, so the two measure the same work.
@@ -201,7 +201,7 @@ class PortraitUser(HttpUser):
                 delay = 1.0
             gevent.sleep(min(max(delay, 0.0), MAX_RETRY_AFTER_S))
         elif code == "client_actions_disabled":
-            log.error("the server chooses challenge actions: run it with PORTRAIT_ALLOW_CLIENT_ACTIONS=1, "
+            log.error("the server chooses challenge actions: run it with PORTRAIT_CLIENT_ACTIONS_TENANTS naming this tenant, "
                       "or set LOCUST_ACTIONS= to take its random actions")
             raise StopUser()
         return False

@@ -192,8 +192,9 @@ def timed(actions: list[str], mirrored: bool = False) -> ChallengeSpec:
 
 
 def good_payload(clock: Clock, **changes: object) -> dict:
-    payload = {"v": 2, "tenant": "alpha", "actions": ["blink", "turn_left"], "schedule": [1.0, 3.0],
-               "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": b64e(bytes(16)),
+    payload = {"v": 3, "tenant": "alpha", "actions": ["blink", "turn_left"], "schedule": [1.0, 3.0],
+               "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "client_named": False,
+               "nonce": b64e(bytes(16)),
                "iat": clock.now, "exp": clock.now + 120}
     payload.update(changes)
     return payload
@@ -208,8 +209,9 @@ def test_issue_and_verify(signer: ChallengeSigner, clock: Clock) -> None:
     assert len(b64d(issued.nonce)) == 16
     body, signature = issued.token.split(".")
     payload = json.loads(b64d(body))
-    assert payload == {"v": 2, "tenant": "alpha", "actions": ["turn_left", "blink"], "schedule": [1.0, 3.0],
-                       "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": issued.nonce,
+    assert payload == {"v": 3, "tenant": "alpha", "actions": ["turn_left", "blink"], "schedule": [1.0, 3.0],
+                       "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "client_named": False,
+                       "nonce": issued.nonce,
                        "iat": clock.now, "exp": clock.now + 120}
     assert b64d(signature) == hmac.new(SECRET, body.encode(), hashlib.sha256).digest()
     clock.now += 119.9
@@ -240,6 +242,7 @@ def forged_variants(token: str) -> Iterator[str]:
     yield f"{b64e(json.dumps({**payload, 'exp': payload['exp'] + 3600}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'actions': ['blink']}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'mirrored': not payload['mirrored']}).encode())}.{signature}"
+    yield f"{b64e(json.dumps({**payload, 'client_named': not payload['client_named']}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'schedule': [s + 1 for s in payload['schedule']]}).encode())}.{signature}"
     yield f"{b64e(b'{not json')}.{signature}"  # garbage with a bad signature: not parsed
     mac = bytearray(b64d(signature))
@@ -275,9 +278,11 @@ def test_malformed_structure(signer: ChallengeSigner) -> None:
 def test_malformed_payload_even_when_signed(signer: ChallengeSigner, clock: Clock) -> None:
     assert signer.verify(sign_payload(good_payload(clock)), "alpha").actions == ["blink", "turn_left"]
     assert signer.verify(sign_payload(good_payload(clock, mirrored=True)), "alpha").spec.mirrored is True
+    assert signer.verify(sign_payload(good_payload(clock, client_named=True)), "alpha").spec.client_named is True
     bad_payloads: list[object] = [
         b"{not json", b"\xff\xfe", b"[]", b'"string"', b"null",
-        good_payload(clock, v=1), good_payload(clock, v=True), good_payload(clock, v="2"),
+        good_payload(clock, v=2), good_payload(clock, v=True), good_payload(clock, v="3"),
+        good_payload(clock, client_named="false"), good_payload(clock, client_named=None),
         good_payload(clock, tenant=""), good_payload(clock, tenant=7),
         good_payload(clock, actions=["blink", "smile"]), good_payload(clock, actions=[]),
         good_payload(clock, actions=["blink", "blink"]), good_payload(clock, actions="blink"),
@@ -585,6 +590,24 @@ def test_in_flight_limiter() -> None:
         limiter.release("alpha")
     with pytest.raises(ValueError):
         InFlightLimiter(0)
+
+
+def test_in_flight_limiter_gives_a_named_tenant_its_own_cap() -> None:
+    """The demo's tenant has a cap of its own, apart from every carrier's."""
+    limiter = InFlightLimiter(3, {"demo": 1})
+    assert limiter.acquire("demo") and limiter.acquire("demo") is False
+    assert all(limiter.acquire("alpha") for _ in range(3)) and limiter.acquire("alpha") is False
+    with pytest.raises(ValueError):
+        InFlightLimiter(3, {"demo": 0})
+
+
+def test_client_named_challenges_are_marked_in_the_token(signer: ChallengeSigner) -> None:
+    from portrait.challenge import random_schedule
+
+    named = signer.verify(signer.issue("alpha", random_schedule(["blink", "turn_left"])).token, "alpha")
+    drawn = signer.verify(signer.issue("alpha", random_challenge()).token, "alpha")
+    assert named.spec.client_named is True and drawn.spec.client_named is False
+    assert ChallengeSpec.timed(["blink"], [1.0], client_named=True).claims()["client_named"] is True
 
 
 def test_in_flight_limiter_concurrent() -> None:

@@ -47,7 +47,7 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
         "PORTRAIT_PORT": str(port),
         "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A},carrier-b:{KEY_B},carrier-c:{KEY_C}",
         "PORTRAIT_CHALLENGE_SECRET": SECRET,
-        "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1",
+        "PORTRAIT_CLIENT_ACTIONS_TENANTS": "carrier-a,carrier-b,carrier-c", "PORTRAIT_FULL_ANSWER_TENANTS": "carrier-a,carrier-b",
         "PORTRAIT_MIRRORED_TENANTS": "carrier-b",
         "PORTRAIT_RECEIPT_KEY_FILE": str(key_file),
         "PORTRAIT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
@@ -210,7 +210,9 @@ def test_the_right_actions_at_the_wrong_times_are_refused(service, media):
 
 def test_a_challenge_carries_its_schedule_and_mirroring(service):
     drawn = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth()).json()
-    assert set(drawn) == {"token", "actions", "schedule", "window_s", "record_s", "mirrored", "expires_at"}
+    assert set(drawn) == {"token", "actions", "schedule", "window_s", "record_s", "mirrored", "client_named",
+                          "expires_at"}
+    assert drawn["client_named"] is False
     assert 2 <= len(drawn["actions"]) <= 4 and len(drawn["schedule"]) == len(drawn["actions"])
     assert all(a != b for a, b in zip(drawn["actions"], drawn["actions"][1:]))
     assert drawn["schedule"] == sorted(drawn["schedule"]) and drawn["window_s"] == [0.3, 3.0]
@@ -222,6 +224,7 @@ def test_a_challenge_carries_its_schedule_and_mirroring(service):
     named = httpx.post(f"{service['url']}/v1/challenges", json={"actions": ["blink", "turn_left"]},
                        headers=_auth()).json()
     assert named["actions"] == ["blink", "turn_left"] and len(named["schedule"]) == 2  # drawn by the server
+    assert named["client_named"] is True
     for body in ({"actions": ["blink"], "schedule": [2.0, 1.0]}, {"actions": ["blink"], "schedule": [60.0]},
                  {"schedule": [1.0]}, {"actions": ["blink", "blink"]}):
         refused = httpx.post(f"{service['url']}/v1/challenges", json=body, headers=_auth())

@@ -200,7 +200,7 @@ class Service:
         if url is None:
             port = _free_port()
             child_env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"bench:{KEY}",
-                         "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
+                         "PORTRAIT_CLIENT_ACTIONS_TENANTS": "bench", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
                          "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING",
                          "PORTRAIT_MAX_WAITING": "64", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "63",
                          "PORTRAIT_REQUEST_TIMEOUT_S": "600", **(env or {})}

@@ -33,24 +33,27 @@ MAX_RECORD_S = FIRST_PROMPT_S[1] + (MAX_ACTIONS - 1) * PROMPT_GAP_S[1] + WINDOW_
 class ChallengeSpec:
     """The actions asked for and, when timed, the second after the start of recording at
     which each prompt is shown. Untimed specs (no schedule) are for offline checks only:
-    the service always issues a schedule."""
+    the service always issues a schedule. `client_named`: the caller chose the actions (a
+    kiosk, a test), so the challenge proves nothing the caller did not already know."""
 
     actions: tuple[str, ...]
     schedule: tuple[float, ...] | None = None
     window_s: tuple[float, float] = WINDOW_S
     record_s: float | None = None
     mirrored: bool = False
+    client_named: bool = False
 
     @classmethod
     def timed(cls, actions: tuple[str, ...] | list[str], schedule: tuple[float, ...] | list[float],
-              mirrored: bool = False) -> ChallengeSpec:
+              mirrored: bool = False, client_named: bool = False) -> ChallengeSpec:
         schedule = tuple(round(float(s), 3) for s in schedule)
-        return cls(tuple(actions), schedule, WINDOW_S, float(record_after(schedule)), mirrored)
+        return cls(tuple(actions), schedule, WINDOW_S, float(record_after(schedule)), mirrored, client_named)
 
     def claims(self) -> dict:
         """The fields as plain JSON (token payload, receipt, API answer)."""
         return {"actions": list(self.actions), "schedule": None if self.schedule is None else list(self.schedule),
-                "window_s": list(self.window_s), "record_s": self.record_s, "mirrored": self.mirrored}
+                "window_s": list(self.window_s), "record_s": self.record_s, "mirrored": self.mirrored,
+                "client_named": self.client_named}
 
 
 def record_after(schedule) -> np.ndarray:
@@ -110,9 +113,9 @@ def random_challenge(mirrored: bool = False, rng: np.random.Generator | None = N
 
 def random_schedule(actions: tuple[str, ...] | list[str], mirrored: bool = False,
                     rng: np.random.Generator | None = None) -> ChallengeSpec:
-    """Named actions (kiosks, tests) with a schedule the server draws."""
+    """Client-named actions (kiosks, tests) with a schedule the server draws."""
     schedule = _schedules(rng or _system_rng(), np.array([len(actions)]))[0, : len(actions)]
-    return ChallengeSpec.timed(actions, [float(s) for s in schedule], mirrored)
+    return ChallengeSpec.timed(actions, [float(s) for s in schedule], mirrored, client_named=True)
 
 
 def valid_actions(actions: object, min_actions: int = 1) -> bool:

@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as error:
         print(f"portrait serve: {settings_error(error)}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, native=True)
     try:
         engine = Engine(settings)
     except (KeyConfigError, RuntimeError, ImportError, ValueError, OSError) as error:

@@ -132,8 +132,6 @@ class Settings(BaseSettings):
     challenge_secret: str = Field(default="", description="HMAC secret for challenge tokens; random per "
                                   "process when empty (set it when several replicas share traffic).")
     challenge_ttl_s: float = Field(default=120.0, gt=0, le=3600)
-    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions "
-                                       "and schedule (kiosks, tests).")
     mirrored: bool = Field(default=False, description="Whether capture clients mirror the recording, unless "
                            "the tenant is in mirrored_tenants or the challenge request says.")
     mirrored_tenants: str = Field(default="", description="Comma-separated tenants whose capture client mirrors.")
@@ -167,14 +165,32 @@ class Settings(BaseSettings):
                              "so one tenant cannot take every place")
         return self
 
-    # The demo page: off unless asked for; it spends one tenant's quota for anyone who can reach it.
-    demo: bool = Field(default=False, description="Serve the demo page at /demo and its relay (never in production).")
-    demo_tenant: str = Field(default="", description="The configured tenant whose key the demo relay presents.")
+    # Per tenant: comma-separated tenant names.
+    client_actions_tenants: str = Field(default="", description="Tenants that may name a challenge's actions "
+                                        "and schedule (kiosks, tests); the token and the receipt say so. Never a "
+                                        "tenant whose callers could be an attacker.")
+    full_answer_tenants: str = Field(default="", description="Tenants whose answers carry every score, "
+                                     "threshold and observed action (audit back ends); the others get the "
+                                     "decision and reasons. Receipts carry the scores for every tenant.")
+
+    # The demo page: off unless asked for. It runs as a tenant of its own, with its own small
+    # quota, so anyone who can reach it spends that and nothing of a carrier's.
+    demo: bool = Field(default=False, description="Serve the demo page at /demo (never in production).")
+    demo_tenant: str = Field(default="demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                             description="The tenant name the demo's requests and receipts carry; not a "
+                             "tenant of the API keys.")
+    demo_rate_limit_per_s: float = Field(default=0.2, gt=0, description="The demo's requests per second, all "
+                                         "visitors together.")
+    demo_rate_limit_burst: int = Field(default=6, ge=1, description="The demo's requests at once.")
+    demo_max_in_flight: int = Field(default=1, ge=1, description="The demo's requests in progress at once.")
 
     @model_validator(mode="after")
-    def _demo_needs_a_tenant(self) -> Settings:
-        if self.demo and not self.demo_tenant:
-            raise ValueError("PORTRAIT_DEMO=1 needs PORTRAIT_DEMO_TENANT, a tenant of the configured API keys")
+    def _demo_is_apart(self) -> Settings:
+        if self.demo_tenant in tenant_names(self.full_answer_tenants):
+            raise ValueError(f"PORTRAIT_FULL_ANSWER_TENANTS names the demo's tenant ({self.demo_tenant}): the demo "
+                             "answers the decision and reasons only")
+        if self.demo_max_in_flight >= self.workers + self.max_waiting:
+            raise ValueError("PORTRAIT_DEMO_MAX_IN_FLIGHT must be below PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING")
         return self
 
     @field_validator("video_max_side")
@@ -193,12 +209,25 @@ class Settings(BaseSettings):
 
     def mirrored_for(self, tenant: str) -> bool:
         """Whether this tenant's capture client mirrors, when its challenge request does not say."""
-        return self.mirrored or tenant in {t.strip() for t in self.mirrored_tenants.split(",") if t.strip()}
+        return self.mirrored or tenant in tenant_names(self.mirrored_tenants)
+
+    def client_actions_for(self, tenant: str) -> bool:
+        """Whether this tenant may name a challenge's actions and schedule."""
+        return tenant in tenant_names(self.client_actions_tenants)
+
+    def full_answer_for(self, tenant: str) -> bool:
+        """Whether this tenant's answers carry the scores (else the decision and reasons)."""
+        return tenant in tenant_names(self.full_answer_tenants)
 
     triton_http_port: int = Field(default=8000, ge=1, le=65535)
     triton_grpc_port: int = Field(default=8001, ge=1, le=65535)
     triton_metrics_port: int = Field(default=8002, ge=1, le=65535)
     triton_startup_timeout_s: float = Field(default=120.0, gt=0)
+
+
+def tenant_names(value: str) -> frozenset[str]:
+    """The tenants of a comma-separated list."""
+    return frozenset(name.strip() for name in value.split(",") if name.strip())
 
 
 @lru_cache

@@ -46,6 +46,7 @@ import numpy as np
 from portrait.media.errors import MediaError
 from portrait.media.limits import VideoLimits
 from portrait.media.video import (
+    Checkpoint,
     EvenSampler,
     Video,
     check_complete,
@@ -53,6 +54,7 @@ from portrait.media.video import (
     check_pixels,
     decode_video,
     header_duration,
+    no_checkpoint,
     open_video,
     sample_period,
     source_fps,
@@ -367,7 +369,8 @@ class GpuVideoDecoder:
                 return
 
 
-def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: VideoLimits) -> Decoded:
+def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: VideoLimits,
+                         checkpoint: Checkpoint = no_checkpoint) -> Decoded:
     """Decode on the GPU pool if a pipeline is free right now, else with PyAV on the CPU.
 
     Never waits for the GPU. The CPU also takes codecs the pool does not decode and clips
@@ -375,8 +378,9 @@ def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: Vide
     while reading the container (limits, truncation) are raised as they are: the CPU would
     refuse the clip the same way. The result says which path ran and why.
     """
+    checkpoint()
     if pool is None:
-        return Decoded(decode_video(data, limits), "cpu", "no_gpu_pool")
+        return Decoded(decode_video(data, limits, checkpoint), "cpu", "no_gpu_pool")
     try:
         return Decoded(pool.decode(data, limits, wait=False), "gpu", "")
     except GpuBusy:
@@ -385,4 +389,4 @@ def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: Vide
         reason = "codec"
     except GpuDecodeError:
         reason = "gpu_decode_failed"
-    return Decoded(decode_video(data, limits), "cpu", reason)
+    return Decoded(decode_video(data, limits, checkpoint), "cpu", reason)

@@ -1,7 +1,7 @@
 """Challenge tokens: the server's word that it asked this tenant for these actions.
 
 A token is `base64url(json payload).base64url(HMAC-SHA256(secret, first part))`, payload
-`{v, tenant, actions, schedule, window_s, record_s, mirrored, nonce, iat, exp}`: everything
+`{v, tenant, actions, schedule, window_s, record_s, mirrored, client_named, nonce, iat, exp}`: everything
 the verification is judged against comes from here, never from the request. The front door
 keeps no state: any replica holding the secret can check a token; only the single-use check
 of the nonce needs a shared store (see `nonces.py`). The signature is checked before the
@@ -25,8 +25,9 @@ from portrait.security._b64 import b64d, b64e
 
 MAX_TOKEN_LENGTH = 2048
 MIN_SECRET_BYTES = 32
-VERSION = 2
-_FIELDS = frozenset({"v", "tenant", "actions", "schedule", "window_s", "record_s", "mirrored", "nonce", "iat", "exp"})
+VERSION = 3  # 3: client_named
+_FIELDS = frozenset({"v", "tenant", "actions", "schedule", "window_s", "record_s", "mirrored", "client_named", "nonce",
+                     "iat", "exp"})
 
 _MESSAGES = {
     "malformed_challenge": "the challenge token is not a well-formed Portrait challenge",
@@ -133,7 +134,7 @@ class ChallengeSigner:
         if self._clock() >= payload["exp"]:
             raise TokenError("expired_challenge")
         spec = ChallengeSpec(tuple(payload["actions"]), tuple(payload["schedule"]), tuple(payload["window_s"]),
-                             float(payload["record_s"]), payload["mirrored"])
+                             float(payload["record_s"]), payload["mirrored"], payload["client_named"])
         return Challenge(token, payload["tenant"], spec, payload["nonce"], float(payload["iat"]), float(payload["exp"]))
 
 
@@ -154,6 +155,7 @@ def _payload(raw: bytes) -> dict:
         and isinstance(payload["nonce"], str) and 16 <= len(payload["nonce"]) <= 64
         and all(finite(payload[k]) for k in ("iat", "exp", "record_s"))
         and isinstance(payload["mirrored"], bool)
+        and isinstance(payload["client_named"], bool)
         and isinstance(payload["window_s"], list) and len(payload["window_s"]) == 2
         and all(finite(w) for w in payload["window_s"]) and 0 <= payload["window_s"][0] < payload["window_s"][1]
         and valid_actions(payload["actions"])

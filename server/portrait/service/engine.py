@@ -13,8 +13,10 @@ the tenant and the request; the engine does the rest in one order:
 
 A request refused after the claim but before it is judged (overload in the batcher, the
 deadline, the client gone, the backend down) gives its claim back, so the customer retries
-with the same token. Its admission and tenant places are held until its worker is done,
-not until its client leaves.
+with the same token, but only once its work has stopped: the decoders and the batcher check
+the request's deadline and cancellation between packets and model calls, and the refusal
+waits for the worker, so a token never carries abandoned work. Its admission and tenant
+places are held until its worker is done, not until its client leaves.
 
 Security (`Guard`) and inference (`Inference`) are separate objects; the engine joins them.
 """
@@ -26,6 +28,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,18 +66,30 @@ class Parts:
 
 
 class Run:
-    """What an operation's work sees on its worker thread: decoders and the pipeline."""
+    """What an operation's work sees on its worker thread: decoders and the pipeline, and the
+    request's deadline and cancellation, which stop a decode between packets."""
 
-    def __init__(self, engine: Engine, pipeline: Pipeline, timings: Timings) -> None:
+    def __init__(self, engine: Engine, pipeline: Pipeline, timings: Timings, deadline: float,
+                 cancelled: threading.Event) -> None:
         self._engine, self.pipeline, self.timings = engine, pipeline, timings
+        self._deadline, self._cancelled = deadline, cancelled
+
+    def checkpoint(self) -> None:
+        """Raise if the work must stop: the client left, or the deadline passed."""
+        if self._cancelled.is_set():
+            raise Cancelled("decode")
+        if time.monotonic() > self._deadline:
+            raise DeadlineExceeded("decode")
 
     def image(self, data: bytes) -> Any:
         settings = self._engine.settings
+        self.checkpoint()  # an image decode is bounded (media/jpeg.py) and runs whole
         return self._decode("image", lambda: self._engine.inference.decode.image(data, max_pixels=settings.max_image_pixels))
 
     def video(self, data: bytes) -> Any:
         settings = self._engine.settings
-        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits))
+        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits,
+                                                                                  self.checkpoint))
 
     def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
         with self.timings.stage("decode"):
@@ -177,7 +192,8 @@ class Engine:
         started = []
 
         def work() -> tuple[dict, dict]:
-            answer = op.work(Run(self, self.inference.pipeline(deadline, cancelled), timings), parts, challenge)
+            run = Run(self, self.inference.pipeline(deadline, cancelled), timings, deadline, cancelled)
+            answer = op.work(run, parts, challenge)
             digests = {f"{name}_sha256": hashlib.sha256(data).hexdigest() for name, data in parts.files.items()}
             return answer, digests
 
@@ -185,10 +201,12 @@ class Engine:
         ticket.handed_to_worker = True
         task.add_done_callback(lambda done: _finished(ticket, done))
 
-        def stop() -> None:
+        async def stop() -> None:
+            """Stop the work and wait until it has: the claim is given back only then."""
             cancelled.set()
             if not started:
                 task.cancel()  # still waiting for a worker: leave the line
+            await asyncio.wait({task})
 
         try:
             while True:
@@ -196,10 +214,10 @@ class Engine:
                 if done:
                     break
                 if time.monotonic() > deadline:
-                    stop()
+                    await stop()
                     raise problem("deadline_exceeded", "the verification took too long; try again")
                 if await request.is_disconnected():
-                    stop()
+                    await stop()
                     raise problem("client_closed_request", "the client went away")
             result = task.result()
         except MediaError as error:
@@ -220,11 +238,14 @@ class Engine:
         return result
 
     def _respond(self, endpoint: str, tenant: str, answer: dict, inputs: dict) -> JSONResponse:
+        """The answer, in full or as the decision and reasons (the tenant's setting), and the
+        receipt, which carries what an audit needs either way."""
         rid = request_id.get()
         for reason in answer["reasons"] or ["none"]:
             self.metrics.decisions.labels(endpoint, answer["decision"], reason).inc()
+        receipt_id = uuid.uuid4().hex  # unique per receipt, whatever request id the client chose
         claims = {
-            "rid": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
+            "rid": receipt_id, "request_id": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
             "inputs": inputs, "decision": answer["decision"], "reasons": answer["reasons"],
             "scores": _scores(answer), "models": self.models, "thresholds": answer["thresholds"],
         }
@@ -232,8 +253,11 @@ class Engine:
             active = answer["liveness"]["active"]
             claims["challenge"] = active["challenge"]
             claims["events"] = [{k: e[k] for k in ("action", "start_s", "end_s")} for e in active["observed"]]
-        body = {**answer, "models": self.models, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
-        log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"]})
+        shown = {**answer, "models": self.models} if self.settings.full_answer_for(tenant) else {
+            "decision": answer["decision"], "reasons": answer["reasons"]}
+        body = {**shown, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
+        log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"],
+                                    "receipt_id": receipt_id})
         return JSONResponse(body, headers={"x-portrait-outcome": answer["decision"]})
 
     async def ready(self) -> tuple[bool, str | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+from portrait.challenge import ChallengeSpec, random_challenge, random_schedule
 from portrait.security.keys import ApiKeys
 from portrait.security.limits import InFlightLimiter, RateLimiter
 from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore
@@ -36,10 +37,19 @@ class Guard:
             log.warning("PORTRAIT_RECEIPT_KEY_FILE is not set: receipts are signed with a key made for this process")
             key_pem = generate_key()
         self.receipts = ReceiptSigner(key_pem)
+        self.settings = settings
         self.rate = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, settings.redis_url,
                                 settings.redis_timeout_s)
-        self.in_flight = InFlightLimiter(settings.max_in_flight_per_tenant)
+        # The demo is a tenant of its own with its own small limits (no API key names it).
+        self.demo_tenant = settings.demo_tenant if settings.demo else None
+        self.demo_rate = RateLimiter(settings.demo_rate_limit_per_s, settings.demo_rate_limit_burst,
+                                     settings.redis_url, settings.redis_timeout_s, prefix="portrait:demo-rate")
+        demo_cap = {settings.demo_tenant: settings.demo_max_in_flight} if settings.demo else {}
+        self.in_flight = InFlightLimiter(settings.max_in_flight_per_tenant, demo_cap)
         self.shared_store = bool(settings.redis_url)
+        if self.demo_tenant in self.keys.tenants:
+            raise ValueError(f"PORTRAIT_DEMO_TENANT={self.demo_tenant!r} is a tenant of the API keys: the demo "
+                             "needs a name of its own, so that it never spends a carrier's quota")
 
     def tenant(self, key: str | None) -> str:
         tenant = self.keys.tenant_for(key) if key else None
@@ -48,9 +58,25 @@ class Guard:
         return tenant
 
     async def throttle(self, tenant: str) -> None:
-        wait = await self.rate.try_acquire(tenant)
+        limiter = self.demo_rate if tenant == self.demo_tenant else self.rate
+        wait = await limiter.try_acquire(tenant)
         if wait > 0:
             raise problem("rate_limited", "this tenant's request rate is over its limit", retry_after_s=wait)
+
+    def issue(self, tenant: str, mirrored: bool | None, actions: list[str] | None,
+              schedule: list[float] | None) -> Challenge:
+        """A challenge for this tenant: drawn by the server, or named by the caller where the
+        tenant may (`CLIENT_ACTIONS_TENANTS`), which the token and the receipt then say."""
+        mirrored = self.settings.mirrored_for(tenant) if mirrored is None else mirrored
+        if actions is None and schedule is None:
+            spec = random_challenge(mirrored)
+        elif not self.settings.client_actions_for(tenant):
+            raise problem("client_actions_disabled", "this server chooses the challenge actions and schedule")
+        else:
+            named = self.actions(actions)
+            spec = (random_schedule(named, mirrored) if schedule is None
+                    else ChallengeSpec.timed(named, self.schedule(schedule, len(named)), mirrored, client_named=True))
+        return self.challenges.issue(tenant, spec)
 
     def actions(self, names: list[str] | None) -> list[str]:
         """Client-named actions, where the server allows them."""

@@ -34,7 +34,9 @@ TITLES = {
 _MEDIA_MEANING = {
     "unsupported_media_type": "an upload is not an image or video format the service reads",
     "corrupt_media": "an upload does not decode",
-    "media_too_large": "an image or video frame has more pixels than allowed",
+    "media_too_large": "an image or video frame has more pixels than allowed, or a progressive JPEG needs more than "
+                       "64 MiB to decode",
+    "too_many_scans": "a JPEG image has more than 32 scans, or an MJPEG video frame more than 6",
     "video_too_long": "the video runs longer, or has more frames, than allowed",
     "no_frames": "the video has no decodable frame",
 }
@@ -46,14 +48,17 @@ CODES: dict[str, tuple[int, str]] = {
     "invalid_api_key": (401, "no API key, or not a configured one (`Authorization: Bearer <key>`)"),
     "forged_challenge": (403, "the challenge token's signature is not this service's"),
     "wrong_tenant": (403, "the challenge was issued to another tenant"),
-    "client_actions_disabled": (403, "this server chooses the challenge actions"),
+    "client_actions_disabled": (403, "this server chooses the challenge actions for this tenant"),
+    "cross_site_request": (403, "the demo page's calls come from its own page only"),
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "the route does not take this method (see `Allow`)"),
     "replayed_challenge": (409, "the challenge was already used for a verification; request a new one"),
     "expired_challenge": (410, "the challenge has expired; request a new one"),
-    "upload_too_large": (413, "the body is over `PORTRAIT_MAX_UPLOAD_BYTES` (checked on Content-Length first)"),
+    "upload_too_large": (413, "the body is over its limit, `PORTRAIT_MAX_UPLOAD_BYTES` for uploads and 4 KiB for "
+                              "JSON (checked on Content-Length first)"),
     "field_too_large": (413, "a text field of the multipart body is over 8 KiB"),
-    "unsupported_content_type": (415, "the body is not `multipart/form-data` with a boundary"),
+    "unsupported_content_type": (415, "the body is not of the route's type: `multipart/form-data` with a boundary, "
+                                      "or `application/json`"),
     "invalid_request": (422, "the JSON body does not match its schema"),
     "invalid_actions": (422, f"actions must be 1-{MAX_ACTIONS} known action names, none twice in a row"),
     "invalid_schedule": (422, "schedule must give one increasing prompt time per action, the recording ending "

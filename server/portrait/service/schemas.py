@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from portrait.challenge import ACTIONS, MAX_ACTIONS, MAX_RECORD_S
+
+if TYPE_CHECKING:
+    from portrait.security.tokens import Challenge
 
 Action = Literal[ACTIONS]  # type: ignore[valid-type]
 
@@ -20,8 +24,8 @@ class ChallengeRequest(BaseModel):
         "Signed into the challenge; the default is the tenant's setting (else false).")
     actions: list[Action] | None = Field(
         default=None, min_length=1, max_length=MAX_ACTIONS,
-        description=f"1-{MAX_ACTIONS} actions, none twice in a row; only when the server allows client-named "
-        "challenges (kiosks, tests).")
+        description=f"1-{MAX_ACTIONS} actions, none twice in a row; only for a tenant allowed client-named "
+        "challenges (kiosks, tests; `PORTRAIT_CLIENT_ACTIONS_TENANTS`), and marked so in the token and receipt.")
     schedule: list[Annotated[float, Field(ge=0)]] | None = Field(
         default=None, min_length=1, max_length=MAX_ACTIONS,
         description="With `actions`, when client-named challenges are allowed: seconds after the start of "
@@ -36,7 +40,14 @@ class ChallengeResponse(BaseModel):
     window_s: list[float] = Field(description="[min, max]: each action must begin this long after its prompt.")
     record_s: float = Field(description="When the client stops recording (seconds after it started).")
     mirrored: bool
+    client_named: bool = Field(description="The caller named the actions (kiosks, tests): the receipt says so.")
     expires_at: str
+
+    @classmethod
+    def of(cls, challenge: Challenge) -> ChallengeResponse:
+        """What the caller (the carrier's back end, or the demo page) is told of a challenge."""
+        expires = datetime.fromtimestamp(challenge.expires_at, timezone.utc).isoformat(timespec="seconds")
+        return cls(**challenge.spec.claims(), token=challenge.token, expires_at=expires)
 
 
 class Score(BaseModel):
@@ -64,6 +75,7 @@ class AskedChallenge(BaseModel):
     window_s: list[float]
     record_s: float | None
     mirrored: bool
+    client_named: bool
 
 
 class ActiveLiveness(BaseModel):
@@ -95,42 +107,47 @@ class VideoSummary(BaseModel):
 
 
 Thresholds = dict[str, Any]
+FULL = "Only for tenants with full answers (`PORTRAIT_FULL_ANSWER_TENANTS`); the receipt carries it for all."
 
 
-class VerificationResponse(BaseModel):
+class Answer(BaseModel):
+    """What every tenant gets: the decision, its reasons, the request id and the receipt. The
+    scores and thresholds are a tuning oracle for anyone testing a fake: a tenant gets them
+    only when it is configured for full answers, and should keep them in its back end."""
+
+    reasons: list[str]
+    request_id: str
+    receipt: str = Field(description="Ed25519-signed token (JWS compact form) of the inputs' digests, the "
+                         "decision, scores and thresholds, the challenge and the events seen; the audit record. "
+                         "Its payload is readable: keep it in the back end too.")
+    thresholds: Thresholds | None = Field(default=None, description=FULL)
+    models: list[ModelVersion] | None = Field(default=None, description=FULL)
+    timings_ms: dict[str, float] | None = Field(default=None, description=FULL)
+
+
+class VerificationResponse(Answer):
     decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
-    reasons: list[str]
-    match: MatchScore
-    liveness: Liveness
-    video: VideoSummary
-    thresholds: Thresholds
-    models: list[ModelVersion]
-    timings_ms: dict[str, float]
-    request_id: str
-    receipt: str = Field(description="Ed25519-signed token (JWS compact form) of the inputs' digests and the answer.")
+    match: MatchScore | None = Field(default=None, description=FULL)
+    liveness: Liveness | None = Field(default=None, description=FULL)
+    video: VideoSummary | None = Field(default=None, description=FULL)
 
 
-class LivenessResponse(BaseModel):
+class LivenessResponse(Answer):
     decision: Literal["accept", "reject_spoof", "retry"]
-    reasons: list[str]
-    liveness: Liveness
-    video: VideoSummary
-    thresholds: Thresholds
-    models: list[ModelVersion]
-    timings_ms: dict[str, float]
-    request_id: str
-    receipt: str
+    liveness: Liveness | None = Field(default=None, description=FULL)
+    video: VideoSummary | None = Field(default=None, description=FULL)
 
 
-class CompareResponse(BaseModel):
+class CompareResponse(Answer):
     decision: Literal["match", "no_match", "retry"]
-    reasons: list[str]
-    match: MatchScore
-    thresholds: Thresholds
-    models: list[ModelVersion]
-    timings_ms: dict[str, float]
-    request_id: str
-    receipt: str
+    match: MatchScore | None = Field(default=None, description=FULL)
+
+
+class ReceiptKey(BaseModel):
+    kid: str = Field(description="The key id every receipt's header names.")
+    alg: Literal["EdDSA"]
+    pem: str = Field(description="The Ed25519 public key, PEM (SubjectPublicKeyInfo).")
+    jwk: dict[str, str] = Field(description="The same key as a JWK (RFC 8037).")
 
 
 class Health(BaseModel):
