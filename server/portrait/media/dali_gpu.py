@@ -56,6 +56,8 @@ from portrait.media.video import (
     header_duration,
     no_checkpoint,
     open_video,
+    packet_check,
+    refuse_large_frames,
     sample_period,
     source_fps,
 )
@@ -171,7 +173,9 @@ def plan_clip(data: bytes, limits: VideoLimits, codecs: frozenset[str] = GPU_COD
             raise GpuUnsupported(codec)
         duration = header_duration(container, stream)
         check_header(stream, duration, limits.max_duration_s, limits.max_pixels)
-        times, rotation = _frame_times(container, stream, limits.max_duration_s)
+        refuse_large_frames(stream, limits.max_pixels)
+        inspect = packet_check(stream, limits.max_pixels, no_checkpoint)
+        times, rotation = _frame_times(container, stream, limits.max_duration_s, inspect)
         fps = source_fps(stream)
     check_complete(duration, times[-1], fps)
     period = sample_period(limits.target_fps, limits.max_frames, duration)
