@@ -44,6 +44,7 @@ REGIONS = {"forehead": [10, 151, 9, 108, 337, 67, 297, 109, 338, 69, 299, 104, 3
 RIGID = [33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 1, 127, 356, 234, 454, 10, 151, 9, 8, 93, 323, 132, 361,
          58, 288, 172, 397]
 PULSE_HZ = 10.0
+MIN_PULSE_S = 3.2  # two POS windows; shorter clips get no pulse figures
 OFFSETS = np.stack(np.meshgrid(np.arange(-2, 3), np.arange(-2, 3)), -1).reshape(-1, 2)
 
 
@@ -105,6 +106,18 @@ def flicker(data: bytes, box: np.ndarray, scale: float, seconds: float = 4.0) ->
     return float(second / max(first, 1e-6))
 
 
+def pulse_figures(frames: np.ndarray, points: np.ndarray, faces: np.ndarray, times: np.ndarray,
+                  grid: np.ndarray) -> dict[str, float]:
+    """POS pulse of each skin region on a uniform time grid: mean SNR and mean coherence."""
+    pulses = []
+    for indices in REGIONS.values():
+        colour = region_colour(frames, points, indices, faces[:, 2] / 100.0)
+        pulses.append(pos_pulse(np.stack([np.interp(grid, times, colour[:, c]) for c in range(3)], 1), PULSE_HZ))
+    return {"pulse_snr": float(np.mean([pulse_snr(p, PULSE_HZ) for p in pulses])),
+            "pulse_coherence": float(np.mean([np.corrcoef(pulses[i], pulses[j])[0, 1]
+                                              for i, j in ((0, 1), (0, 2), (1, 2))]))}
+
+
 def signals(offline: Offline, path: Path) -> dict[str, float] | None:
     pipeline = offline.pipeline
     video = offline.labelled_clip(path)
@@ -117,13 +130,9 @@ def signals(offline: Offline, path: Path) -> dict[str, float] | None:
     at = keyframes.frame_points(points, matrices)
     faces, times = track.faces[kept], video.timestamps[kept]
     grid = np.arange(times[0], times[-1], 1 / PULSE_HZ)
-    pulses = []
-    for indices in REGIONS.values():
-        colour = region_colour(frames[kept], at, indices, faces[:, 2] / 100.0)
-        pulses.append(pos_pulse(np.stack([np.interp(grid, times, colour[:, c]) for c in range(3)], 1), PULSE_HZ))
-    found = {"pulse_snr": float(np.mean([pulse_snr(p, PULSE_HZ) for p in pulses])),
-             "pulse_coherence": float(np.mean([np.corrcoef(pulses[i], pulses[j])[0, 1]
-                                               for i, j in ((0, 1), (0, 2), (1, 2))]))}
+    found = {"pulse_snr": float("nan"), "pulse_coherence": float("nan")}
+    if times[-1] - times[0] >= MIN_PULSE_S:
+        found = pulse_figures(frames[kept], at, faces, times, grid)
     angles = pipeline.face_geometry(frames[kept], faces, mesh)[1]
     rigid, step = points[:, RIGID], max(1, len(points) // 40)
     pairs = [(i, j) for i in range(0, len(points), step) for j in range(i + step, len(points), step)
