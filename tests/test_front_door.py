@@ -110,6 +110,7 @@ def test_readme_has_every_error_code_in_its_table() -> None:
     ({"rate_limit_per_s": 0}, "PORTRAIT_RATE_LIMIT_PER_S: Input should be greater than 0"),
     ({"max_in_flight_per_tenant": 30}, "must be below PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING (24)"),
     ({"workers": 2, "max_waiting": 0}, "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT (12) must be below"),
+    ({"max_uploads": 12}, "must be below PORTRAIT_MAX_UPLOADS (12)"),
 ])
 def test_settings_refused_with_one_line(values: dict, says: str) -> None:
     with pytest.raises(ValidationError) as info:

@@ -28,12 +28,12 @@ from portrait.settings import Settings
 log = logging.getLogger("portrait.access")
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-COUNTED = frozenset({"rate_limited", "too_many_in_flight", "overloaded"})
+COUNTED = frozenset({"rate_limited", "too_many_in_flight", "overloaded", "upload_too_slow"})
 
 # What each route can answer besides 200: the contract clients are generated from.
 _CALLER = ("invalid_api_key", "rate_limited", "internal_error")
-_BODY = ("malformed_multipart", "upload_too_large", "field_too_large", "unsupported_content_type", "missing_field",
-         "invalid_field", "duplicate_field", "too_many_parts", "too_many_in_flight", "overloaded",
+_BODY = ("malformed_multipart", "upload_too_large", "upload_too_slow", "field_too_large", "unsupported_content_type",
+         "missing_field", "invalid_field", "duplicate_field", "too_many_parts", "too_many_in_flight", "overloaded",
          "client_closed_request", "deadline_exceeded", "backend_unavailable")
 _MEDIA = ("unsupported_media_type", "corrupt_media", "media_too_large")
 _VIDEO = ("video_too_long", "no_frames")

@@ -4,10 +4,12 @@ Starlette spools file parts over 1 MB to a temporary file; biometric media must 
 touch the disk, so the body is read here, counting bytes as they arrive (a declared
 Content-Length is checked before reading, and not trusted after), and parsed into memory
 with python-multipart. A field sent twice is refused rather than one copy silently kept.
+The chunks come from the caller (`intake.receive_body`, which paces them).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -48,7 +50,7 @@ def check_headers(request: Request, max_bytes: int) -> None:
         raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
 
 
-async def read_multipart(request: Request, max_bytes: int) -> Upload:
+async def read_multipart(request: Request, max_bytes: int, chunks: AsyncIterator[bytes]) -> Upload:
     check_headers(request, max_bytes)
     _, options = parse_options_header(request.headers.get("content-type", ""))
     upload = Upload()
@@ -95,7 +97,7 @@ async def read_multipart(request: Request, max_bytes: int) -> Upload:
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             sizes["total"] += len(chunk)
             if sizes["total"] > max_bytes:
                 raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
