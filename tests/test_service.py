@@ -297,10 +297,12 @@ def test_concurrent_requests_with_one_token_are_judged_once(service, media):
 
 
 def test_expired_and_forged_tokens(service, media):
-    expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue("carrier-a", BLINK_AT_1S).token
+    expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue(
+        "carrier-a", BLINK_AT_1S, epoch="any").token
     response = _verify(service, expired, media["obama"], media["fake"])
     assert response.status_code == 410 and response.json()["code"] == "expired_challenge"
-    forged = ChallengeSigner("another-secret-0123456789abcdef-0123456").issue("carrier-a", BLINK_AT_1S).token
+    forged = ChallengeSigner("another-secret-0123456789abcdef-0123456").issue(
+        "carrier-a", BLINK_AT_1S, epoch="any").token
     assert _verify(service, forged, media["obama"], media["fake"]).json()["code"] == "forged_challenge"
     assert _verify(service, "garbage", media["obama"], media["fake"]).json()["code"] == "malformed_challenge"
 

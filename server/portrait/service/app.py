@@ -41,7 +41,7 @@ _CHALLENGE = ("malformed_challenge", "forged_challenge", "wrong_tenant", "replay
               "nonce_store_unavailable")
 ERRORS = {
     "/v1/challenges": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_schedule",
-                       "invalid_request"),
+                       "invalid_request", "nonce_store_unavailable"),
     "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
     "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
     "/v1/compare": (*_CALLER, *_BODY, *_MEDIA),
@@ -132,7 +132,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 spec = ChallengeSpec.timed(actions, guard.schedule(body.schedule, len(actions)), mirrored)
         else:
             spec = random_challenge(mirrored)
-        challenge = guard.challenges.issue(tenant, spec)
+        challenge = await guard.issue(tenant, spec)
         return schemas.ChallengeResponse(**spec.claims(), token=challenge.token, expires_at=_iso(challenge.expires_at))
 
     @app.post("/v1/verifications", response_model=schemas.VerificationResponse, tags=["verification"],

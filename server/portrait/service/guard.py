@@ -12,7 +12,8 @@ import secrets
 
 from portrait.security.keys import ApiKeys
 from portrait.security.limits import InFlightLimiter, RateLimiter
-from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore
+from portrait.challenge import ChallengeSpec
+from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore, StaleEpoch
 from portrait.security.receipts import ReceiptSigner, generate_key
 from portrait.security.tokens import Challenge, ChallengeSigner, TokenError, parse_actions, parse_schedule
 from portrait.service.problems import problem
@@ -39,7 +40,7 @@ class Guard:
         self.rate = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, settings.redis_url,
                                 settings.redis_timeout_s)
         self.in_flight = InFlightLimiter(settings.max_in_flight_per_tenant)
-        self.shared_store = bool(settings.redis_url)
+        self._epoch: str | None = None  # the nonce store's, as last seen (readiness probes refresh it)
 
     def tenant(self, key: str | None) -> str:
         tenant = self.keys.tenant_for(key) if key else None
@@ -66,6 +67,16 @@ class Guard:
         except TokenError as error:
             raise problem(error.code, str(error)) from None
 
+    async def issue(self, tenant: str, spec: ChallengeSpec) -> Challenge:
+        """A challenge token under the nonce store's epoch (as last seen; fetched if never)."""
+        if self._epoch is None:
+            try:
+                self._epoch = await self.nonces.epoch()
+            except NonceStoreError:
+                log.error("nonce store unreachable")
+                raise problem("nonce_store_unavailable", "cannot issue challenges now", retry_after_s=2) from None
+        return self.challenges.issue(tenant, spec, epoch=self._epoch)
+
     def challenge(self, token: str, tenant: str) -> Challenge:
         """The challenge a token stands for, checked (signature, tenant, expiry) but not spent."""
         try:
@@ -76,23 +87,33 @@ class Guard:
     async def claim(self, challenge: Challenge) -> None:
         """Spend the challenge: atomic in the store, so of concurrent requests one wins."""
         try:
-            claimed = await self.nonces.claim(challenge.nonce, challenge.expires_at)
+            claimed = await self.nonces.claim(challenge.nonce, challenge.expires_at, challenge.epoch)
+        except StaleEpoch as stale:
+            self._epoch = stale.current
+            raise problem("expired_challenge", "the challenge was issued before the store of used challenges "
+                                               "last lost its data; request a new one") from None
         except NonceStoreError:
             log.error("nonce store unreachable")
             raise problem("nonce_store_unavailable", "cannot check challenge reuse now", retry_after_s=2) from None
+        self._epoch = challenge.epoch
         if not claimed:
             raise problem("replayed_challenge", "this challenge was already used; request a new one")
 
     async def release(self, challenge: Challenge) -> None:
         """Give back a claim whose request was refused before it was judged. If the store
-        cannot answer, the token stays spent: the safe side."""
+        does not answer, the token stays spent unless the store runs the release later:
+        the safe side either way."""
         try:
             await self.nonces.release(challenge.nonce)
         except NonceStoreError:
-            log.error("nonce store unreachable: a refused request's challenge stays spent")
+            log.error("nonce store unreachable: a refused request's challenge may stay spent")
 
     async def ready(self) -> tuple[bool, str | None]:
-        if self.shared_store and not await self.nonces.ping():
+        """The nonce store answers; its epoch is refreshed on the way (after a restart of
+        Redis, the first probe to reach it makes the new one)."""
+        try:
+            self._epoch = await self.nonces.epoch()
+        except NonceStoreError:
             return False, "nonce store not reachable"
         return True, None
 

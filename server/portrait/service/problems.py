@@ -53,7 +53,8 @@ CODES: dict[str, tuple[int, str]] = {
                              "`PORTRAIT_UPLOAD_MIN_BYTES_PER_S` over 5 s (the connection is closed); the challenge is "
                              "not spent"),
     "replayed_challenge": (409, "the challenge was already used for a verification; request a new one"),
-    "expired_challenge": (410, "the challenge has expired; request a new one"),
+    "expired_challenge": (410, "the challenge has expired, or was issued before the store of used challenges lost "
+                               "its data; request a new one"),
     "upload_too_large": (413, "the body is over `PORTRAIT_MAX_UPLOAD_BYTES` (checked on Content-Length first)"),
     "field_too_large": (413, "a text field of the multipart body is over 8 KiB"),
     "unsupported_content_type": (415, "the body is not `multipart/form-data` with a boundary"),
