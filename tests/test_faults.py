@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from test_service import KEY_A, KEY_B, KEY_C, _auth, _challenge, _verify, start_
 # Small capacity, so that a few slow uploads are "every worker and waiting place's worth".
 CAPACITY = {"PORTRAIT_WORKERS": "2", "PORTRAIT_MAX_WAITING": "2", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "2",
             "PORTRAIT_MAX_UPLOADS": "8", "PORTRAIT_UPLOAD_TIMEOUT_S": "30",
-            "PORTRAIT_UPLOAD_MIN_BYTES_PER_S": str(256 * 1024)}
+            "PORTRAIT_UPLOAD_MIN_BYTES_PER_S": str(256 * 1024), "PORTRAIT_MEMORY_RELEASE_IDLE_S": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,25 @@ def test_a_client_that_leaves_mid_upload_is_499(service, images):
     lines = [json.loads(line) for line in service["log"].read_text().splitlines() if line.startswith("{")]
     last = [line for line in lines if line.get("path") == "/v1/compare"][-1]
     assert last["status"] == 499 and last["tenant"] == "carrier-b"
+
+
+def test_memory_is_handed_back_once_the_service_is_idle(service, images):
+    """A second after the last request, the runtimes' buffers and the allocator's free
+    pages go back to the system (the figures: benchmarks/bench_faults.py --only memory)."""
+
+    def released() -> list[dict]:
+        lines = [json.loads(line) for line in service["log"].read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line["msg"] == "memory released"]
+
+    seen = len(released())
+    with ThreadPoolExecutor(4) as pool:
+        assert {r.status_code for r in pool.map(lambda key: _compare(service, images, key), (KEY_A, KEY_B) * 2)} == {200}
+    deadline = time.monotonic() + 10
+    while len(released()) == seen:
+        assert time.monotonic() < deadline, "no memory release after the requests"
+        time.sleep(0.2)
+    line = released()[-1]
+    assert line["complete"] is True and line["rss_mib_after"] <= line["rss_mib_before"], line
 
 
 def _paced(script: list[tuple[float, dict]], pace: Pace) -> tuple[int, str | None, float]:

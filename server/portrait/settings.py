@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     drain_grace_s: float = Field(default=0.0, ge=0, le=300, description="After SIGTERM, keep serving this long "
                                  "with `/readyz` at 503 (for load balancers that poll it) before closing.")
+    memory_release_idle_s: float = Field(default=10.0, ge=0, le=3600, description="After this long with no "
+                                         "request running, hand back the memory the runtimes and the allocator "
+                                         "keep from the last burst (0: never); README, Media and memory.")
     batch_max_delay_ms: float = Field(default=5.0, ge=0, le=1000)
     batch_max_rows: int = Field(default=0, ge=0, description="Cap on rows per model call; 0 uses each model's maximum.")
 
