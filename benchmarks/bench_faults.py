@@ -11,8 +11,9 @@ prints one JSON object per case and asserts nothing. The cases:
 - `stalled`: a customer's verification (the d18 clip, accepted) alone, then while tenants A
   and B keep every worker and waiting place's worth of uploads open (`WORKERS` +
   `MAX_WAITING`, 12 each, the per-tenant cap): each sends its headers and half its body,
-  then stops (`--attack stall`) or goes on at 20 KiB/s (`--attack trickle`), and starts
-  again when the service answers or closes.
+  then stops (`--attack stall`), or declares a body of almost 32 MiB and sends it at 20 KiB/s,
+  above the default minimum rate (`--attack trickle`); each starts again when the service
+  answers or closes.
 - `redis_hang`: a verification while Redis is stopped, then the retry with the same token
   after it resumes, then a replay.
 - `redis_restart`: a token spent, Redis killed and started again empty, the token replayed.
@@ -124,13 +125,18 @@ def _raw_request(service: Service, tenant: str, token: str, id_image: bytes, vid
 
 def _slow_client(service: Service, tenant: str, id_image: bytes, video: bytes, mode: str, stop: threading.Event,
                  outcomes: list) -> None:
-    """Keeps one slow upload open: half a body then nothing (stall) or 1 KiB every 50 ms
+    """Keeps one slow upload open: half a body then nothing (stall), or a body declared
+    just under 32 MiB (the default upload limit) sent at 20 KiB/s, 1 KiB every 50 ms
     (trickle); when the service answers or closes, records the status (None: closed
     without one) and how long it was held, and starts again."""
     while not stop.is_set():
         head, body = _raw_request(service, tenant, service.challenge(tenant), id_image, video)
+        if mode == "trickle":
+            declared = 32 * 1024 * 1024 - 4096
+            head = re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % declared, head)
+            body += b"x" * (declared - len(body))
         started = time.monotonic()
-        sent = len(body) // 2
+        sent = len(body) // 2 if mode == "stall" else 256 * 1024
         with socket.create_connection(("127.0.0.1", service.port)) as sock:
             sock.sendall(head + body[:sent])
             sock.settimeout(0.05)
