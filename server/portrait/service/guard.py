@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import secrets
 
+from portrait.challenge import ChallengeSpec
 from portrait.security.keys import ApiKeys
 from portrait.security.limits import InFlightLimiter, RateLimiter
-from portrait.challenge import ChallengeSpec
 from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore, StaleEpoch
 from portrait.security.receipts import ReceiptSigner, generate_key
 from portrait.security.tokens import Challenge, ChallengeSigner, TokenError, parse_actions, parse_schedule
