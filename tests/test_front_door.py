@@ -115,6 +115,7 @@ def test_readme_has_every_error_code_in_its_table() -> None:
     ({"full_answer_tenants": "carrier,demo"}, "PORTRAIT_FULL_ANSWER_TENANTS names the demo's tenant (demo)"),
     ({"demo_max_in_flight": 24}, "PORTRAIT_DEMO_MAX_IN_FLIGHT must be below"),
     ({"demo_tenant": "bad name"}, "PORTRAIT_DEMO_TENANT: String should match pattern"),
+    ({"max_uploads": 12}, "must be below PORTRAIT_MAX_UPLOADS (12)"),
 ])
 def test_settings_refused_with_one_line(values: dict, says: str) -> None:
     with pytest.raises(ValidationError) as info:

@@ -44,6 +44,7 @@ def _triton(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     """Settings from the environment, the flags over them; everything is built (and every
     setting checked) before the port opens, and a refusal is one line on stderr."""
+    import signal
     import threading
 
     import uvicorn
@@ -62,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"portrait serve: {settings_error(error)}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, native=True)
+    log = logging.getLogger("portrait.service")
     try:
         engine = Engine(settings)
     except (KeyConfigError, RuntimeError, ImportError, ValueError, OSError) as error:
@@ -69,16 +71,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     class Server(uvicorn.Server):
-        """Readiness turns 503 the moment SIGTERM arrives, before the listener closes; with
-        PORTRAIT_DRAIN_GRACE_S the port stays open that long for load balancers to notice."""
+        """Readiness turns 503 the moment SIGTERM (or Ctrl-C) arrives, before the listener
+        closes; with PORTRAIT_DRAIN_GRACE_S the port stays open that long for load balancers
+        to notice, then in-flight work finishes. A second signal stops at once (a second
+        Ctrl-C forces the exit). A drain is the normal end of the process: exit status 0,
+        where uvicorn would raise the signal again once stopped (143 for SIGTERM)."""
 
         def handle_exit(self, sig: int, frame) -> None:
-            if engine.draining or settings.drain_grace_s <= 0:
-                engine.draining = True
+            if sig == signal.SIGINT and self.should_exit:
                 super().handle_exit(sig, frame)
                 return
+            if engine.draining:
+                self.should_exit = True
+                return
             engine.draining = True
-            timer = threading.Timer(settings.drain_grace_s, super().handle_exit, (sig, None))
+            log.info("drain started", extra={"signal": signal.Signals(sig).name, "grace_s": settings.drain_grace_s,
+                                             "uploading": engine.uploading, "admitted": engine.admitted})
+            if settings.drain_grace_s <= 0:
+                self.should_exit = True
+                return
+            timer = threading.Timer(settings.drain_grace_s, setattr, (self, "should_exit", True))
             timer.daemon = True
             timer.start()
 

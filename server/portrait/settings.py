@@ -141,17 +141,28 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=0.5, gt=0, le=10, description="Limit on one Redis call; a slower "
                                    "store counts as down (503 `nonce_store_unavailable`, `/readyz` 503).")
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    max_uploads: int = Field(default=32, ge=1, description="Requests whose body is still arriving, at most; "
+                             "beyond it, 503 `overloaded`. Worker and waiting places go only to requests whose "
+                             "body is in, so slow uploads hold these instead (each up to MAX_UPLOAD_BYTES in memory).")
+    upload_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="A body must arrive within this "
+                                    "long, else 408 `upload_too_slow`.")
+    upload_min_bytes_per_s: int = Field(default=16 * 1024, ge=0, description="... and grow by at least this many "
+                                        "bytes per second over every 5 s (0: no minimum), else 408 `upload_too_slow`.")
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="Requests per second per tenant (shared "
                                     "by every replica through Redis when `REDIS_URL` is set).")
     rate_limit_burst: int = Field(default=40, ge=1, description="Requests a tenant may send at once.")
     max_in_flight_per_tenant: int = Field(default=12, ge=1, description="Requests of one tenant admitted at "
-                                          "once; below `WORKERS + MAX_WAITING`, so one tenant cannot fill it.")
+                                          "once, uploading or not; below `WORKERS + MAX_WAITING` and `MAX_UPLOADS`, "
+                                          "so one tenant cannot fill either.")
     workers: int = Field(default=8, ge=1, le=256, description="Requests processed at once (pipeline threads), "
                          "shared round-robin between the tenants waiting.")
     max_waiting: int = Field(default=16, ge=0, description="Requests waiting for a worker; beyond it, 503 + Retry-After.")
     request_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     drain_grace_s: float = Field(default=0.0, ge=0, le=300, description="After SIGTERM, keep serving this long "
                                  "with `/readyz` at 503 (for load balancers that poll it) before closing.")
+    memory_release_idle_s: float = Field(default=10.0, ge=0, le=3600, description="After this long with no "
+                                         "request running, hand back the memory the runtimes and the allocator "
+                                         "keep from the last burst (0: never); README, Media and memory.")
     batch_max_delay_ms: float = Field(default=5.0, ge=0, le=1000)
     batch_max_rows: int = Field(default=0, ge=0, description="Cap on rows per model call; 0 uses each model's maximum.")
 
@@ -163,6 +174,10 @@ class Settings(BaseSettings):
             raise ValueError(f"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT ({self.max_in_flight_per_tenant}) must be below "
                              f"PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING ({self.workers + self.max_waiting}), "
                              "so one tenant cannot take every place")
+        if self.max_in_flight_per_tenant >= self.max_uploads:
+            raise ValueError(f"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT ({self.max_in_flight_per_tenant}) must be below "
+                             f"PORTRAIT_MAX_UPLOADS ({self.max_uploads}), so one tenant's slow uploads cannot take "
+                             "every upload place")
         return self
 
     # Per tenant: comma-separated tenant names.

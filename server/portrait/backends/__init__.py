@@ -77,6 +77,13 @@ class EmbeddedBackend:
     def ready(self) -> bool:
         return all(b.ready() for b in self._backends.values())
 
+    def release_memory(self) -> bool:
+        """Hand back the memory the runtimes keep between calls, where they can (OpenVINO);
+        False if some was in use."""
+        released = [backend.release_memory() for backend in set(self._backends.values())
+                    if hasattr(backend, "release_memory")]
+        return all(released)
+
     def close(self) -> None:
         for backend in set(self._backends.values()):
             backend.close()

@@ -31,7 +31,7 @@ from portrait.settings import Settings
 log = logging.getLogger("portrait.access")
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-COUNTED = frozenset({"rate_limited", "too_many_in_flight", "overloaded"})
+COUNTED = frozenset({"rate_limited", "too_many_in_flight", "overloaded", "upload_too_slow"})
 # A request id a client may choose (UUIDs, hex, base64, trace ids); anything else gets a fresh one.
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 # Swagger UI's own files, from the swagger-ui-bundle-v2 wheel: /docs works without any CDN.
@@ -39,8 +39,8 @@ DOCS_ASSETS = "/docs/assets"
 
 # What each route can answer besides 200: the contract clients are generated from.
 _CALLER = ("invalid_api_key", "rate_limited", "internal_error")
-_BODY = ("malformed_multipart", "upload_too_large", "field_too_large", "unsupported_content_type", "missing_field",
-         "invalid_field", "duplicate_field", "too_many_parts", "too_many_in_flight", "overloaded",
+_BODY = ("malformed_multipart", "upload_too_large", "upload_too_slow", "field_too_large", "unsupported_content_type",
+         "missing_field", "invalid_field", "duplicate_field", "too_many_parts", "too_many_in_flight", "overloaded",
          "client_closed_request", "deadline_exceeded", "backend_unavailable")
 _MEDIA = ("unsupported_media_type", "corrupt_media", "media_too_large")
 _VIDEO = ("video_too_long", "no_frames")
@@ -48,7 +48,8 @@ _CHALLENGE = ("malformed_challenge", "forged_challenge", "wrong_tenant", "replay
               "nonce_store_unavailable")
 ERRORS = {
     "/v1/challenges": (*_CALLER, "malformed_body", "upload_too_large", "unsupported_content_type",
-                       "client_actions_disabled", "invalid_actions", "invalid_schedule", "invalid_request"),
+                       "client_actions_disabled", "invalid_actions", "invalid_schedule", "invalid_request",
+                       "nonce_store_unavailable"),
     "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
     "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted"),
     "/v1/compare": (*_CALLER, *_BODY, *_MEDIA),
@@ -145,7 +146,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         # The body is read here, after the key and the rate limit, under its own small cap.
         body = await read_json(request, schemas.ChallengeRequest)
         guard = engine_of(request).guard
-        return schemas.ChallengeResponse.of(guard.issue(tenant, body.mirrored, body.actions, body.schedule))
+        return schemas.ChallengeResponse.of(await guard.issue(tenant, body.mirrored, body.actions, body.schedule))
 
     @app.post("/v1/verifications", response_model=schemas.VerificationResponse, tags=["verification"],
               responses=problem_responses(ERRORS["/v1/verifications"]),

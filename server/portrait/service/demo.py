@@ -61,7 +61,7 @@ def router(settings: Settings) -> APIRouter:
         same_origin(request)
         await guard.throttle(tenant)
         body = await read_json(request, ChallengeRequest)
-        challenge = guard.issue(tenant, body.mirrored, body.actions, body.schedule)
+        challenge = await guard.issue(tenant, body.mirrored, body.actions, body.schedule)
         return JSONResponse(ChallengeResponse.of(challenge).model_dump())
 
     @routes.post("/api/verify")

@@ -4,19 +4,21 @@ Routes hand the engine an `Operation` (which parts it reads, which pipeline work
 the tenant and the request; the engine does the rest in one order:
 
 1. headers: content type and declared size, before anything is read (415, 413);
-2. admission: the tenant's in-flight cap (429), then the service's places (503), before the
-   body is read, so a flood costs no memory;
-3. the body, its fields and the challenge's signature, tenant and expiry (4xx);
-4. the claim: the challenge's nonce is spent atomically in the nonce store (409 on replay);
-5. the work: a fair turn at a worker thread, which decodes, hashes and runs the pipeline;
-6. the answer with its signed receipt.
+2. an upload place: the tenant's in-flight cap (429), then the service's upload places (503),
+   so the bodies in memory are bounded;
+3. the body, under a deadline and a minimum rate (408), its fields and the challenge's
+   signature, tenant and expiry (4xx);
+4. a worker or waiting place (503), only now that the body is in: a slow upload holds none;
+5. the claim: the challenge's nonce is spent atomically in the nonce store (409 on replay);
+6. the work: a fair turn at a worker thread, which decodes, hashes and runs the pipeline;
+7. the answer with its signed receipt.
 
 A request refused after the claim but before it is judged (overload in the batcher, the
 deadline, the client gone, the backend down) gives its claim back, so the customer retries
 with the same token, but only once its work has stopped: the decoders and the batcher check
 the request's deadline and cancellation between packets and model calls, and the refusal
-waits for the worker, so a token never carries abandoned work. Its admission and tenant
-places are held until its worker is done, not until its client leaves.
+waits for the worker, so a token never carries abandoned work. Its worker and tenant places
+are held until its worker is done, not until its client leaves.
 
 Security (`Guard`) and inference (`Inference`) are separate objects; the engine joins them.
 """
@@ -44,6 +46,7 @@ from portrait.pipeline import Pipeline, Timings
 from portrait.security.tokens import Challenge
 from portrait.service.guard import Guard
 from portrait.service.inference import Inference
+from portrait.service.intake import Pace, receive_body
 from portrait.service.logs import request_id
 from portrait.service.metrics import Metrics
 from portrait.service.problems import Problem, problem
@@ -123,17 +126,26 @@ class Operation:
 
 
 class Ticket:
-    """A request's admission place and tenant place, released once."""
+    """A request's places, each released once: its tenant's for its whole life, an upload
+    place while its body arrives, then a worker or waiting place."""
 
     def __init__(self, engine: Engine, tenant: str) -> None:
         self.engine, self.tenant = engine, tenant
-        self.handed_to_worker = False
+        self.uploading = self.admitted = self.handed_to_worker = False
         self._released = False
+
+    def body_received(self) -> None:
+        if self.uploading:
+            self.uploading = False
+            self.engine.uploading -= 1
+            self.engine.metrics.uploads.set(self.engine.uploading)
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.engine.admitted -= 1
+            self.body_received()
+            if self.admitted:
+                self.engine.admitted -= 1
             self.engine.guard.in_flight.release(self.tenant)
 
 
@@ -149,16 +161,21 @@ class Engine:
         for model in self.models:
             self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"],
                                                             "runtime": runtimes.get(model["name"], "-")})
+        self.pace = Pace(settings.upload_timeout_s, settings.upload_min_bytes_per_s)
         self.draining = False
-        self.admitted = 0  # requests holding a place (waiting or running); touched only on the event loop
+        # Requests holding an upload place, and a worker or waiting place; touched only on the event loop.
+        self.uploading = self.admitted = 0
 
     async def judge(self, op: Operation, tenant: str, request: Request) -> JSONResponse:
         limit = self.settings.max_upload_bytes
         check_headers(request, limit)
         ticket = self._admit(tenant)
         try:
-            parts = op.parts(await read_multipart(request, limit))
+            upload = await read_multipart(request, limit, receive_body(request.receive, self.pace))
+            ticket.body_received()
+            parts = op.parts(upload)
             challenge = self.guard.challenge(parts.token, tenant) if op.challenge else None
+            self._admit_to_work(ticket)
             if challenge is not None:
                 await self.guard.claim(challenge)
             try:
@@ -175,13 +192,24 @@ class Engine:
         return self._respond(op.endpoint, tenant, answer, inputs)
 
     def _admit(self, tenant: str) -> Ticket:
+        """The tenant's place and an upload place, before the body is read."""
         if not self.guard.in_flight.acquire(tenant):
             raise problem("too_many_in_flight", "this tenant has too many requests in progress", retry_after_s=1)
-        if self.admitted >= self.settings.workers + self.settings.max_waiting:
+        if self.uploading >= self.settings.max_uploads:
             self.guard.in_flight.release(tenant)
+            raise problem("overloaded", "every upload place is taken; try again shortly", retry_after_s=2)
+        ticket = Ticket(self, tenant)
+        ticket.uploading = True
+        self.uploading += 1
+        self.metrics.uploads.set(self.uploading)
+        return ticket
+
+    def _admit_to_work(self, ticket: Ticket) -> None:
+        """A worker or waiting place, once the body is in."""
+        if self.admitted >= self.settings.workers + self.settings.max_waiting:
             raise problem("overloaded", "the service is at capacity; try again shortly", retry_after_s=2)
         self.admitted += 1
-        return Ticket(self, tenant)
+        ticket.admitted = True
 
     async def _execute(self, op: Operation, ticket: Ticket, request: Request, parts: Parts,
                        challenge: Challenge | None) -> tuple[dict, dict]:

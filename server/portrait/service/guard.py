@@ -13,7 +13,7 @@ import secrets
 from portrait.challenge import ChallengeSpec, random_challenge, random_schedule
 from portrait.security.keys import ApiKeys
 from portrait.security.limits import InFlightLimiter, RateLimiter
-from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore
+from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore, StaleEpoch
 from portrait.security.receipts import ReceiptSigner, generate_key
 from portrait.security.tokens import Challenge, ChallengeSigner, TokenError, parse_actions, parse_schedule
 from portrait.service.problems import problem
@@ -47,6 +47,7 @@ class Guard:
         demo_cap = {settings.demo_tenant: settings.demo_max_in_flight} if settings.demo else {}
         self.in_flight = InFlightLimiter(settings.max_in_flight_per_tenant, demo_cap)
         self.shared_store = bool(settings.redis_url)
+        self._epoch: str | None = None  # the nonce store's, as last seen (readiness probes refresh it)
         if self.demo_tenant in self.keys.tenants:
             raise ValueError(f"PORTRAIT_DEMO_TENANT={self.demo_tenant!r} is a tenant of the API keys: the demo "
                              "needs a name of its own, so that it never spends a carrier's quota")
@@ -63,10 +64,11 @@ class Guard:
         if wait > 0:
             raise problem("rate_limited", "this tenant's request rate is over its limit", retry_after_s=wait)
 
-    def issue(self, tenant: str, mirrored: bool | None, actions: list[str] | None,
-              schedule: list[float] | None) -> Challenge:
+    async def issue(self, tenant: str, mirrored: bool | None, actions: list[str] | None,
+                    schedule: list[float] | None) -> Challenge:
         """A challenge for this tenant: drawn by the server, or named by the caller where the
-        tenant may (`CLIENT_ACTIONS_TENANTS`), which the token and the receipt then say."""
+        tenant may (`CLIENT_ACTIONS_TENANTS`), which the token and the receipt then say; issued
+        under the nonce store's epoch (as last seen; fetched if never)."""
         mirrored = self.settings.mirrored_for(tenant) if mirrored is None else mirrored
         if actions is None and schedule is None:
             spec = random_challenge(mirrored)
@@ -76,7 +78,13 @@ class Guard:
             named = self.actions(actions)
             spec = (random_schedule(named, mirrored) if schedule is None
                     else ChallengeSpec.timed(named, self.schedule(schedule, len(named)), mirrored, client_named=True))
-        return self.challenges.issue(tenant, spec)
+        if self._epoch is None:
+            try:
+                self._epoch = await self.nonces.epoch()
+            except NonceStoreError:
+                log.error("nonce store unreachable")
+                raise problem("nonce_store_unavailable", "cannot issue challenges now", retry_after_s=2) from None
+        return self.challenges.issue(tenant, spec, epoch=self._epoch)
 
     def actions(self, names: list[str] | None) -> list[str]:
         """Client-named actions, where the server allows them."""
@@ -102,23 +110,33 @@ class Guard:
     async def claim(self, challenge: Challenge) -> None:
         """Spend the challenge: atomic in the store, so of concurrent requests one wins."""
         try:
-            claimed = await self.nonces.claim(challenge.nonce, challenge.expires_at)
+            claimed = await self.nonces.claim(challenge.nonce, challenge.expires_at, challenge.epoch)
+        except StaleEpoch as stale:
+            self._epoch = stale.current
+            raise problem("expired_challenge", "the challenge was issued before the store of used challenges "
+                                               "last lost its data; request a new one") from None
         except NonceStoreError:
             log.error("nonce store unreachable")
             raise problem("nonce_store_unavailable", "cannot check challenge reuse now", retry_after_s=2) from None
+        self._epoch = challenge.epoch
         if not claimed:
             raise problem("replayed_challenge", "this challenge was already used; request a new one")
 
     async def release(self, challenge: Challenge) -> None:
         """Give back a claim whose request was refused before it was judged. If the store
-        cannot answer, the token stays spent: the safe side."""
+        does not answer, the token stays spent unless the store runs the release later:
+        the safe side either way."""
         try:
             await self.nonces.release(challenge.nonce)
         except NonceStoreError:
-            log.error("nonce store unreachable: a refused request's challenge stays spent")
+            log.error("nonce store unreachable: a refused request's challenge may stay spent")
 
     async def ready(self) -> tuple[bool, str | None]:
-        if self.shared_store and not await self.nonces.ping():
+        """The nonce store answers; its epoch is refreshed on the way (after a restart of
+        Redis, the first probe to reach it makes the new one)."""
+        try:
+            self._epoch = await self.nonces.epoch()
+        except NonceStoreError:
             return False, "nonce store not reachable"
         return True, None
 

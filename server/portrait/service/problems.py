@@ -26,7 +26,7 @@ class Problem(Exception):
 
 TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-    409: "Conflict", 410: "Gone", 413: "Payload too large", 415: "Unsupported media type",
+    408: "Request timeout", 409: "Conflict", 410: "Gone", 413: "Payload too large", 415: "Unsupported media type",
     422: "Unprocessable content", 429: "Too many requests", 499: "Client closed request", 500: "Internal error",
     503: "Service unavailable", 504: "Gateway timeout",
 }
@@ -52,8 +52,12 @@ CODES: dict[str, tuple[int, str]] = {
     "cross_site_request": (403, "the demo page's calls come from its own page only"),
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "the route does not take this method (see `Allow`)"),
+    "upload_too_slow": (408, "the body did not arrive within `PORTRAIT_UPLOAD_TIMEOUT_S`, or came slower than "
+                             "`PORTRAIT_UPLOAD_MIN_BYTES_PER_S` over 5 s (the connection is closed); the challenge is "
+                             "not spent"),
     "replayed_challenge": (409, "the challenge was already used for a verification; request a new one"),
-    "expired_challenge": (410, "the challenge has expired; request a new one"),
+    "expired_challenge": (410, "the challenge has expired, or was issued before the store of used challenges lost "
+                               "its data; request a new one"),
     "upload_too_large": (413, "the body is over its limit, `PORTRAIT_MAX_UPLOAD_BYTES` for uploads and 4 KiB for "
                               "JSON (checked on Content-Length first)"),
     "field_too_large": (413, "a text field of the multipart body is over 8 KiB"),
@@ -76,7 +80,8 @@ CODES: dict[str, tuple[int, str]] = {
     "client_closed_request": (499, "the client went away before the answer (logged; nobody reads it); "
                                    "the challenge is not spent"),
     "internal_error": (500, "a bug: the log line carries the request id and the traceback"),
-    "overloaded": (503, "every worker and waiting place is taken (with `Retry-After`); the challenge is not spent"),
+    "overloaded": (503, "every upload place, or every worker and waiting place, is taken (with `Retry-After`); the "
+                        "challenge is not spent"),
     "backend_unavailable": (503, "the inference backend cannot answer (with `Retry-After`); the challenge is "
                                  "not spent"),
     "nonce_store_unavailable": (503, "the shared store of used challenges (Redis) cannot answer (with "
@@ -86,6 +91,8 @@ CODES: dict[str, tuple[int, str]] = {
 
 RETRY_AFTER = frozenset({"rate_limited", "too_many_in_flight", "overloaded", "backend_unavailable",
                          "nonce_store_unavailable"})
+# Refused with part of the body unread: the connection cannot carry another request.
+CLOSES_CONNECTION = frozenset({"upload_too_slow"})
 
 
 def problem(code: str, detail: str | None = None, retry_after_s: float | None = None) -> Problem:
@@ -109,6 +116,8 @@ def problem_response(problem: Problem, request_id: str | None = None) -> JSONRes
         headers["Retry-After"] = str(max(1, int(problem.retry_after_s + 0.999)))
     if problem.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="portrait"'
+    if problem.code in CLOSES_CONNECTION:
+        headers["Connection"] = "close"
     return JSONResponse(body, status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)
 
 

@@ -6,10 +6,12 @@ Content-Length is checked before reading, and not trusted after), and parsed int
 with python-multipart. A field sent twice is refused rather than one copy silently kept.
 A JSON body is read the same way, under its own small cap, only once the caller is known,
 and only as `application/json` (a form a web page could send is not read as JSON).
+The chunks come from the caller (`intake.receive_body`, which paces them).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from typing import TypeVar
@@ -56,7 +58,7 @@ def check_headers(request: Request, max_bytes: int) -> None:
         raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
 
 
-async def read_multipart(request: Request, max_bytes: int) -> Upload:
+async def read_multipart(request: Request, max_bytes: int, chunks: AsyncIterator[bytes]) -> Upload:
     check_headers(request, max_bytes)
     _, options = parse_options_header(request.headers.get("content-type", ""))
     upload = Upload()
@@ -103,7 +105,7 @@ async def read_multipart(request: Request, max_bytes: int) -> Upload:
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             sizes["total"] += len(chunk)
             if sizes["total"] > max_bytes:
                 raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
