@@ -179,7 +179,7 @@ def test_challenge_then_verification_accepts_the_live_subject(service, media):
     assert claims["inputs"]["video_sha256"] == __import__("hashlib").sha256(media["d18"]).hexdigest()
     # What was asked, what was seen, every threshold and every model's digest.
     assert claims["challenge"] == {"actions": D18[0], "schedule": D18[1], "window_s": [0.3, 3.0],
-                                   "record_s": D18[1][-1] + 3.5, "mirrored": False}
+                                   "record_s": D18[1][-1] + 3.5, "mirrored": False, "client_named": True}
     assert [e["action"] for e in claims["events"]] == ["open_mouth", "blink", "open_mouth"]
     assert all(set(e) == {"action", "start_s", "end_s"} for e in claims["events"])
     assert {"match", "passive", "continuity", "detection_score", "liveness"} <= set(claims["thresholds"])
