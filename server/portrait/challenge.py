@@ -16,7 +16,8 @@ from itertools import product
 
 import numpy as np
 
-ACTIONS: tuple[str, ...] = ("blink", "turn_left", "turn_right", "look_up", "look_down", "open_mouth")
+ACTIONS: tuple[str, ...] = ("blink", "turn_left", "turn_right", "tilt_left", "tilt_right", "look_up", "look_down",
+                            "open_mouth")
 BLINK = "blink"
 
 MIN_ACTIONS, MAX_ACTIONS = 2, 4  # what the server draws; a client-named challenge may ask 1

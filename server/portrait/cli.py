@@ -172,13 +172,27 @@ def _eval_liveness(args: argparse.Namespace) -> int:
     return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot), args.json)
 
 
+def _eval_actions(args: argparse.Namespace) -> int:
+    return _emit(_offline().eval_actions(args.events, args.root), args.json)
+
+
 def _eval_challenge(args: argparse.Namespace) -> int:
     return _emit(_offline().eval_challenge(args.root, args.draws, args.seed), args.json)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    if (args.pairs is None) == (args.liveness is None):
-        raise ValueError("give --pairs (match thresholds) or --liveness (PAD and continuity), one of them")
+    if sum(x is not None for x in (args.pairs, args.liveness, args.actions)) != 1:
+        raise ValueError("give --pairs (match thresholds), --liveness (PAD and continuity) or --actions (action "
+                         "thresholds), one of them")
+    if args.actions is not None:
+        from portrait.action_calibration import STARTING_POINT
+        from portrait.offline import Offline
+        from portrait.pipeline import PipelineConfig
+
+        # The signals a calibration reads do not depend on the action thresholds in force.
+        settings = get_settings()
+        offline = Offline(settings, config=PipelineConfig(detect_every=settings.video_detect_every, liveness=STARTING_POINT))
+        return _emit(offline.calibrate_actions(args.actions, args.root, args.output), args.json)
     if args.liveness is not None:
         return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
@@ -269,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
 
+    acts = evaluate.add_parser("actions", help="CSV path,action,start_s,end_s (annotated clips): per action type, "
+                               "found once / missed / split / merged / extra, and onset errors")
+    acts.add_argument("--events", type=Path, required=True)
+    acts.add_argument("--root", type=Path, required=True)
+    acts.add_argument("--json", action="store_true")
+    acts.set_defaults(func=_eval_actions)
+
     sim = evaluate.add_parser("challenge", help="how many random server challenges each video under ROOT "
                               "would answer if replayed, and the best a crafted recording does")
     sim.add_argument("--root", type=Path, required=True)
@@ -282,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--pairs", type=Path, default=None, help="CSV img_a,img_b,same_person: match thresholds")
     calibrate.add_argument("--liveness", type=Path, default=None,
                            help="CSV path,label[,attack]: the PAD box map and threshold, and the continuity threshold")
+    calibrate.add_argument("--actions", type=Path, default=None,
+                           help="CSV path,action,start_s,end_s (annotated clips): the action thresholds")
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")

@@ -59,6 +59,11 @@ def shipped_continuity_threshold() -> float:
     return float(json.loads(CALIBRATION.read_text())["continuity"]["threshold"])
 
 
+def shipped_liveness() -> liveness.LivenessThresholds:
+    """The action thresholds `portrait calibrate --actions` wrote (`actions.thresholds`)."""
+    return liveness.LivenessThresholds.from_record(json.loads(CALIBRATION.read_text())["actions"]["thresholds"])
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     image_detector_size: int = 640
@@ -73,7 +78,7 @@ class PipelineConfig:
     match_frames: int = 3
     pad_frames: int = 12
     continuity_frames: int = 12  # the splice gap is as wide at 6 to 32 (README, Continuity); each costs an SFace row
-    liveness: liveness.LivenessThresholds = field(default_factory=liveness.LivenessThresholds)
+    liveness: liveness.LivenessThresholds = field(default_factory=shipped_liveness)
 
 
 @dataclass
@@ -100,7 +105,7 @@ class VideoAnalysis:
     track: Track
     times: np.ndarray
     openness: np.ndarray  # [M,2] for present frames
-    angles: np.ndarray  # [M,2] yaw, pitch
+    angles: np.ndarray  # [M,2] yaw, pitch from FaceMesh's 3-D points (frame quality, continuity's pose pairs)
     mouth: np.ndarray  # [M] lip gap over mouth width
     events: list[ActionEvent]
     passive_score: float | None  # median of passive_frames
@@ -109,6 +114,7 @@ class VideoAnalysis:
     second_embeddings: np.ndarray | None = None  # [K,128] dlib's, same frames, where fusion is on
     passive_frames: np.ndarray = field(default_factory=lambda: np.zeros(0))  # live score per frame scored
     continuity_sample: continuity.Sample | None = None  # the frames continuity compared
+    pose: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [M,3] the actions' yaw, pitch, roll
 
 
 class Pipeline:
@@ -284,7 +290,8 @@ class Pipeline:
         with timings.stage("landmarks"):
             openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
-            events = liveness.observe(openness, angles, mouth, times, mirrored, cfg.liveness)
+            pose = landmarks.action_pose(mesh[1], faces)
+            events = liveness.observe(openness, pose, mouth, times, cfg.liveness, mirrored)
         with timings.stage("quality"):
             aligned = self.aligned_crops(frames, faces)  # also what the embedder takes, below
             sharp = quality.sharpness(self.ops.to_host(aligned))
@@ -309,7 +316,7 @@ class Pipeline:
                 kept_together = continuity.continuity(sample)
         return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
                              None if kept_together is None else kept_together.score, embeddings, second, per_frame,
-                             sample)
+                             sample, pose)
 
     def verify(self, id_image: np.ndarray, video: Video, challenge: ChallengeSpec | None = None,
                timings: Timings | None = None) -> dict:
