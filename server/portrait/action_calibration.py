@@ -119,7 +119,7 @@ def _head_events(family: str, relative: np.ndarray, times: np.ndarray, band: Hys
     signal = relative[:, _AXIS[family]]
     return [Span(action, float(times[a]), float(times[b]))
             for action, sign in ((first, 1.0), (second, -1.0))
-            for a, b in excursions(sign * signal, times, band)]
+            for a, b in excursions(sign * signal, times, band, 0.0)]
 
 
 def _synthetic_tilts(clips: dict[str, ClipSignals]) -> list[tuple[ClipSignals, list[Span]]]:

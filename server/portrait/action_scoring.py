@@ -94,7 +94,7 @@ def match_clip(annotated: list[Span], observed: list[Span], tolerance_s: float =
 
 def summarise(per_clip: dict[str, dict]) -> dict:
     """Per action type over all clips: counts, recall (annotated actions seen at all) and
-    onset errors (median and largest absolute, seconds)."""
+    onset errors (each, signed, and the median and largest absolute, seconds)."""
     table: dict[str, dict] = {}
     for clip in per_clip.values():
         for action, row in clip.items():
@@ -104,7 +104,8 @@ def summarise(per_clip: dict[str, dict]) -> dict:
                 total[key] += row[key]
             total["onset_errors_s"] += row["onset_errors_s"]
     for row in table.values():
-        errors = np.abs(np.array(row.pop("onset_errors_s"), float))
+        row["onset_errors_s"] = sorted(row["onset_errors_s"])
+        errors = np.abs(np.array(row["onset_errors_s"], float))
         row["recall"] = round((row["annotated"] - row["missed"]) / row["annotated"], 3) if row["annotated"] else None
         row["onset_abs_median_s"] = round(float(np.median(errors)), 3) if len(errors) else None
         row["onset_abs_max_s"] = round(float(errors.max()), 3) if len(errors) else None

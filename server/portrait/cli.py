@@ -177,7 +177,7 @@ def _eval_actions(args: argparse.Namespace) -> int:
 
 
 def _eval_challenge(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_challenge(args.root, args.draws, args.seed), args.json)
+    return _emit(_offline().eval_challenge(args.root, args.draws, args.seed, args.events), args.json)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = evaluate.add_parser("challenge", help="how many random server challenges each video under ROOT "
                               "would answer if replayed, and the best a crafted recording does")
     sim.add_argument("--root", type=Path, required=True)
+    sim.add_argument("--events", type=Path, default=None,
+                     help="annotated clips (path,action,start_s,end_s): judge those clips, and simulate genuine "
+                          "customers from their durations")
     sim.add_argument("--draws", type=int, default=100_000)
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--json", action="store_true")

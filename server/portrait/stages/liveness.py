@@ -16,16 +16,18 @@ split into two segments by a wobble across the threshold, counts once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 
-from portrait.challenge import ACTIONS, BLINK, MAX_RECORD_S, OVERRUN_S, WINDOW_S, ChallengeSpec, record_after, sequences
+from portrait.challenge import (
+    BLINK, OVERRUN_S, TAIL_S, WINDOW_S, ChallengeSpec, all_schedules, record_after, sequences,
+)
 
 # Why a challenge was not answered, in the order they are looked for.
-UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG = (
-    "unrequested_action", "challenge_incomplete", "action_out_of_window", "recording_too_long")
-REASONS = (UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG)
+UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG, TOO_SHORT = (
+    "unrequested_action", "challenge_incomplete", "action_out_of_window", "recording_too_long",
+    "recording_too_short")
+REASONS = (UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG, TOO_SHORT)
 PASSED = -1
 
 
@@ -89,7 +91,8 @@ def rest_level(values: np.ndarray, band: float) -> float:
     return float(np.median(values[np.abs(values - centre) <= band]))
 
 
-def excursions(signal: np.ndarray, times: np.ndarray, band: Hysteresis) -> list[tuple[int, int]]:
+def excursions(signal: np.ndarray, times: np.ndarray, band: Hysteresis,
+               rest: float | None = None) -> list[tuple[int, int]]:
     """[first, last] indices of each movement away from rest: a run above `band.exit` that is
     above `band.enter` over at least `band.min_s` (first to last frame above it), widened to where the signal began to rise
     from rest and where it came back to it (a slow turn starts when the head starts moving,
@@ -108,18 +111,20 @@ def excursions(signal: np.ndarray, times: np.ndarray, band: Hysteresis) -> list[
         entered = np.flatnonzero(known[start : end + 1] & (value[start : end + 1] > band.enter))
         if not len(entered) or times[start + entered[-1]] - times[start + entered[0]] + frame < band.min_s:
             continue
-        floor = found[-1][1] + 1 if found else 0
-        while start - 1 >= floor and 0.0 < value[start - 1] < value[start]:
+        first = found[-1][1] + 1 if found else 0
+        rest = band.exit / 2 if rest is None else rest
+        while start - 1 >= first and rest < value[start - 1] < value[start]:
             start -= 1
-        while end + 1 < len(value) and 0.0 < value[end + 1] < value[end]:
+        while end + 1 < len(value) and rest < value[end + 1] < value[end]:
             end += 1
         found.append((int(start), int(end)))
     return found
 
 
-def _events(action: str, signal: np.ndarray, times: np.ndarray, band: Hysteresis) -> list[ActionEvent]:
+def _events(action: str, signal: np.ndarray, times: np.ndarray, band: Hysteresis,
+            rest: float | None = None) -> list[ActionEvent]:
     return [ActionEvent(action, float(times[a]), float(times[b]), round(float(np.nanmax(signal[a : b + 1])), 3))
-            for a, b in excursions(signal, times, band)]
+            for a, b in excursions(signal, times, band, rest)]
 
 
 def blinks(openness: np.ndarray, pitch: np.ndarray, times: np.ndarray,
@@ -167,7 +172,8 @@ def head_moves(pose: np.ndarray, times: np.ndarray, limits: LivenessThresholds,
         "tilt_left": (side * roll, limits.tilt), "tilt_right": (-side * roll, limits.tilt),
         "look_up": (pitch, limits.look), "look_down": (-pitch, limits.look),
     }
-    events = [e for action, (signal, band) in signals.items() for e in _events(action, signal, times, band)]
+    # A move starts where the head leaves its rest level (0 here), however slowly.
+    events = [e for action, (signal, band) in signals.items() for e in _events(action, signal, times, band, 0.0)]
     return sorted(events, key=lambda e: e.start_s)
 
 
@@ -228,6 +234,7 @@ def outcomes(events: list[ActionEvent], actions: tuple[str, ...], schedules: np.
     result = np.where(ok, PASSED, REASONS.index(INCOMPLETE if schedules is None else OUT_OF_WINDOW))
     if record_s is not None:
         result = np.where(ok & (duration_s > record_s + OVERRUN_S), REASONS.index(TOO_LONG), result)
+        result = np.where(ok & (duration_s < record_s - OVERRUN_S), REASONS.index(TOO_SHORT), result)
     return result
 
 
@@ -270,33 +277,62 @@ def count_answered(events: list[ActionEvent], duration_s: float, index: np.ndarr
     order = np.argsort(index, kind="stable")
     which, starts = np.unique(index[order], return_index=True)
     for sequence, rows in zip(which, np.split(order, starts[1:])):
-        actions = table[sequence]
-        timed = schedules[rows, : len(actions)]
-        result = outcomes(events, actions, timed, WINDOW_S, record_after(timed.T), duration_s)
+        timed = schedules[rows]
+        result = outcomes(events, table[sequence], timed, WINDOW_S, record_after(timed.T), duration_s)
         answered += int((result == PASSED).sum())
     return answered
 
 
-def best_crafted_rate(index: np.ndarray, schedules: np.ndarray) -> dict:
-    """The largest share of drawn challenges one recording answers, searched over
-    recordings made for it: k head moves (k = 1..4) at chosen seconds on a grid, and a
-    blink every 0.3 s throughout, since blinks are tolerated anywhere. The actions are
-    interchangeable in the draw, so which moves does not matter, only how many and when."""
-    table = sequences()
-    moves_of = [tuple(a for a in s if a != BLINK) for s in table]
-    blinks_everywhere = [ActionEvent(BLINK, t, t + 0.1, 0.2) for t in np.arange(0.3, MAX_RECORD_S, 0.3)]
-    best = {"rate": 0.0, "moves": 0, "at_s": []}
-    for k in range(1, 5):
-        moves = tuple(a for a in ACTIONS if a != BLINK)[:k]
-        wanted = np.array([m == moves for m in moves_of])[index]
-        step = 0.25 if k <= 2 else 0.5
-        for times in combinations(np.arange(1.0 + WINDOW_S[0], MAX_RECORD_S - 1.0, step), k):
-            gaps = np.diff(times)
-            if np.any(gaps < 0.6) or (k > 2 and np.any(gaps > 4.5)):
-                continue
-            events = sorted(blinks_everywhere + [ActionEvent(m, float(t), float(t) + 0.4, 20.0)
-                                                 for m, t in zip(moves, times)], key=lambda e: e.start_s)
-            rate = count_answered(events, times[-1] + 0.6, index[wanted], schedules[wanted]) / len(index)
-            if rate > best["rate"]:
-                best = {"rate": rate, "moves": k, "at_s": [round(float(t), 2) for t in times]}
-    return best
+def answer_rate(events: list[ActionEvent], duration_s: float) -> float:
+    """The exact chance that a server challenge is answered by these events: a fixed
+    recording replayed into the camera. Only the challenge whose sequence is the recording's
+    own moves can pass (every other fails as unrequested or incomplete), so the chance is
+    1 / (number of sequences) times the share of the equally likely schedules it fits."""
+    moves = tuple(e.action for e in events if e.action != BLINK)
+    if moves not in set(sequences()):
+        return 0.0
+    timed = all_schedules()
+    passed = outcomes(events, moves, timed, WINDOW_S, record_after(timed.T), duration_s) == PASSED
+    return float(passed.mean()) / len(sequences())
+
+
+def _fits(starts: np.ndarray, duration_s: float, timed: np.ndarray) -> np.ndarray:
+    """[K] whether moves starting at `starts` (one per prompt) in a recording of this length
+    answer each schedule: every start in its window, the length within the overrun."""
+    ok = np.all((starts >= timed + WINDOW_S[0] - 1e-9) & (starts <= timed + WINDOW_S[1] + 1e-9), axis=1)
+    record_s = record_after(timed.T)
+    return ok & (np.abs(duration_s - record_s) <= OVERRUN_S + 1e-9)
+
+
+def best_crafted_rate(step_s: float = 0.05) -> dict:
+    """The largest chance of answering a server challenge that one recording made for the
+    purpose has: one sequence of moves (any: they are equally likely), each starting at a
+    chosen second, blinks anywhere (they are tolerated and never asked), and a chosen length.
+    Starts and length are searched by coordinate ascent on a `step_s` grid from starts at
+    every offset after the mean prompt times, against every schedule the server draws."""
+    timed = all_schedules()
+    mean = timed.mean(0)
+    lengths = np.round(np.arange(WINDOW_S[0], WINDOW_S[1] + 1e-9, step_s), 3)
+    best = (0.0, None, None)
+    for offset in lengths:
+        starts = np.round(mean + offset, 3)
+        duration = float(np.round(mean[-1] + WINDOW_S[1] + TAIL_S, 3))
+        share = float(_fits(starts, duration, timed).mean())
+        improved = True
+        while improved:
+            improved = False
+            for i in range(len(starts) + 1):
+                for delta in (-step_s, step_s):
+                    trial_starts, trial_duration = starts.copy(), duration
+                    if i < len(starts):
+                        trial_starts[i] = round(trial_starts[i] + delta, 3)
+                    else:
+                        trial_duration = round(trial_duration + delta, 3)
+                    trial = float(_fits(trial_starts, trial_duration, timed).mean())
+                    if trial > share:
+                        share, starts, duration, improved = trial, trial_starts, trial_duration, True
+        if share > best[0]:
+            best = (share, starts, duration)
+    share, starts, duration = best
+    return {"rate": share / len(sequences()), "schedules_fitted": share, "sequences": len(sequences()),
+            "starts_s": [round(float(t), 2) for t in starts], "duration_s": round(duration, 2)}
