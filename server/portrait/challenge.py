@@ -25,18 +25,20 @@ MOVES: tuple[str, ...] = tuple(a for a in ACTIONS if a != BLINK)
 
 DRAWN_ACTIONS = 5  # every server challenge asks this many moves (README, "Active liveness": why five)
 MAX_ACTIONS = DRAWN_ACTIONS  # a client-named challenge may ask 1 to this many
-# An action must begin this long after its prompt. Reacting to a written prompt with one of
-# seven movements is a choice reaction: simple visual reaction takes about 0.2-0.25 s, each
-# bit of choice adds about 0.15 s (Hick-Hyman), reading and the neck's own delay add more, so
-# starts cluster around 0.8-0.9 s; 0.3 s excludes anticipation, 1.8 s is past the 99th
-# percentile of the reaction model in the README.
-WINDOW_S = (0.3, 1.8)
-FIRST_PROMPT_S = (1.0, 2.0)  # the customer settles in frame before the first prompt
-PROMPT_GAP_S = (1.4, 1.8)  # one move and back to rest (the annotated moves last 0.5-1.9 s)
+# An observed action must begin this long after its prompt. People start a prompted move
+# 0.4-2.0 s after it: reacting to a written prompt with one of seven movements is a choice
+# reaction (simple visual reaction 0.2-0.25 s, each bit of choice about 0.15 s more by the
+# Hick-Hyman law, three bits here, then reading the prompt and the neck's own delay), and
+# 2.0 s is past the 99th percentile of the reaction model in the README. The pipeline places
+# a start up to 0.3 s before or after the frame a person would name (measured by `portrait
+# eval actions`), so the window is that span widened by 0.3 s each side.
+WINDOW_S = (0.1, 2.3)
+FIRST_PROMPT_S = (1.0, 1.5)  # the customer settles in frame before the first prompt
+PROMPT_GAP_S = (1.3, 1.7)  # one move and back to rest (the annotated moves last 0.5-1.9 s)
 STEP_S = 0.1  # schedule granularity
-TAIL_S = 0.5  # recording goes on this long after the last window closes
-OVERRUN_S = 0.5  # a clip may end this far before or after the recording's end (encoder, clock jitter)
-MAX_RECORD_S = FIRST_PROMPT_S[1] + (MAX_ACTIONS - 1) * PROMPT_GAP_S[1] + WINDOW_S[1] + TAIL_S
+TAIL_S = 0.8  # recording goes on this long after the last window closes: the last move is seen whole
+OVERRUN_S = 0.4  # a clip may end this far before or after the recording's end (encoder, clock jitter)
+MAX_RECORD_S = round(FIRST_PROMPT_S[1] + (MAX_ACTIONS - 1) * PROMPT_GAP_S[1] + WINDOW_S[1] + TAIL_S, 3)
 
 
 @dataclass(frozen=True)
