@@ -193,7 +193,8 @@ def timed(actions: list[str], mirrored: bool = False) -> ChallengeSpec:
 
 def good_payload(clock: Clock, **changes: object) -> dict:
     payload = {"v": 2, "tenant": "alpha", "actions": ["blink", "turn_left"], "schedule": [1.0, 3.0],
-               "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": b64e(bytes(16)),
+               "window_s": list(WINDOW_S), "record_s": 3.0 + WINDOW_S[1] + TAIL_S, "mirrored": False,
+               "nonce": b64e(bytes(16)),
                "iat": clock.now, "exp": clock.now + 120}
     payload.update(changes)
     return payload
@@ -209,7 +210,8 @@ def test_issue_and_verify(signer: ChallengeSigner, clock: Clock) -> None:
     body, signature = issued.token.split(".")
     payload = json.loads(b64d(body))
     assert payload == {"v": 2, "tenant": "alpha", "actions": ["turn_left", "blink"], "schedule": [1.0, 3.0],
-                       "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": issued.nonce,
+                       "window_s": list(WINDOW_S), "record_s": 3.0 + WINDOW_S[1] + TAIL_S, "mirrored": False,
+                       "nonce": issued.nonce,
                        "iat": clock.now, "exp": clock.now + 120}
     assert b64d(signature) == hmac.new(SECRET, body.encode(), hashlib.sha256).digest()
     clock.now += 119.9
