@@ -94,6 +94,26 @@ def test_d12_events(pipeline, testdata):
         assert any(a == action and abs(t - start) <= 0.3 for a, t in moves), (action, start, moves)
 
 
+def test_d3_head_moves_are_each_seen_once_and_no_look_is_read_into_its_turns(pipeline, testdata):
+    """d3 turns its head five times, bows it with the eyes down and opens its mouth in
+    surprise (annotated by eye in benchmarks/data/events_dev.csv). The turns wobble and the
+    head pitches under them: each annotated move is one event starting within 0.3 s of the
+    annotated start, and no look is reported (before, the last right turn was missed and a
+    look down and a look up were reported around the turns)."""
+    from pathlib import Path
+
+    from portrait.action_scoring import Span, match_clip, read_annotations
+
+    events = _events(pipeline, _video(testdata, "liveportrait/d3.mp4"))
+    annotated = read_annotations(Path(__file__).resolve().parent.parent / "benchmarks/data/events_dev.csv")
+    moves = [s for s in annotated["videos/liveportrait/d3.mp4"] if s.action != "blink"]
+    scored = match_clip(moves, [Span(e.action, e.start_s, e.end_s) for e in events if e.action != "blink"])
+    for action, row in scored.items():
+        assert row["found_once"] == row["annotated"] and row["extra"] == 0, (action, row)
+        assert all(abs(e) <= 0.3 for e in row["onset_errors_s"]), (action, row)
+    assert not [e for e in events if e.action.startswith(("look", "tilt"))]
+
+
 def test_mouth_openings_are_found_and_speech_is_not(pipeline, testdata):
     """d18 opens its mouth wide twice (annotated 2.10-3.25 s and 3.85-5.20 s); the woman in
     retalking/4 talks throughout."""
