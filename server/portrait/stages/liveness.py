@@ -1,16 +1,18 @@
 """Active liveness: blinks, head movements and mouth openings read from per-frame eye
-openness, head angles and lip gap, and whether they answer the challenge exactly.
+openness, head pose and lip gap as a person would name them, and whether they answer the
+challenge exactly; and what a fixed recording can answer.
 
-Thresholds are relative to the clip's own open-eye level and neutral pitch, so a squint
-or a camera held low does not count as an action; each action must also come back
-(eyes reopen, head returns, mouth closes), which a photo swung in front of the camera
-rarely does.
+Head moves are measured from the pose the clip holds most, blinks from the clip's own
+open-eye level, so a squint or a camera held to one side does not count as an action. Each
+kind of action is one event per excursion from rest, with separate enter and exit
+thresholds: a turn that wobbles back across the entry threshold is still one turn, and it
+starts where the head began to move. Pitch is not judged where the head is turned far.
 
 A challenge is answered when the actions seen are the actions asked, in order, each
 beginning within its window after its prompt, and nothing else: a head move or mouth
 opening that was not asked for fails it. Natural blinks are tolerated anywhere (people
-blink every few seconds); a requested blink must fall in its window. One action held, or
-split into two segments by a wobble across the threshold, counts once.
+blink every few seconds); a requested blink (client-named challenges only) must fall in its
+window.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class ActionEvent:
     action: str
     start_s: float
     end_s: float
-    peak: float  # closed-eye ratio for blinks, degrees for head moves, lip gap ratio for the mouth
+    peak: float  # closed-eye ratio for blinks, the pose signal from rest for head moves, lip gap ratio for the mouth
 
 
 @dataclass(frozen=True)
