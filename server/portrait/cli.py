@@ -191,7 +191,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         # The signals a calibration reads do not depend on the action thresholds in force.
         settings = get_settings()
-        offline = Offline(settings, config=PipelineConfig(detect_every=settings.video_detect_every, liveness=STARTING_POINT))
+        config = PipelineConfig(detect_every=settings.video_detect_every, liveness=STARTING_POINT)
+        offline = Offline(settings, config=config)
         return _emit(offline.calibrate_actions(args.actions, args.root, args.output), args.json)
     if args.liveness is not None:
         return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)

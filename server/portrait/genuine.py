@@ -44,7 +44,8 @@ def success_rate(customers: Customers, count: int, rng: np.random.Generator) -> 
     whose recording the challenge accepts, and why the others fail."""
     index, schedules = draw(rng, count)
     table = np.array(sequences())[index]  # [count, moves]
-    reaction = np.exp(np.log(customers.reaction_median_s) + customers.reaction_log_sd * rng.standard_normal(schedules.shape))
+    spread = customers.reaction_log_sd * rng.standard_normal(schedules.shape)
+    reaction = np.exp(np.log(customers.reaction_median_s) + spread)
     kinds = np.vectorize(DURATION_KIND.get)(table)
     duration = np.zeros(schedules.shape)
     for kind, values in customers.durations.items():
@@ -66,7 +67,8 @@ def success_rate(customers: Customers, count: int, rng: np.random.Generator) -> 
     failed = early | late | unordered | cut
     return {
         "customers": count, "accepted": round(float(1 - failed.mean()), 4),
-        "failures": {"started_too_early": round(float(early.mean()), 4), "started_too_late": round(float(late.mean()), 4),
+        "failures": {"started_too_early": round(float(early.mean()), 4),
+                     "started_too_late": round(float(late.mean()), 4),
                      "out_of_order": round(float(unordered.mean()), 4), "cut_by_the_end": round(float(cut.mean()), 4)},
         "model": {"reaction_median_s": customers.reaction_median_s, "reaction_log_sd": customers.reaction_log_sd,
                   "durations_from": {k: len(v) for k, v in customers.durations.items()},

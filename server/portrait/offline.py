@@ -451,9 +451,9 @@ class Offline:
                      f"{action_calibration.SYNTHETIC_TILT_DEG:g}-degree tilt"),
             "measured_on_the_same_clips": measured,
             "optimism": (f"chosen and measured on the same {len(clips)} clips, annotated by one person, none of "
-                         f"them prompted: {_counted(annotations)}. Kinds the clips never show (tilts but synthetic "
-                         "ones, looks) are bounded by extra events alone. The thresholds separate what these clips "
-                         "show, and the margins (grid steps) say how far: recalibrate on annotated captures of "
+                         f"them prompted: {_counted(annotations)}. Looks, which the clips never show, are bounded by "
+                         "extra events alone, tilts by those and synthetic tilts. The thresholds separate what these "
+                         "clips show, and the margins (grid steps) say how far: recalibrate on annotated captures of "
                          "prompted challenges."),
         }
         target = output or CALIBRATION

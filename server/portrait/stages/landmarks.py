@@ -136,8 +136,9 @@ def action_pose(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
     the subject's own left in an unmirrored recording). Pitch compares the nose tip's drop
     below the outer eye corners with the forehead's height above them, both vertical, so a
     turn leaves it alone (positive looking up; an angle of the face's 2-D proportions that
-    grows with head pitch, not the head's pitch in degrees). Roll is the slope of YuNet's eye line in the frame (positive when the head
-    tilts toward the subject's own left shoulder, unmirrored)."""
+    grows with head pitch, not the head's pitch in degrees). Roll is the slope of YuNet's eye
+    line in the frame (positive when the head tilts toward the subject's own left shoulder,
+    unmirrored)."""
     right, left, nose = points[:, CHEEK_RIGHT, 0], points[:, CHEEK_LEFT, 0], points[:, NOSE_TIP, 0]
     offset = (nose - right) / np.maximum(left - right, 1e-6)
     yaw = np.degrees(np.arcsin(np.clip(2.0 * offset - 1.0, -1.0, 1.0)))

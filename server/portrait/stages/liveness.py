@@ -96,10 +96,11 @@ def rest_level(values: np.ndarray, band: float) -> float:
 def excursions(signal: np.ndarray, times: np.ndarray, band: Hysteresis,
                rest: float | None = None) -> list[tuple[int, int]]:
     """[first, last] indices of each movement away from rest: a run above `band.exit` that is
-    above `band.enter` over at least `band.min_s` (first to last frame above it), widened to where the signal began to rise
-    from rest and where it came back to it (a slow turn starts when the head starts moving,
-    not when it crosses a threshold). NaN (not measurable) keeps the state of the frame
-    before, so a gap neither starts nor ends a movement."""
+    above `band.enter` over at least `band.min_s` (first to last frame above it), widened to
+    where the signal began to rise from `rest` (by default half the exit threshold) and where
+    it came back to it: a slow turn starts when the head starts moving, not when it crosses a
+    threshold. NaN (not measurable) keeps the state of the frame before, so a gap neither
+    starts nor ends a movement."""
     if len(signal) == 0:
         return []
     known = np.isfinite(signal)
