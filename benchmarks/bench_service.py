@@ -40,7 +40,7 @@ def _port() -> int:
 def _start(extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = _port()
     env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"bench:{KEY}",
-           "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
+           "PORTRAIT_CLIENT_ACTIONS_TENANTS": "bench", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
            "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING", **extra}
     process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

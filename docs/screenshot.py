@@ -43,8 +43,8 @@ def main() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"demo:{KEY}",
-           "PORTRAIT_DEMO": "1", "PORTRAIT_DEMO_TENANT": "demo", "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1"}
+    env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"carrier:{KEY}",
+           "PORTRAIT_DEMO": "1", "PORTRAIT_CLIENT_ACTIONS_TENANTS": "demo"}
     server = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

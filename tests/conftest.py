@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -59,6 +60,21 @@ def face_images(testdata) -> list[np.ndarray]:
         scale = 640 / max(image.shape[:2])
         images.append(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
     return images
+
+
+def frame_id_record(folder: Path) -> Path:
+    """A copy of the shipped calibration record with the generated-face check's threshold
+    above any score (2; scores are correlations, at most 1), for tests whose ID photo must
+    be a frame of the selfie itself: the test data hold no second capture of the people in
+    the clips. The check rightly refuses such an ID photo (tests/test_synthetic.py); these
+    tests are about everything else."""
+    from portrait.pipeline import CALIBRATION
+
+    record = json.loads(CALIBRATION.read_text())
+    record["synthetic"]["derived_from_id"]["threshold"] = 2.0
+    path = folder / "calibration-frame-id.json"
+    path.write_text(json.dumps(record))
+    return path
 
 
 def free_port() -> int:

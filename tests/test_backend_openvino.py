@@ -8,11 +8,9 @@ import pytest
 
 from portrait.backends import MEASURED, create_backend, runtime_table
 from portrait.backends.onnxruntime import OnnxRuntimeBackend
+from portrait.backends.openvino import OpenVinoBackend
 from portrait.modelrepo.specs import BY_NAME
 from portrait.pipeline import Pipeline
-
-pytest.importorskip("openvino", reason="the openvino extra is not installed")
-from portrait.backends.openvino import OpenVinoBackend  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +63,28 @@ def test_embedded_backend_routes_each_model_to_its_runtime(model_repository):
     assert backend.runtimes == {"sface": "onnxruntime", "facemesh": "openvino"}
     out = backend.infer("facemesh", np.zeros((2, *BY_NAME["facemesh"].input.dims), np.float32))
     assert out["conv2d_20"].shape == (2, 1404, 1, 1)
+
+
+def test_released_memory_goes_back_and_the_next_call_answers_the_same(model_repository):
+    """A compiled model keeps buffers for the largest batch it ran; released (as the service
+    does when idle), most of them go back to the system, and the next call allocates again."""
+    from portrait.service.idle import _TRIM, resident_mib
+
+    if _TRIM is None or resident_mib() is None:
+        pytest.skip("needs glibc's malloc_trim and /proc (Linux)")
+    backend = OpenVinoBackend(model_repository, models=["facemesh"], threads=1, streams=2)
+    rng = np.random.default_rng(2)
+    small = rng.uniform(0, 1, (1, *BY_NAME["facemesh"].input.dims)).astype(np.float32)
+    first = backend.infer("facemesh", small)
+    _TRIM(0)
+    before = resident_mib()
+    backend.infer("facemesh", np.repeat(small, 64, axis=0))  # a burst's merged batch
+    _TRIM(0)
+    grown = resident_mib() - before
+    assert backend.release_memory() is True
+    _TRIM(0)
+    kept = resident_mib() - before
+    assert grown > 0 and kept < grown / 2, (grown, kept)
+    again = backend.infer("facemesh", small)
+    for name in first:
+        np.testing.assert_allclose(again[name], first[name], rtol=1e-5, atol=1e-5)

@@ -43,7 +43,7 @@ def playwright():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, model_repository, testdata):
     running = start_service(tmp_path_factory.mktemp("demo"), model_repository, {
-        "PORTRAIT_DEMO": "1", "PORTRAIT_DEMO_TENANT": "carrier-a"})
+        "PORTRAIT_DEMO": "1", "PORTRAIT_CLIENT_ACTIONS_TENANTS": "demo", "PORTRAIT_DEMO_RATE_LIMIT_BURST": "20"})
     yield running
     if running["process"].poll() is None:
         stop_service(running)
@@ -107,16 +107,14 @@ def _recorded(testdata: Path, tmp_path: Path, name: str) -> tuple[list[str], byt
 def _summary(result: dict) -> str:
     answer = result["answer"] or {}
     return json.dumps({"state": result["state"], "code": result["code"], "seconds": result["seconds"],
-                       "decision": answer.get("decision"), "reasons": answer.get("reasons"),
-                       "observed": (answer.get("liveness") or {}).get("active", {}).get("observed"),
-                       "video": answer.get("video")})
+                       "decision": answer.get("decision"), "reasons": answer.get("reasons")})
 
 
 @pytest.mark.parametrize("clip, actions, schedule", [
     ("d0", "blink", "0.8"),          # d0 blinks at 2.6 s of the file
-    # d12 turns left at 1.5 s and right at 3.2 s of the file, opens its mouth at 4.6 s and
-    # turns left again at 6.6 s: the recording (record_s 6.1 s) stops before that last turn,
-    # which was not asked for.
+    # d12 turns left at 1.3 s and right at 3.0 s of the file, opens its mouth at 4.6 s, then
+    # opens it again and turns left at 6.4 s: the recording (record_s 5.7 s) stops before
+    # those, which were not asked for.
     ("d12", "turn_left,turn_right,open_mouth", "0.3,1.5,2.6"),
 ])
 def test_a_recording_that_performs_the_challenge_is_accepted(playwright, demo, testdata, tmp_path,
@@ -127,10 +125,8 @@ def test_a_recording_that_performs_the_challenge_is_accepted(playwright, demo, t
     assert result["state"] == "done", result
     answer = result["answer"]
     assert answer["decision"] == "accept", _summary(result)
-    assert answer["video"]["codec"] in ("vp8", "vp9", "h264")
-    assert answer["match"]["score"] > answer["match"]["threshold"]
-    assert answer["receipt"].count(".") == 2
-    assert KEY_A not in result["html"], "the API key reached the browser"
+    assert set(answer) == {"decision", "reasons", "request_id"}  # no score, threshold or receipt
+    assert "score" not in result["html"].lower().replace("scores stay", "")
 
 
 def test_a_recording_that_does_not_perform_the_challenge_is_refused(playwright, demo, testdata, tmp_path):
@@ -139,8 +135,7 @@ def test_a_recording_that_does_not_perform_the_challenge_is_refused(playwright, 
     print(_summary(result))
     assert result["state"] == "done", result
     answer = result["answer"]
-    assert answer["decision"] == "retry" and "challenge_incomplete" in answer["reasons"], _summary(result)
-    assert answer["liveness"]["active"]["missing"] == ["turn_left"]
+    assert answer["decision"] == "retry" and answer["reasons"] == ["challenge_incomplete"], _summary(result)
 
 
 @pytest.mark.parametrize("args, code", [
@@ -176,21 +171,27 @@ def test_the_service_serves_the_module_and_the_demo_page(demo):
     page = httpx.get(f"{demo['url']}/demo")
     assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
     assert KEY_A not in page.text and KEY_A not in httpx.get(f"{demo['url']}/demo/demo.js").text
-    # The relay presents the demo tenant's key; the browser sends none.
+    # The demo runs as its own tenant; the browser sends no key, and the API wants one.
     assert httpx.post(f"{demo['url']}/v1/challenges", json={}).json()["code"] == "invalid_api_key"
-    relayed = httpx.post(f"{demo['url']}/demo/api/challenge", json={"mirrored": False})
-    assert relayed.status_code == 200 and relayed.json()["actions"] and KEY_A not in relayed.text
+    same_site = {"sec-fetch-site": "same-origin"}
+    issued = httpx.post(f"{demo['url']}/demo/api/challenge", json={"mirrored": False}, headers=same_site)
+    assert issued.status_code == 200 and issued.json()["actions"] and issued.json()["client_named"] is False
     refused = httpx.post(f"{demo['url']}/demo/api/verify", files={"video": ("v.webm", b"x", "video/webm")},
-                         data={"challenge": relayed.json()["token"]})
+                         data={"challenge": issued.json()["token"]}, headers=same_site)
     assert refused.status_code == 422 and refused.json()["code"] == "missing_field"
+    # A token issued to the demo is the demo tenant's: a carrier cannot spend it, nor the reverse.
+    carrier = httpx.post(f"{demo['url']}/v1/verifications", data={"challenge": issued.json()["token"]},
+                         files={"video": ("v.webm", b"x", "video/webm"), "id_image": ("i.jpg", b"x", "image/jpeg")},
+                         headers={"Authorization": f"Bearer {KEY_A}"})
+    assert carrier.status_code == 403 and carrier.json()["code"] == "wrong_tenant"
 
 
-def test_the_demo_is_off_by_default_and_needs_a_configured_tenant():
+def test_the_demo_is_off_by_default_and_never_a_carriers_tenant(caplog):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
-    from pydantic import ValidationError
 
-    from portrait.service import capture, demo as demo_module
+    from portrait.service import capture
+    from portrait.service.guard import Guard
     from portrait.settings import Settings
 
     def statuses(settings: Settings) -> list[int]:
@@ -200,8 +201,8 @@ def test_the_demo_is_off_by_default_and_needs_a_configured_tenant():
         return [client.get(capture.MODULE_PATH).status_code, client.get("/demo").status_code]
 
     assert statuses(Settings()) == [200, 404]
-    with pytest.raises(ValidationError, match="PORTRAIT_DEMO_TENANT"):
-        Settings(demo=True)
-    with pytest.raises(ValueError, match="not a tenant"):
-        demo_module.router(Settings(demo=True, demo_tenant="nobody", api_keys=f"carrier-a:{KEY_A}"))
-    assert statuses(Settings(demo=True, demo_tenant="carrier-a", api_keys=f"carrier-a:{KEY_A}")) == [200, 200]
+    with caplog.at_level("WARNING", logger="portrait.service"):
+        assert statuses(Settings(demo=True, api_keys=f"carrier-a:{KEY_A}")) == [200, 200]
+    assert any("DEMO PAGE ON" in record.getMessage() for record in caplog.records)
+    with pytest.raises(ValueError, match="is a tenant of the API keys"):
+        Guard(Settings(demo=True, demo_tenant="carrier-a", api_keys=f"carrier-a:{KEY_A}"))

@@ -31,11 +31,12 @@ from test_browser import CHROMIUM, CHROMIUM_ARGS, demo, playwright  # noqa: F401
 from test_service import KEY_A
 
 FPS = 15
-# d3 turns right at 0.5-0.9 s of the file (18 degrees), blinks at 1.6 s, turns left at 4.9-5.6 s
-# (15 degrees) and right again at 6.9 s. The camera holds its first frame for a second, so the
-# recording sees the turns at 1.5 and 5.9 s; with prompts at 0.5 and 3.0 s it stops at about
-# 6.5-6.8 s, before the second right turn.
-CLIP, ACTIONS, SCHEDULE, HOLD_S = "videos/liveportrait/d3.mp4", "turn_right,turn_left", "0.5,3.0", 1.0
+# d3, as the pipeline reads it, turns right from 0.07 s of the file, blinks at 1.6 s, turns left
+# from 4.5 s and right again from 6.4 s. The camera holds its first frame for a second, so the
+# recording sees the turns from 1.1 and 5.5 s (a little earlier where frames are sparse); with
+# prompts at 0.2 and 3.5 s (windows 0.1-2.3 s after each reveal, which comes up to a chunk or
+# two late) it stops at about 6.6-7.0 s, before the second right turn.
+CLIP, ACTIONS, SCHEDULE, HOLD_S = "videos/liveportrait/d3.mp4", "turn_right,turn_left", "0.2,3.5", 1.0
 
 HOOK = """
 (() => {

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +23,7 @@ from starlette.routing import Route
 
 from portrait import settings as settings_module
 from portrait.security.tokens import _MESSAGES as TOKEN_CODES
-from portrait.service.app import AccessMiddleware
+from portrait.service.app import AccessMiddleware, create_app, request_id_of
 from portrait.service.inference import FairWorkers
 from portrait.service.logs import JsonFormatter
 from portrait.service.metrics import Metrics
@@ -110,6 +112,10 @@ def test_readme_has_every_error_code_in_its_table() -> None:
     ({"rate_limit_per_s": 0}, "PORTRAIT_RATE_LIMIT_PER_S: Input should be greater than 0"),
     ({"max_in_flight_per_tenant": 30}, "must be below PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING (24)"),
     ({"workers": 2, "max_waiting": 0}, "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT (12) must be below"),
+    ({"full_answer_tenants": "carrier,demo"}, "PORTRAIT_FULL_ANSWER_TENANTS names the demo's tenant (demo)"),
+    ({"demo_max_in_flight": 24}, "PORTRAIT_DEMO_MAX_IN_FLIGHT must be below"),
+    ({"demo_tenant": "bad name"}, "PORTRAIT_DEMO_TENANT: String should match pattern"),
+    ({"max_uploads": 12}, "must be below PORTRAIT_MAX_UPLOADS (12)"),
 ])
 def test_settings_refused_with_one_line(values: dict, says: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -183,3 +189,92 @@ def test_a_500_logs_its_request_id_and_traceback_and_answers_problem_json() -> N
     assert any("in broken" in line for line in error["traceback"])
     access = next(line for line in lines if line["msg"] == "request")
     assert access["status"] == 500 and access["request_id"] == "rid-500-test"
+
+
+# Request ids ---------------------------------------------------------------------------
+
+
+def test_a_client_request_id_is_kept_only_when_it_is_a_plain_id() -> None:
+    for kept in (b"rid-500-test", b"0f8fad5b-d9cb-469f-a165-70867728950e", b"YWJj+/=:_.", b"a" * 128):
+        assert request_id_of(kept) == kept.decode()
+    fresh = {request_id_of(given) for given in (b"", b"a" * 129, b"evil\r\nset-cookie: x=1", b"tab\tid", b"\x00",
+                                                 b"caf\xc3\xa9", b"two words")}
+    assert len(fresh) == 7 and all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in fresh)
+
+
+def test_control_characters_never_reach_the_response_header() -> None:
+    """A raw ASGI request (an HTTP client would refuse to send these bytes): the echoed
+    header and the problem body carry a fresh id instead."""
+
+    async def ok(request):
+        from starlette.responses import PlainTextResponse
+
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/ok", ok)], middleware=[Middleware(AccessMiddleware)])
+    app.state.engine = SimpleNamespace(metrics=Metrics())
+    sent: list[dict] = []
+
+    async def call() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/ok", "raw_path": b"/ok", "query_string": b"",
+                 "headers": [(b"x-request-id", b"id\r\nx-injected: 1\x07")], "app": app, "http_version": "1.1",
+                 "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": ""}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    asyncio.run(call())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    echoed = dict(start["headers"])[b"x-request-id"]
+    assert re.fullmatch(rb"[0-9a-f]{32}", echoed), echoed
+
+
+# /docs without a CDN -------------------------------------------------------------------
+
+
+def test_docs_are_served_from_this_process_without_a_cdn() -> None:
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(api_keys="carrier:carrier-key-0123456789"))
+    app.state.engine = SimpleNamespace(metrics=Metrics())  # no lifespan: /docs needs no engine
+    client = TestClient(app)
+    page = client.get("/docs")
+    assert page.status_code == 200
+    urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", page.text)
+    assert urls and all(url.startswith("/") for url in urls), urls
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text
+    assert client.get("/redoc").status_code == 404
+
+
+# Native libraries' stderr ---------------------------------------------------------------
+
+NATIVE_CHILD = """
+import logging, sys, time
+import cv2, numpy as np
+from portrait.service import logs
+
+logs.configure("INFO", native=True)
+logging.getLogger("portrait.test").info("before")
+jpeg = cv2.imencode(".jpg", np.full((16, 16, 3), 99, np.uint8))[1].tobytes()
+sos = jpeg.index(b"\\xff\\xda")
+cv2.imdecode(np.frombuffer(jpeg[:sos] + b"\\x00\\x01\\x02" + jpeg[sos:], np.uint8), cv2.IMREAD_COLOR)
+time.sleep(0.5)
+logging.getLogger("portrait.test").info("after")
+"""
+
+
+def test_libjpeg_warnings_become_json_log_lines() -> None:
+    result = subprocess.run([sys.executable, "-c", NATIVE_CHILD], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "server")})
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    native = [line for line in lines if line["logger"] == "portrait.native"]
+    assert [line["msg"] for line in lines if line["logger"] == "portrait.test"] == ["before", "after"]
+    assert len(native) == 1 and "Corrupt JPEG data" in native[0]["msg"]

@@ -25,7 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from portrait.security import keys as keys_module
 from portrait.security.keys import ApiKeys, KeyConfigError, key_id
 from portrait.security.limits import InFlightLimiter, RateLimiter
-from portrait.security.nonces import MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore
+from portrait.security.nonces import (
+    CLOCK_MARGIN_S, MemoryNonceStore, NonceStore, NonceStoreError, RedisNonceStore, StaleEpoch,
+)
 from portrait.security.receipts import (
     ReceiptError, ReceiptSigner, generate_key, receipt_key_id, seed_from_passphrase, verify_receipt,
 )
@@ -38,6 +40,7 @@ KEY_A = "alpha-key-0123456789"
 KEY_A2 = "alpha-rotated-key-9876"
 KEY_B = "bravo-key-0123456789"
 SECRET = b"s" * 32
+EPOCH = "store-epoch-1"
 
 
 def b64e(data: bytes) -> str:
@@ -192,34 +195,36 @@ def timed(actions: list[str], mirrored: bool = False) -> ChallengeSpec:
 
 
 def good_payload(clock: Clock, **changes: object) -> dict:
-    payload = {"v": 2, "tenant": "alpha", "actions": ["blink", "turn_left"], "schedule": [1.0, 3.0],
-               "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": b64e(bytes(16)),
-               "iat": clock.now, "exp": clock.now + 120}
+    payload = {"v": 4, "tenant": "alpha", "actions": ["blink", "turn_left"], "schedule": [1.0, 3.0],
+               "window_s": list(WINDOW_S), "record_s": 3.0 + WINDOW_S[1] + TAIL_S, "mirrored": False,
+               "client_named": False, "nonce": b64e(bytes(16)),
+               "epoch": EPOCH, "iat": clock.now, "exp": clock.now + 120}
     payload.update(changes)
     return payload
 
 
 def test_issue_and_verify(signer: ChallengeSigner, clock: Clock) -> None:
-    issued = signer.issue("alpha", timed(["turn_left", "blink"]))
+    issued = signer.issue("alpha", timed(["turn_left", "blink"]), epoch=EPOCH)
     assert isinstance(issued, Challenge)
     assert issued.actions == ["turn_left", "blink"] and issued.tenant == "alpha"
     assert issued.spec == timed(["turn_left", "blink"])
-    assert issued.issued_at == clock.now and issued.expires_at == clock.now + 120
+    assert issued.issued_at == clock.now and issued.expires_at == clock.now + 120 and issued.epoch == EPOCH
     assert len(b64d(issued.nonce)) == 16
     body, signature = issued.token.split(".")
     payload = json.loads(b64d(body))
-    assert payload == {"v": 2, "tenant": "alpha", "actions": ["turn_left", "blink"], "schedule": [1.0, 3.0],
-                       "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "nonce": issued.nonce,
-                       "iat": clock.now, "exp": clock.now + 120}
+    assert payload == {"v": 4, "tenant": "alpha", "actions": ["turn_left", "blink"], "schedule": [1.0, 3.0],
+                       "window_s": list(WINDOW_S), "record_s": 3.0 + WINDOW_S[1] + TAIL_S, "mirrored": False,
+                       "client_named": False, "nonce": issued.nonce,
+                       "epoch": EPOCH, "iat": clock.now, "exp": clock.now + 120}
     assert b64d(signature) == hmac.new(SECRET, body.encode(), hashlib.sha256).digest()
     clock.now += 119.9
     assert signer.verify(issued.token, "alpha") == issued
     assert ChallengeSigner(SECRET, clock=clock).verify(issued.token, "alpha") == issued  # another replica
-    assert signer.issue("alpha", timed(["blink"])).nonce != issued.nonce
+    assert signer.issue("alpha", timed(["blink"]), epoch=EPOCH).nonce != issued.nonce
 
 
 def test_expired(signer: ChallengeSigner, clock: Clock) -> None:
-    token = signer.issue("alpha", timed(["blink"])).token
+    token = signer.issue("alpha", timed(["blink"]), epoch=EPOCH).token
     clock.now += 120
     with pytest.raises(TokenError) as info:
         signer.verify(token, "alpha")
@@ -227,7 +232,7 @@ def test_expired(signer: ChallengeSigner, clock: Clock) -> None:
 
 
 def test_wrong_tenant(signer: ChallengeSigner) -> None:
-    token = signer.issue("alpha", timed(["blink"])).token
+    token = signer.issue("alpha", timed(["blink"]), epoch=EPOCH).token
     with pytest.raises(TokenError) as info:
         signer.verify(token, "bravo")
     assert info.value.code == "wrong_tenant"
@@ -240,6 +245,7 @@ def forged_variants(token: str) -> Iterator[str]:
     yield f"{b64e(json.dumps({**payload, 'exp': payload['exp'] + 3600}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'actions': ['blink']}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'mirrored': not payload['mirrored']}).encode())}.{signature}"
+    yield f"{b64e(json.dumps({**payload, 'client_named': not payload['client_named']}).encode())}.{signature}"
     yield f"{b64e(json.dumps({**payload, 'schedule': [s + 1 for s in payload['schedule']]}).encode())}.{signature}"
     yield f"{b64e(b'{not json')}.{signature}"  # garbage with a bad signature: not parsed
     mac = bytearray(b64d(signature))
@@ -251,7 +257,7 @@ def forged_variants(token: str) -> Iterator[str]:
 
 
 def test_forged(signer: ChallengeSigner) -> None:
-    token = signer.issue("alpha", timed(["blink", "look_up"])).token
+    token = signer.issue("alpha", timed(["blink", "look_up"]), epoch=EPOCH).token
     for forged in forged_variants(token):
         with pytest.raises(TokenError) as info:
             signer.verify(forged, "bravo")
@@ -259,7 +265,7 @@ def test_forged(signer: ChallengeSigner) -> None:
 
 
 def test_malformed_structure(signer: ChallengeSigner) -> None:
-    token = signer.issue("alpha", timed(["blink"])).token
+    token = signer.issue("alpha", timed(["blink"]), epoch=EPOCH).token
     body, signature = token.split(".")
     noncanonical = signature[:-1] + chr(ord(signature[-1]) + 1)  # same bytes, other spelling
     assert b64d(noncanonical) == b64d(signature)
@@ -275,9 +281,11 @@ def test_malformed_structure(signer: ChallengeSigner) -> None:
 def test_malformed_payload_even_when_signed(signer: ChallengeSigner, clock: Clock) -> None:
     assert signer.verify(sign_payload(good_payload(clock)), "alpha").actions == ["blink", "turn_left"]
     assert signer.verify(sign_payload(good_payload(clock, mirrored=True)), "alpha").spec.mirrored is True
+    assert signer.verify(sign_payload(good_payload(clock, client_named=True)), "alpha").spec.client_named is True
     bad_payloads: list[object] = [
         b"{not json", b"\xff\xfe", b"[]", b'"string"', b"null",
-        good_payload(clock, v=1), good_payload(clock, v=True), good_payload(clock, v="2"),
+        good_payload(clock, v=2), good_payload(clock, v=True), good_payload(clock, v="3"),
+        good_payload(clock, client_named="false"), good_payload(clock, client_named=None),
         good_payload(clock, tenant=""), good_payload(clock, tenant=7),
         good_payload(clock, actions=["blink", "smile"]), good_payload(clock, actions=[]),
         good_payload(clock, actions=["blink", "blink"]), good_payload(clock, actions="blink"),
@@ -286,6 +294,7 @@ def test_malformed_payload_even_when_signed(signer: ChallengeSigner, clock: Cloc
         good_payload(clock, window_s=[3.0, 0.3]), good_payload(clock, window_s=0.3),
         good_payload(clock, record_s="6"), good_payload(clock, record_s=None),
         good_payload(clock, nonce=""), good_payload(clock, nonce=5), good_payload(clock, nonce="n" * 65),
+        good_payload(clock, epoch=""), good_payload(clock, epoch=7), good_payload(clock, epoch="e" * 65),
         good_payload(clock, iat="now"), good_payload(clock, exp=None), good_payload(clock, exp=True),
         good_payload(clock, exp=clock.now - 1), good_payload(clock, extra=1),
         json.dumps(good_payload(clock)).replace(str(clock.now + 120), "Infinity").encode(),
@@ -302,17 +311,20 @@ def test_malformed_payload_even_when_signed(signer: ChallengeSigner, clock: Cloc
 def test_issue_validates(signer: ChallengeSigner) -> None:
     for actions in ([], ["smile"], ["blink", "blink"], list(ACTIONS) + ["blink"]):
         with pytest.raises(TokenError) as info:
-            signer.issue("alpha", timed(actions))
+            signer.issue("alpha", timed(actions), epoch=EPOCH)
         assert info.value.code == "invalid_actions"
     with pytest.raises(ValueError):
-        signer.issue("", timed(["blink"]))
+        signer.issue("", timed(["blink"]), epoch=EPOCH)
+    for epoch in ("", "e" * 65, None):
+        with pytest.raises(ValueError, match="epoch"):
+            signer.issue("alpha", timed(["blink"]), epoch=epoch)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tenant name too long"):
-        signer.issue("t" * 2000, timed(["blink"]))
+        signer.issue("t" * 2000, timed(["blink"]), epoch=EPOCH)
     with pytest.raises(ValueError, match="at least 32 bytes"):
         ChallengeSigner(b"short")
     with pytest.raises(ValueError):
         ChallengeSigner(SECRET, ttl_s=0)
-    assert ChallengeSigner("x" * 32).issue("a", timed(["blink"])).token  # str secrets are UTF-8 encoded
+    assert ChallengeSigner("x" * 32).issue("a", timed(["blink"]), epoch=EPOCH).token  # str secrets are UTF-8 encoded
     assert "sss" not in repr(signer)
 
 
@@ -340,16 +352,17 @@ def test_parse_schedule() -> None:
 def test_random_challenges_round_trip_through_tokens(signer: ChallengeSigner) -> None:
     for mirrored in (False, True):
         spec = random_challenge(mirrored)
-        assert signer.verify(signer.issue("alpha", spec).token, "alpha").spec == spec
+        assert signer.verify(signer.issue("alpha", spec, epoch=EPOCH).token, "alpha").spec == spec
     with pytest.raises(ValueError, match="schedule"):
-        signer.issue("alpha", ChallengeSpec(("blink", "turn_left")))
+        signer.issue("alpha", ChallengeSpec(("blink", "turn_left")), epoch=EPOCH)
 
 
 # Nonces ------------------------------------------------------------------------------
 
 
 def claim(store: NonceStore, nonce: str, expires_at: float) -> bool:
-    return asyncio.run(store.claim(nonce, expires_at))
+    """A claim under the store's current epoch."""
+    return asyncio.run(store.claim(nonce, expires_at, asyncio.run(store.epoch())))
 
 
 def test_memory_nonce_store_single_use_and_expiry() -> None:
@@ -399,7 +412,17 @@ def test_memory_nonce_store_release_gives_a_claim_back() -> None:
     assert store.evicted == 1 and not claim(store, "b", 20.0)  # the stale heap entry of the release is skipped
     clock.now = 25.0
     assert claim(store, "b", 40.0) and len(store) == 2
-    assert asyncio.run(store.ping()) is True
+
+
+def test_memory_nonce_store_refuses_tokens_of_another_epoch() -> None:
+    """A process's memory is its store: after a restart, tokens issued before are refused."""
+    before, after = MemoryNonceStore(), MemoryNonceStore()
+    epoch = asyncio.run(before.epoch())
+    assert epoch == asyncio.run(before.epoch()) != asyncio.run(after.epoch())
+    assert asyncio.run(before.claim("n", time.time() + 60, epoch)) is True
+    with pytest.raises(StaleEpoch) as info:
+        asyncio.run(after.claim("n", time.time() + 60, epoch))
+    assert info.value.current == asyncio.run(after.epoch()) and len(after) == 0
 
 
 def _free_port() -> int:
@@ -445,19 +468,21 @@ def test_redis_nonce_store(redis_url: str) -> None:
 
     async def scenario() -> None:
         store = RedisNonceStore(redis_url, prefix="test:a:")
-        assert isinstance(store, NonceStore) and await store.ping()
+        assert isinstance(store, NonceStore)
+        epoch = await store.epoch()
         expires_at = time.time() + 60
-        assert await store.claim("n1", expires_at) is True
-        assert await store.claim("n1", expires_at) is False
+        assert await store.claim("n1", expires_at, epoch) is True
+        assert await store.claim("n1", expires_at, epoch) is False
         other = RedisNonceStore(redis_url, prefix="test:a:")  # another replica
-        assert await other.claim("n1", expires_at) is False
-        assert await store.claim("old", time.time() - 1) is False
+        assert await other.epoch() == epoch
+        assert await other.claim("n1", expires_at, epoch) is False
+        assert await store.claim("old", time.time() - 1, epoch) is False
         client = redis.Redis.from_url(redis_url)
-        assert client.get("test:a:n1") == b"1"
-        assert 55 <= client.ttl("test:a:n1") <= 61  # expires with the token
-        assert client.expiretime("test:a:n1") == int(expires_at) + 1
+        assert client.get("test:a:n1") and client.get("test:a:~epoch") == epoch.encode()
+        assert 55 + CLOCK_MARGIN_S <= client.ttl("test:a:n1") <= 61 + CLOCK_MARGIN_S  # the token's life and the margin
+        assert client.ttl("test:a:~epoch") == -1  # never expires
         await store.release("n1")
-        assert client.get("test:a:n1") is None and await other.claim("n1", expires_at) is True
+        assert client.get("test:a:n1") is None and await other.claim("n1", expires_at, epoch) is True
         assert "127.0.0.1" not in repr(store)
         client.close()
         await store.close()
@@ -469,13 +494,51 @@ def test_redis_nonce_store(redis_url: str) -> None:
 def test_redis_nonce_store_concurrent_claims(redis_url: str) -> None:
     async def scenario() -> None:
         stores = [RedisNonceStore(redis_url, prefix="test:race:") for _ in range(16)]
+        epoch = await stores[0].epoch()
         for round_ in range(3):
-            results = await asyncio.gather(*(s.claim(f"r{round_}", time.time() + 60) for s in stores))
+            results = await asyncio.gather(*(s.claim(f"r{round_}", time.time() + 60, epoch) for s in stores))
             assert results.count(True) == 1 and results.count(False) == 15
         for store in stores:
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_redis_nonce_store_that_loses_its_data_refuses_the_old_epoch(redis_url: str) -> None:
+    """Data lost (here FLUSHDB, as a restart without persistence would): a token issued
+    before, spent or not, is refused; the store has a new epoch for new tokens."""
+    import redis
+
+    async def scenario() -> None:
+        store = RedisNonceStore(redis_url, prefix="test:flush:")
+        epoch = await store.epoch()
+        assert await store.claim("spent", time.time() + 60, epoch) is True
+        redis.Redis.from_url(redis_url).flushdb()
+        for nonce in ("spent", "unused"):
+            with pytest.raises(StaleEpoch) as info:
+                await store.claim(nonce, time.time() + 60, epoch)
+        fresh = info.value.current
+        assert fresh != epoch and await store.epoch() == fresh
+        assert await store.claim("spent", time.time() + 60, fresh) is True
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_redis_nonce_store_with_a_clock_behind_redis_claims_once(redis_url: str) -> None:
+    """This replica's clock is 60 s behind Redis's and the token has 10 s left by it: an
+    absolute expiry (EXAT) would be in Redis's past, stored and forgotten at once, so the
+    token could be claimed again and again; the claim's life is relative instead."""
+
+    async def scenario() -> list[bool]:
+        behind = RedisNonceStore(redis_url, prefix="test:skew:", clock=lambda: time.time() - 60)
+        epoch = await behind.epoch()
+        expires_at = time.time() - 60 + 10
+        claims = [await behind.claim("n", expires_at, epoch) for _ in range(3)]
+        await behind.close()
+        return claims
+
+    assert asyncio.run(scenario()) == [True, False, False]
 
 
 def test_redis_nonce_store_unreachable_fails_closed() -> None:
@@ -484,32 +547,44 @@ def test_redis_nonce_store_unreachable_fails_closed() -> None:
     async def scenario() -> None:
         store = RedisNonceStore(f"redis://127.0.0.1:{_free_port()}/0", timeout_s=0.5)
         with pytest.raises(NonceStoreError, match="unavailable"):
-            await store.claim("n", time.time() + 60)
-        assert await store.ping() is False
+            await store.claim("n", time.time() + 60, "epoch")
+        with pytest.raises(NonceStoreError, match="unavailable"):
+            await store.epoch()
 
     asyncio.run(scenario())
 
 
-def test_redis_nonce_store_that_stops_answering_fails_within_its_timeout(redis_url: str) -> None:
-    """Failure injection on the real server: SIGSTOP keeps its socket open and silent."""
+def test_redis_nonce_store_that_stops_answering_fails_within_its_timeout_and_undoes_the_claim(redis_url: str) -> None:
+    """Failure injection on the real server: SIGSTOP keeps its socket open and silent. The
+    claim is refused within the timeout; Redis runs it when it resumes, and the undo sent
+    after it on the same connection, so the token can still be claimed once."""
     import redis
 
     pid = redis.Redis.from_url(redis_url).info()["process_id"]
 
-    async def scenario() -> float:
+    async def scenario() -> tuple[float, list[bool]]:
         store = RedisNonceStore(redis_url, prefix="test:stop:", timeout_s=0.3)
-        assert await store.ping()
+        epoch = await store.epoch()
         os.kill(pid, signal.SIGSTOP)
         try:
             started = time.perf_counter()
             with pytest.raises(NonceStoreError):
-                await store.claim("n", time.time() + 60)
-            assert await store.ping() is False
-            return time.perf_counter() - started
+                await store.claim("n", time.time() + 60, epoch)
+            with pytest.raises(NonceStoreError):
+                await store.epoch()
+            seconds = time.perf_counter() - started
         finally:
             os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while store._settling:  # the late answers are read and the connections handed back
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        claims = [await store.claim("n", time.time() + 60, epoch) for _ in range(2)]
+        await store.close()
+        return seconds, claims
 
-    assert asyncio.run(scenario()) < 2.0
+    seconds, claims = asyncio.run(scenario())
+    assert seconds < 2.0 and claims == [True, False]
 
 
 def test_redis_nonce_store_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -585,6 +660,24 @@ def test_in_flight_limiter() -> None:
         limiter.release("alpha")
     with pytest.raises(ValueError):
         InFlightLimiter(0)
+
+
+def test_in_flight_limiter_gives_a_named_tenant_its_own_cap() -> None:
+    """The demo's tenant has a cap of its own, apart from every carrier's."""
+    limiter = InFlightLimiter(3, {"demo": 1})
+    assert limiter.acquire("demo") and limiter.acquire("demo") is False
+    assert all(limiter.acquire("alpha") for _ in range(3)) and limiter.acquire("alpha") is False
+    with pytest.raises(ValueError):
+        InFlightLimiter(3, {"demo": 0})
+
+
+def test_client_named_challenges_are_marked_in_the_token(signer: ChallengeSigner) -> None:
+    from portrait.challenge import random_schedule
+
+    named = signer.verify(signer.issue("alpha", random_schedule(["blink", "turn_left"]), epoch=EPOCH).token, "alpha")
+    drawn = signer.verify(signer.issue("alpha", random_challenge(), epoch=EPOCH).token, "alpha")
+    assert named.spec.client_named is True and drawn.spec.client_named is False
+    assert ChallengeSpec.timed(["blink"], [1.0], client_named=True).claims()["client_named"] is True
 
 
 def test_in_flight_limiter_concurrent() -> None:

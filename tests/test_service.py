@@ -18,11 +18,12 @@ import cv2
 import httpx
 import pytest
 
-from portrait.challenge import ChallengeSpec
+from portrait.backends import runtime_table
+from portrait.challenge import DRAWN_ACTIONS, TAIL_S, WINDOW_S, ChallengeSpec
 from portrait.security.receipts import ReceiptSigner, generate_key, verify_receipt
 from portrait.security.tokens import ChallengeSigner
 
-from conftest import free_port
+from conftest import frame_id_record, free_port
 
 KEY_A = "carrier-a-key-0123456789abcdef"
 KEY_B = "carrier-b-key-0123456789abcdef"
@@ -46,11 +47,13 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
         "PORTRAIT_PORT": str(port),
         "PORTRAIT_API_KEYS": f"carrier-a:{KEY_A},carrier-b:{KEY_B},carrier-c:{KEY_C}",
         "PORTRAIT_CHALLENGE_SECRET": SECRET,
-        "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1",
+        "PORTRAIT_CLIENT_ACTIONS_TENANTS": "carrier-a,carrier-b,carrier-c", "PORTRAIT_FULL_ANSWER_TENANTS": "carrier-a,carrier-b",
         "PORTRAIT_MIRRORED_TENANTS": "carrier-b",
         "PORTRAIT_RECEIPT_KEY_FILE": str(key_file),
         "PORTRAIT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
         "PORTRAIT_BATCH_MAX_DELAY_MS": "20",
+        # The ID stand-ins are frames of the clips themselves (conftest.frame_id_record).
+        "PORTRAIT_CALIBRATION": str(frame_id_record(tmp)),
         "TMPDIR": str(tmpdir),
         **(extra_env or {}),
     }
@@ -106,7 +109,8 @@ def _challenge(service, actions, schedule=None, key=KEY_A):
 # What d18 does, as the pipeline sees it: opens its mouth wide at ~2.2 s, blinks at ~3.2 s
 # (mid-yawn) and opens its mouth again at ~4.1 s; nothing else. A challenge whose prompts
 # came just before each is answered exactly.
-D18 = (["open_mouth", "blink", "open_mouth"], [1.8, 2.8, 3.7])
+# d18 (7.2 s) opens its mouth wide at ~2.1 s and ~3.9 s and blinks at ~3.1 s and ~6.2 s.
+D18 = (["open_mouth", "blink", "open_mouth", "blink"], [1.8, 2.8, 3.7, 4.2])
 
 
 def _d18_challenge(service, key=KEY_A):
@@ -149,6 +153,17 @@ def test_health_readiness_and_openapi(service):
     assert {"/v1/challenges", "/v1/verifications", "/v1/compare", "/v1/liveness"} <= set(spec["paths"])
 
 
+def test_the_start_log_and_metrics_name_each_models_runtime(service):
+    lines = [json.loads(line) for line in service["log"].read_text().splitlines() if line.startswith("{")]
+    said = [line for line in lines if line.get("msg") == "model runtimes"]
+    assert len(said) == 1 and said[0]["backend"] == "embedded", said
+    assert said[0]["runtimes"] == runtime_table("auto")
+    assert "openvino" in said[0]["runtimes"].values()  # the fast runtime comes with the default install
+    metrics = httpx.get(f"{service['url']}/metrics").text
+    for model, runtime in said[0]["runtimes"].items():
+        assert re.search(rf'^portrait_model_info{{name="{model}",runtime="{runtime}",', metrics, re.M), model
+
+
 def test_challenge_then_verification_accepts_the_live_subject(service, media):
     token = _d18_challenge(service)
     response = _verify(service, token, media["id_d18"], media["d18"])
@@ -164,12 +179,13 @@ def test_challenge_then_verification_accepts_the_live_subject(service, media):
     assert claims["decision"] == "accept" and claims["tenant"] == "carrier-a"
     assert claims["inputs"]["video_sha256"] == __import__("hashlib").sha256(media["d18"]).hexdigest()
     # What was asked, what was seen, every threshold and every model's digest.
-    assert claims["challenge"] == {"actions": D18[0], "schedule": D18[1], "window_s": [0.3, 3.0],
-                                   "record_s": D18[1][-1] + 3.5, "mirrored": False}
-    assert [e["action"] for e in claims["events"]] == ["open_mouth", "blink", "open_mouth"]
+    assert claims["challenge"] == {"actions": D18[0], "schedule": D18[1], "window_s": list(WINDOW_S),
+                                   "record_s": round(D18[1][-1] + WINDOW_S[1] + TAIL_S, 3), "mirrored": False,
+                                   "client_named": True}
+    assert [e["action"] for e in claims["events"]] == ["open_mouth", "blink", "open_mouth", "blink"]
     assert all(set(e) == {"action", "start_s", "end_s"} for e in claims["events"])
     assert {"match", "passive", "continuity", "detection_score", "liveness"} <= set(claims["thresholds"])
-    assert claims["thresholds"]["liveness"]["mouth_open_ratio"] > 0
+    assert claims["thresholds"]["liveness"]["mouth"]["enter"] > 0
     assert all(len(m["sha256"]) == 64 for m in claims["models"])
 
 
@@ -189,18 +205,20 @@ def test_an_unrequested_head_move_is_refused(service, media):
 
 
 def test_the_right_actions_at_the_wrong_times_are_refused(service, media):
-    token = _challenge(service, D18[0], [3.0, 4.0, 5.0])  # the mouth opened before its prompt
+    token = _challenge(service, D18[0], [3.0, 4.0, 5.0, 5.5])  # the mouth opened before its prompt
     answer = _verify(service, token, media["id_d18"], media["d18"]).json()
     assert answer["decision"] == "retry" and answer["reasons"] == ["action_out_of_window"]
 
 
 def test_a_challenge_carries_its_schedule_and_mirroring(service):
     drawn = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth()).json()
-    assert set(drawn) == {"token", "actions", "schedule", "window_s", "record_s", "mirrored", "expires_at"}
-    assert 2 <= len(drawn["actions"]) <= 4 and len(drawn["schedule"]) == len(drawn["actions"])
-    assert all(a != b for a, b in zip(drawn["actions"], drawn["actions"][1:]))
-    assert drawn["schedule"] == sorted(drawn["schedule"]) and drawn["window_s"] == [0.3, 3.0]
-    assert drawn["record_s"] == round(drawn["schedule"][-1] + 3.5, 3) and drawn["mirrored"] is False
+    assert set(drawn) == {"token", "actions", "schedule", "window_s", "record_s", "mirrored", "client_named",
+                          "expires_at"}
+    assert drawn["client_named"] is False
+    assert len(drawn["actions"]) == DRAWN_ACTIONS and len(drawn["schedule"]) == len(drawn["actions"])
+    assert all(a != b for a, b in zip(drawn["actions"], drawn["actions"][1:])) and "blink" not in drawn["actions"]
+    assert drawn["schedule"] == sorted(drawn["schedule"]) and drawn["window_s"] == list(WINDOW_S)
+    assert drawn["record_s"] == round(drawn["schedule"][-1] + WINDOW_S[1] + TAIL_S, 3) and drawn["mirrored"] is False
     tenant_b = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth(KEY_B)).json()
     assert tenant_b["mirrored"] is True  # PORTRAIT_MIRRORED_TENANTS
     said = httpx.post(f"{service['url']}/v1/challenges", json={"mirrored": True}, headers=_auth()).json()
@@ -208,6 +226,7 @@ def test_a_challenge_carries_its_schedule_and_mirroring(service):
     named = httpx.post(f"{service['url']}/v1/challenges", json={"actions": ["blink", "turn_left"]},
                        headers=_auth()).json()
     assert named["actions"] == ["blink", "turn_left"] and len(named["schedule"]) == 2  # drawn by the server
+    assert named["client_named"] is True
     for body in ({"actions": ["blink"], "schedule": [2.0, 1.0]}, {"actions": ["blink"], "schedule": [60.0]},
                  {"schedule": [1.0]}, {"actions": ["blink", "blink"]}):
         refused = httpx.post(f"{service['url']}/v1/challenges", json=body, headers=_auth())
@@ -297,10 +316,12 @@ def test_concurrent_requests_with_one_token_are_judged_once(service, media):
 
 
 def test_expired_and_forged_tokens(service, media):
-    expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue("carrier-a", BLINK_AT_1S).token
+    expired = ChallengeSigner(SECRET, ttl_s=1, clock=lambda: time.time() - 3600).issue(
+        "carrier-a", BLINK_AT_1S, epoch="any").token
     response = _verify(service, expired, media["obama"], media["fake"])
     assert response.status_code == 410 and response.json()["code"] == "expired_challenge"
-    forged = ChallengeSigner("another-secret-0123456789abcdef-0123456").issue("carrier-a", BLINK_AT_1S).token
+    forged = ChallengeSigner("another-secret-0123456789abcdef-0123456").issue(
+        "carrier-a", BLINK_AT_1S, epoch="any").token
     assert _verify(service, forged, media["obama"], media["fake"]).json()["code"] == "forged_challenge"
     assert _verify(service, "garbage", media["obama"], media["fake"]).json()["code"] == "malformed_challenge"
 
@@ -419,9 +440,11 @@ def test_graceful_shutdown_finishes_in_flight_work(tmp_path, model_repository, m
         service["process"].send_signal(signal.SIGTERM)
         response = pending.result(timeout=120)
     assert response.status_code == 200 and response.json()["decision"] == "accept"
-    # uvicorn re-raises the signal once shutdown is complete, so the exit status says SIGTERM.
-    assert service["process"].wait(timeout=120) in (0, -signal.SIGTERM)
-    assert "Application shutdown complete" in service["log"].read_text()
+    assert service["process"].wait(timeout=120) == 0  # a drain is the normal end, not death by SIGTERM
+    lines = [json.loads(line) for line in service["log"].read_text().splitlines() if line.startswith("{")]
+    drain = next(line for line in lines if line["msg"] == "drain started")
+    assert drain["signal"] == "SIGTERM" and drain["admitted"] == 1 and drain["level"] == "info"
+    assert lines.index(drain) < next(i for i, line in enumerate(lines) if line["msg"] == "Application shutdown complete.")
 
 
 @pytest.fixture(scope="module")
@@ -702,7 +725,8 @@ def test_readiness_is_503_from_the_moment_a_drain_starts(tmp_path, model_reposit
     files = {"image_a": ("a.jpg", media["obama"], "image/jpeg"), "image_b": ("b.jpg", media["obama2"], "image/jpeg")}
     assert httpx.post(f"{service['url']}/v1/compare", files=files, headers=_auth(), timeout=60).status_code == 200
     assert time.monotonic() - started < 3  # all of that inside the grace period, listener still open
-    assert service["process"].wait(timeout=60) in (0, -signal.SIGTERM)
+    assert service["process"].wait(timeout=60) == 0
+    assert '"msg": "drain started"' in service["log"].read_text()
 
 
 def test_deadline_is_504_and_leaves_the_token_unspent(tmp_path, model_repository, media):

@@ -8,7 +8,13 @@ files through OpenCV: it decodes the clip, detects on every third frame scaled t
 the best face and the ID face and compares them, with no liveness, in two processes. It is
 the yardstick: Portrait's verifications/s at each concurrency are printed as a ratio of it.
 
-Figures, not assertions: every run prints its table and a JSON line, and names the machine.
+The profile mode runs verifications one at a time in process, without the batcher, and
+charges the process's CPU seconds to each stage and to each model call inside it: one request
+at a time, so the runtimes' and the decoder's helper threads work for the call that waits on
+them. It says where the time goes, not how fast the service is.
+
+Figures, not assertions: every run prints its table and a JSON line, names the machine and
+the runtime each model ran on.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -39,7 +46,6 @@ if TYPE_CHECKING:
     from portrait.media import Decoder
 
 KEY = "bench-key-0123456789abcdef"
-STAGES = ("decode", "detect", "track", "landmarks", "active_liveness", "quality", "passive_liveness", "embed")
 MODELS = ("yunet", "facemesh", "iris_landmark", "minifasnet_v2", "sface", "dlib_resnet")
 REQUIRED = ["blink"]
 
@@ -130,18 +136,19 @@ class InProcess:
 
     def __init__(self, settings: Settings, backend: InferenceBackend | None = None, frames: FrameOps | None = None,
                  decode: Decoder | None = None, mode: str = "in_process") -> None:
-        from portrait.backends import backend_from_settings
+        from portrait.backends import backend_from_settings, model_runtimes
         from portrait.batching import BatchingBackend
         from portrait.media import decoder
-        from portrait.pipeline import Pipeline, PipelineConfig
+        from portrait.pipeline import CALIBRATION, Pipeline, config_from_record
         from portrait.service.inference import batch_policies
 
         self.settings = settings
         self.mode = mode
         self.observer = _Rows()
         inner = backend or backend_from_settings(settings)
+        self.runtimes = model_runtimes(inner)
         self.batcher = BatchingBackend(inner, batch_policies(settings), observer=self.observer)
-        self.pipeline = Pipeline(self.batcher, PipelineConfig(detect_every=settings.video_detect_every), frames)
+        self.pipeline = Pipeline(self.batcher, config_from_record(settings.calibration or CALIBRATION, detect_every=settings.video_detect_every), frames)
         self.decode = decode or decoder(settings.decoder)
 
     def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, dict]:
@@ -164,7 +171,8 @@ class InProcess:
             results = list(pool.map(lambda _: self.verify(id_bytes, video_bytes), range(requests)))
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu
-        stages = {s: float(np.mean([a["timings_ms"].get(s, 0.0) for _, a in results])) for s in STAGES}
+        names = dict.fromkeys(s for _, a in results for s in a["timings_ms"])
+        stages = {s: float(np.mean([a["timings_ms"].get(s, 0.0) for _, a in results])) for s in names}
         return Level(self.mode, concurrency, [t for t, _ in results], wall, len(results), cpu, stages,
                      self.observer.take(), _count(a["decision"] for _, a in results))
 
@@ -192,7 +200,7 @@ class Service:
         if url is None:
             port = _free_port()
             child_env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"bench:{KEY}",
-                         "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
+                         "PORTRAIT_CLIENT_ACTIONS_TENANTS": "bench", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
                          "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING",
                          "PORTRAIT_MAX_WAITING": "64", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "63",
                          "PORTRAIT_REQUEST_TIMEOUT_S": "600", **(env or {})}
@@ -241,11 +249,17 @@ class Service:
         wall = time.perf_counter() - start
         after, cpu_after = self.client.get(f"{self.url}/metrics").text, self._cpu_s()
         ok = sum(1 for _, status, _ in results if status == 200)
-        stages = {s: _mean(before, after, "portrait_stage_duration_seconds", "stage", s) * 1000 for s in STAGES}
+        names = dict.fromkeys(re.findall(r'^portrait_stage_duration_seconds_count{stage="([^"]+)"}', after, re.M))
+        stages = {s: _mean(before, after, "portrait_stage_duration_seconds", "stage", s) * 1000 for s in names}
         rows = {m: _mean(before, after, "portrait_batch_size", "model", m) for m in MODELS}
         return Level("service", concurrency, [t for t, _, _ in results], wall, ok,
                      None if cpu is None else cpu_after - cpu, stages, rows,
                      _count(d or f"http_{s}" for _, s, d in results))
+
+    def runtimes(self) -> dict[str, str]:
+        """The runtime of each model, as the service's `portrait_model_info` says."""
+        metrics = self.client.get(f"{self.url}/metrics").text
+        return dict(re.findall(r'^portrait_model_info{name="([^"]+)",runtime="([^"]+)"', metrics, re.M))
 
     def close(self) -> None:
         self.client.close()
@@ -273,6 +287,130 @@ def _count(values) -> dict[str, int]:
     for value in values:
         counts[value] = counts.get(value, 0) + 1
     return counts
+
+
+# ---- the profile: CPU seconds per stage and per model, one verification at a time ---------------
+
+
+class _Stages:
+    """Timings that also charge the process's CPU time to each stage, and remember which
+    stage is running so that model calls are charged to it."""
+
+    def __init__(self) -> None:
+        from portrait.pipeline import Timings
+
+        self.timings = Timings()
+        self.cpu_s: dict[str, float] = {}
+        self.current = "-"
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        outer, self.current = self.current, name
+        start = time.process_time()
+        try:
+            with self.timings.stage(name):
+                yield
+        finally:
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + time.process_time() - start
+            self.current = outer
+
+    @property
+    def ms(self) -> dict[str, float]:
+        return self.timings.ms
+
+
+class _Charged:
+    """A backend that charges each call's process CPU time, rows and calls to (stage, model)."""
+
+    def __init__(self, inner: InferenceBackend, stages: _Stages) -> None:
+        self.inner, self.stages, self.name = inner, stages, inner.name
+        self.cpu_s: dict[tuple[str, str], float] = {}
+        self.rows: dict[tuple[str, str], int] = {}
+        self.calls: dict[tuple[str, str], int] = {}
+
+    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        start = time.process_time()
+        try:
+            return self.inner.infer(model, batch)
+        finally:
+            key = (self.stages.current, model)
+            self.cpu_s[key] = self.cpu_s.get(key, 0.0) + time.process_time() - start
+            self.rows[key] = self.rows.get(key, 0) + len(batch)
+            self.calls[key] = self.calls.get(key, 0) + 1
+
+    def ready(self) -> bool:
+        return self.inner.ready()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def profile(settings: Settings, id_bytes: bytes, video_bytes: bytes, requests: int) -> dict:
+    """CPU seconds per verification: per stage (models included), and per stage and model."""
+    from portrait.backends import backend_from_settings, model_runtimes
+    from portrait.challenge import ChallengeSpec
+    from portrait.media import decoder
+    from portrait.pipeline import Pipeline, PipelineConfig
+
+    inner = backend_from_settings(settings)
+    decode = decoder(settings.decoder)
+    config = PipelineConfig(detect_every=settings.video_detect_every)
+    totals: list[float] = []
+    stage_cpu: dict[str, float] = {}
+    stage_wall: dict[str, float] = {}
+    models: dict[tuple[str, str], list[float]] = {}  # CPU s, rows, calls
+    try:
+        for index in range(requests + 1):  # the first one warms up: first calls compile and allocate
+            stages = _Stages()
+            charged = _Charged(inner, stages)
+            pipeline = Pipeline(charged, config)
+            start = time.process_time()
+            with stages.stage("decode"):
+                image = decode.image(id_bytes, max_pixels=settings.max_image_pixels)
+                video = decode.video(video_bytes, settings.video_limits)
+            pipeline.verify(image, video, ChallengeSpec(tuple(REQUIRED)), timings=stages)
+            if index == 0:
+                continue
+            totals.append(time.process_time() - start)
+            for name, seconds in stages.cpu_s.items():
+                stage_cpu[name] = stage_cpu.get(name, 0.0) + seconds
+                stage_wall[name] = stage_wall.get(name, 0.0) + stages.ms[name] / 1000
+            for key, seconds in charged.cpu_s.items():
+                entry = models.setdefault(key, [0.0, 0, 0])
+                entry[0] += seconds
+                entry[1] += charged.rows[key]
+                entry[2] += charged.calls[key]
+        runtimes = model_runtimes(inner)
+    finally:
+        inner.close()
+    per = float(requests)
+    return {
+        "requests": requests, "cpu_s": round(sum(totals) / per, 3), "runtimes": runtimes,
+        "stages": {name: {"cpu_s": round(stage_cpu[name] / per, 3), "wall_s": round(stage_wall[name] / per, 3),
+                          "model_cpu_s": round(sum(v[0] for (s, _), v in models.items() if s == name) / per, 3)}
+                   for name in stage_cpu},
+        "models": [{"stage": stage, "model": model, "cpu_s": round(v[0] / per, 3), "rows": round(v[1] / per, 1),
+                    "calls": round(v[2] / per, 1), "ms_per_row": round(1000 * v[0] / v[1], 2) if v[1] else None}
+                   for (stage, model), v in models.items()],
+    }
+
+
+def profile_table(report: dict) -> str:
+    lines = [f"profile: CPU s per verification, one at a time in process, mean of {report['requests']} "
+             f"(after one warm-up): {report['cpu_s']} s",
+             "| stage | CPU s | of it in models | wall s |", "|---|---|---|---|"]
+    for name, s in report["stages"].items():
+        lines.append(f"| {name} | {s['cpu_s']} | {s['model_cpu_s']} | {s['wall_s']} |")
+    lines += ["", "| stage | model | runtime | calls | rows | CPU s | ms/row |", "|---|---|---|---|---|---|---|"]
+    for m in sorted(report["models"], key=lambda m: -m["cpu_s"]):
+        lines.append(f"| {m['stage']} | {m['model']} | {report['runtimes'].get(m['model'], '-')} | {m['calls']} | "
+                     f"{m['rows']} | {m['cpu_s']} | {m['ms_per_row']} |")
+    by_model: dict[str, float] = {}
+    for m in report["models"]:
+        by_model[m["model"]] = by_model.get(m["model"], 0.0) + m["cpu_s"]
+    lines += ["", "per model: " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(by_model.items(), key=lambda kv: -kv[1]))
+              + f"; models {sum(by_model.values()):.3f} s of {report['cpu_s']} s"]
+    return "\n".join(lines)
 
 
 # ---- the plain job ------------------------------------------------------------------------------
@@ -366,10 +504,15 @@ def run(workload: Workload, levels: list[int], per_level: int, modes: list[str],
     settings = settings or Settings()
     id_bytes, video_bytes = workload.load()
     rows: list[Level] = []
+    runtimes: dict[str, dict[str, str]] = {}
+    profiled = profile(settings, id_bytes, video_bytes, max(1, per_level)) if "profile" in modes else None
+    if profiled is not None:
+        runtimes["profile"] = profiled["runtimes"]
     if "plain" in modes:
         rows.append(plain_job(workload, max(2, per_level * 2), settings))
     if "in_process" in modes:
         engine = InProcess(settings)
+        runtimes["in_process"] = engine.runtimes
         try:
             engine.verify(id_bytes, video_bytes)  # warm-up: first calls compile and allocate
             rows += [engine.level(c, max(c, per_level * c), id_bytes, video_bytes) for c in levels]
@@ -377,6 +520,7 @@ def run(workload: Workload, levels: list[int], per_level: int, modes: list[str],
             engine.close()
     if "service" in modes:
         service = Service(url, api_key)
+        runtimes["service"] = service.runtimes()
         try:
             service.verify(id_bytes, video_bytes)
             rows += [service.level(c, max(c, per_level * c), id_bytes, video_bytes) for c in levels]
@@ -387,8 +531,9 @@ def run(workload: Workload, levels: list[int], per_level: int, modes: list[str],
     for s in summaries:
         s["x_plain"] = round(s["verifications_per_s"] / plain["verifications_per_s"], 2) if plain else None
     return {"machine": machine(), "workload": {"id_image": str(workload.id_image), "video": str(workload.video)},
-            "runtime": settings.runtime, "inference_threads": settings.inference_threads,
-            "model_calls": settings.concurrent_model_calls(), "workers": settings.workers, "rows": summaries}
+            "runtime": settings.runtime, "runtimes": runtimes, "inference_threads": settings.inference_threads,
+            "model_calls": settings.concurrent_model_calls(), "workers": settings.workers, "rows": summaries,
+            "profile": profiled}
 
 
 def table(report: dict) -> str:
@@ -397,6 +542,8 @@ def table(report: dict) -> str:
              f"workload: {report['workload']['id_image']} + {report['workload']['video']}",
              f"runtime {report['runtime']}, inference threads {report['inference_threads']}, "
              f"calls of one model at once {report['model_calls']}, service workers {report['workers']}",
+             *(f"runtimes measured ({mode}): " + ", ".join(f"{name}={r}" for name, r in per_model.items())
+               for mode, per_model in report.get("runtimes", {}).items()),
              "",
              "| mode | conc | requests | verif/s | x plain | p50 ms | p95 ms | p99 ms | CPU s/verif | "
              "rows/call yunet, facemesh, iris, pad, sface, dlib | decisions |",
@@ -409,11 +556,14 @@ def table(report: dict) -> str:
                      f"{r['cpu_s_per_verification']} | {rows} | {decisions} |")
     staged = [r for r in report["rows"] if r["stages_ms"]]
     if staged:
+        stages = list(dict.fromkeys(s for r in staged for s in r["stages_ms"]))
         lines += ["", "mean ms per verification by stage (waits for batches included):",
-                  "| mode | conc | " + " | ".join(STAGES) + " |", "|---|---|" + "---|" * len(STAGES)]
+                  "| mode | conc | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
         for r in staged:
             lines.append(f"| {r['mode']} | {r['concurrency']} | "
-                         + " | ".join(str(r["stages_ms"].get(s, 0)) for s in STAGES) + " |")
+                         + " | ".join(str(r["stages_ms"].get(s, 0)) for s in stages) + " |")
+    if report.get("profile"):
+        lines += ["", profile_table(report["profile"])]
     return "\n".join(lines)
 
 

@@ -44,6 +44,7 @@ def _triton(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     """Settings from the environment, the flags over them; everything is built (and every
     setting checked) before the port opens, and a refusal is one line on stderr."""
+    import signal
     import threading
 
     import uvicorn
@@ -61,7 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as error:
         print(f"portrait serve: {settings_error(error)}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, native=True)
+    log = logging.getLogger("portrait.service")
     try:
         engine = Engine(settings)
     except (KeyConfigError, RuntimeError, ImportError, ValueError, OSError) as error:
@@ -69,16 +71,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     class Server(uvicorn.Server):
-        """Readiness turns 503 the moment SIGTERM arrives, before the listener closes; with
-        PORTRAIT_DRAIN_GRACE_S the port stays open that long for load balancers to notice."""
+        """Readiness turns 503 the moment SIGTERM (or Ctrl-C) arrives, before the listener
+        closes; with PORTRAIT_DRAIN_GRACE_S the port stays open that long for load balancers
+        to notice, then in-flight work finishes. A second signal stops at once (a second
+        Ctrl-C forces the exit). A drain is the normal end of the process: exit status 0,
+        where uvicorn would raise the signal again once stopped (143 for SIGTERM)."""
 
         def handle_exit(self, sig: int, frame) -> None:
-            if engine.draining or settings.drain_grace_s <= 0:
-                engine.draining = True
+            if sig == signal.SIGINT and self.should_exit:
                 super().handle_exit(sig, frame)
                 return
+            if engine.draining:
+                self.should_exit = True
+                return
             engine.draining = True
-            timer = threading.Timer(settings.drain_grace_s, super().handle_exit, (sig, None))
+            log.info("drain started", extra={"signal": signal.Signals(sig).name, "grace_s": settings.drain_grace_s,
+                                             "uploading": engine.uploading, "admitted": engine.admitted})
+            if settings.drain_grace_s <= 0:
+                self.should_exit = True
+                return
+            timer = threading.Timer(settings.drain_grace_s, setattr, (self, "should_exit", True))
             timer.daemon = True
             timer.start()
 
@@ -172,21 +184,43 @@ def _eval_pairs(args: argparse.Namespace) -> int:
 
 
 def _eval_liveness(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot), args.json)
+    return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot, by=args.by), args.json)
+
+
+def _eval_actions(args: argparse.Namespace) -> int:
+    return _emit(_offline().eval_actions(args.events, args.root), args.json)
 
 
 def _eval_challenge(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_challenge(args.root, args.draws, args.seed), args.json)
+    return _emit(_offline().eval_challenge(args.root, args.draws, args.seed, args.events), args.json)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    if sum(x is not None for x in (args.pairs, args.liveness, args.light)) != 1:
-        raise ValueError("give --pairs (match thresholds), --liveness (PAD and continuity) or --light (the screen "
-                         "light check), one of them")
+    if args.synthetic is not None:
+        if args.pairs is None or args.same_capture is None or args.liveness is not None or args.actions is not None \
+                or args.light is not None:
+            raise ValueError("--synthetic takes --pairs (genuine photo pairs) and --same-capture, nothing else")
+        return _emit(_offline().calibrate_synthetic(args.synthetic, args.pairs, args.same_capture, args.root,
+                                                    args.output), args.json)
+    if sum(x is not None for x in (args.pairs, args.liveness, args.actions, args.light)) != 1:
+        raise ValueError("give --pairs (match thresholds), --liveness (PAD and continuity), --actions (action "
+                         "thresholds), --synthetic (the generated-face check) or --light (the screen light check), "
+                         "one of them")
     if args.light is not None:
         from portrait import light_eval
 
         return _emit(light_eval.calibrate(_offline(), args.root, args.light, args.output), args.json)
+    if args.actions is not None:
+        from portrait.action_calibration import STARTING_POINT
+        from portrait.offline import Offline
+        from portrait.pipeline import CALIBRATION, config_from_record
+
+        # The signals a calibration reads do not depend on the action thresholds in force.
+        settings = get_settings()
+        config = config_from_record(settings.calibration or CALIBRATION, detect_every=settings.video_detect_every,
+                                    liveness=STARTING_POINT)
+        offline = Offline(settings, config=config)
+        return _emit(offline.calibrate_actions(args.actions, args.root, args.output), args.json)
     if args.liveness is not None:
         return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
@@ -194,12 +228,12 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _eval_light(args: argparse.Namespace) -> int:
     from portrait import light_eval
-    from portrait.pipeline import shipped_light_threshold
 
-    threshold = shipped_light_threshold()
+    offline = _offline()
+    threshold = offline.pipeline.config.light_threshold  # the calibration record in force
     if threshold is None:
         raise ValueError("the calibration record has no light threshold: run portrait calibrate --light first")
-    return _emit(light_eval.evaluate(_offline(), args.root, args.list, threshold, args.seed, args.per_clip, args.draws),
+    return _emit(light_eval.evaluate(offline, args.root, args.list, threshold, args.seed, args.per_clip, args.draws),
                  args.json)
 
 
@@ -215,9 +249,10 @@ def _levels(text: str) -> list[int]:
 
 def _modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in ("plain", "in_process", "service")]
+    unknown = [m for m in modes if m not in ("plain", "profile", "in_process", "service")]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; choose from plain, in_process, service")
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; "
+                                         "choose from plain, profile, in_process, service")
     return modes
 
 
@@ -279,18 +314,30 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--by", default=None, help="a column of the pairs file (e.g. group): FMR and FNMR per value")
     pairs.add_argument("--json", action="store_true")
     pairs.set_defaults(func=_eval_pairs)
-    live = evaluate.add_parser("liveness", help="CSV path,label[,attack]: APCER, BPCER")
+    live = evaluate.add_parser("liveness", help="CSV path,label[,attack,family,source_image]: APCER, BPCER")
     live.add_argument("--list", type=Path, required=True)
     live.add_argument("--root", type=Path, required=True)
     live.add_argument("--require", type=_actions, default=[])
     live.add_argument("--plot", type=Path, default=None,
                       help="write live and attack passive-score distributions with the threshold to this PNG (extra `plot`)")
+    live.add_argument("--by", default=None, help="a column (such as family): rates per group, with the generated-face "
+                      "threshold recalibrated without the group (leave one out)")
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
+
+    acts = evaluate.add_parser("actions", help="CSV path,action,start_s,end_s (annotated clips): per action type, "
+                               "found once / missed / split / merged / extra, and onset errors")
+    acts.add_argument("--events", type=Path, required=True)
+    acts.add_argument("--root", type=Path, required=True)
+    acts.add_argument("--json", action="store_true")
+    acts.set_defaults(func=_eval_actions)
 
     sim = evaluate.add_parser("challenge", help="how many random server challenges each video under ROOT "
                               "would answer if replayed, and the best a crafted recording does")
     sim.add_argument("--root", type=Path, required=True)
+    sim.add_argument("--events", type=Path, default=None,
+                     help="annotated clips (path,action,start_s,end_s): judge those clips, and simulate genuine "
+                          "customers from their durations")
     sim.add_argument("--draws", type=int, default=100_000)
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--json", action="store_true")
@@ -316,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--light", type=Path, default=None,
                            help="CSV path,label[,attack]: the screen light check's threshold, on its live clips lit "
                                 "by the reflection simulation and every unlit clip under ROOT")
+    calibrate.add_argument("--synthetic", type=Path, default=None,
+                           help="CSV path,label,attack,family,source_image: the generated-face check's threshold, "
+                                "with --pairs (its genuine pairs) and --same-capture")
+    calibrate.add_argument("--same-capture", type=Path, default=None,
+                           help="CSV img_a,img_b: pairs of --pairs that are one photograph (derived, not genuine)")
+    calibrate.add_argument("--actions", type=Path, default=None,
+                           help="CSV path,action,start_s,end_s (annotated clips): the action thresholds")
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")
@@ -329,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=_levels, default=[1, 4, 16], help="comma-separated levels (1,4,16)")
     bench.add_argument("--requests", type=int, default=3, help="requests per client at each level")
     bench.add_argument("--quick", action="store_true", help="one request per client at each level (CI)")
-    bench.add_argument("--modes", type=_modes, default=["plain", "in_process", "service"],
-                       help="comma-separated: plain, in_process, service")
+    bench.add_argument("--modes", type=_modes, default=["plain", "profile", "in_process", "service"],
+                       help="comma-separated: plain, profile (CPU s per stage and model, one verification at "
+                            "a time), in_process, service")
     bench.add_argument("--url", default=None, help="a running service; default: start `portrait serve` here")
     bench.add_argument("--api-key", default=None, help="API key for --url")
     bench.set_defaults(func=_bench)

@@ -6,21 +6,22 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from portrait import challenge, evaluation
+from portrait import action_calibration, action_scoring, challenge, evaluation, genuine
 from portrait.backends import InferenceBackend, backend_from_settings
 from portrait.media import MediaError, decoder
+from portrait.media.trim import leading
 from portrait.modelrepo.repository import served_models
-from portrait.pipeline import CALIBRATION, Pipeline, PipelineConfig, Timings, shipped_match
+from portrait.pipeline import CALIBRATION, Pipeline, PipelineConfig, Timings, config_from_record, shipped_match
 from portrait.settings import Settings
 from portrait.modelrepo.sources import sha256_of
-from portrait.stages import continuity, embed, liveness, pad, quality
+from portrait.stages import continuity, embed, liveness, pad, quality, synthetic
 from portrait.stages.fusion import Fusion, learn
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".3gp", ".3g2"}
@@ -50,8 +51,9 @@ class Offline:
     def __init__(self, settings: Settings, backend: InferenceBackend | None = None,
                  config: PipelineConfig | None = None) -> None:
         self.settings = settings
+        self.record = settings.calibration or CALIBRATION  # the calibration record decisions are read from
         self.backend = backend or backend_from_settings(settings)
-        self.pipeline = Pipeline(self.backend, config or PipelineConfig(detect_every=settings.video_detect_every))
+        self.pipeline = Pipeline(self.backend, config or config_from_record(self.record, detect_every=settings.video_detect_every))
         self.decode = decoder(settings.decoder)
         self.models = served_models(settings.model_repository)
 
@@ -60,6 +62,39 @@ class Offline:
 
     def video(self, path: Path):
         return self.decode.video(path.read_bytes(), self.settings.video_limits)
+
+    def labelled_clip(self, path: Path):
+        """A labelled clip as the service would judge it: one longer than the service takes
+        is cut to its first VIDEO_MAX_SECONDS, the clip an attacker would submit."""
+        data, limits = path.read_bytes(), self.settings.video_limits
+        try:
+            return self.decode.video(data, limits)
+        except MediaError as error:
+            if error.code != "video_too_long":
+                raise
+            return self.decode.video(leading(data, limits.max_duration_s), limits)
+
+    def photo_face(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """A photo and its subject's face row (None where it has no clear subject)."""
+        image = self.image(path)
+        return image, self.pipeline.image_faces([image])[0].face
+
+    def photo_similarity(self, first: Path, second: Path) -> float | None:
+        """The generated-face check's similarity of two photos' subjects (one frame each)."""
+        (a, face_a), (b, face_b) = self.photo_face(first), self.photo_face(second)
+        if face_a is None or face_b is None:
+            return None
+        crops = self.pipeline.context_crops([a, b], np.stack([face_a, face_b]))
+        return float(synthetic.similarity(crops[0], crops[1:])[0])
+
+    def clip_derived_score(self, clip: Path, still: Path) -> float | None:
+        """How closely a clip reproduces a still's face (the check's score with the still as
+        the ID photo); None where either has no usable face."""
+        analysis = self.pipeline.analyse_video(self.labelled_clip(clip), Timings())
+        image, face = self.photo_face(still)
+        if analysis.track.reason or face is None:
+            return None
+        return self.pipeline.derived_score(image, face, analysis)
 
     def verify(self, id_image: Path, video: Path, asked: challenge.ChallengeSpec | None = None) -> dict:
         timings = Timings()
@@ -109,7 +144,7 @@ class Offline:
         elapsed = time.perf_counter() - started
         if by is not None and by not in rows[0]:
             raise ValueError(f"{pairs_csv}: --by {by}: the file has no {by!r} column")
-        shipped = shipped_match()
+        shipped = shipped_match(self.record)
         fusion = self.pipeline.config.fusion or _fusion_from(shipped)
         learned_here = fusion is None
         if fusion is None:  # a record without fusion parameters: learn them on this file, and say so
@@ -335,37 +370,99 @@ class Offline:
                 "continuity": {**continuity_record, "genuine": _rounded(genuine),
                                                   "splices": _rounded(splices)}}
 
-    def eval_liveness(self, list_csv: Path, root: Path, required: Sequence[str], plot: Path | None = None) -> dict:
+    def calibrate_synthetic(self, list_csv: Path, pairs_csv: Path, same_capture_csv: Path, root: Path,
+                            output: Path | None = None) -> dict:
+        """The generated-face check's threshold: above the score of every genuine pair of
+        `pairs_csv` (two photographs of one person), in the middle of the gap to the next
+        derived score: the list's generated clips against the stills they were made from, and
+        the pairs of `pairs_csv` that are one photograph (`same_capture_csv`)."""
+        same = {frozenset((r["img_a"], r["img_b"])) for r in _read_csv(same_capture_csv, ["img_a", "img_b"])}
+        genuine, derived, unusable = {}, {}, {}
+        for row in _read_csv(pairs_csv, ["img_a", "img_b", "same_person"]):
+            if row["same_person"].strip() not in ("1", "true", "True"):
+                continue
+            name = f"{row['img_a']} ~ {row['img_b']}"
+            score = self.photo_similarity(root / row["img_a"], root / row["img_b"])
+            if score is None:
+                unusable[name] = "no clear subject"
+            elif frozenset((row["img_a"], row["img_b"])) in same:
+                derived[name] = {"score": round(score, 4), "family": "same_capture"}
+            else:
+                genuine[name] = round(score, 4)
+        for row in _read_csv(list_csv, ["path", "label", "family", "source_image"]):
+            if row["label"].strip() != "spoof" or not row["source_image"] or _is_photo(row["path"]):
+                continue
+            score = self.clip_derived_score(root / row["path"], root / row["source_image"])
+            if score is None:
+                unusable[row["path"]] = "no usable face"
+            else:
+                derived[row["path"]] = {"score": round(score, 4), "family": row["family"]}
+        genuine_scores = np.array(list(genuine.values()))
+        derived_scores = np.array([d["score"] for d in derived.values()])
+        threshold = evaluation.threshold_rejecting_all(derived_scores, genuine_scores)
+        highest = max(genuine, key=genuine.get)
+        record = {
+            "threshold": round(threshold, 4),
+            "score": "best sampled frame's mean of the fine-detail and layout correlations with the ID face, "
+                     f"after registration ({synthetic.SIZE}x{synthetic.SIZE} crops at {synthetic.CONTEXT}x the "
+                     "embedder's)",
+            "rule": "above every genuine pair (BPCER budget: none of the dev genuine pairs flagged, 1 in 100 "
+                    "stated), in the middle of the gap to the next derived score",
+            "data": f"{pairs_csv.name}: {len(genuine)} genuine pairs of different photographs; {list_csv.name}: "
+                    f"generated clips with their source stills, and {same_capture_csv.name}: pairs that are one "
+                    f"photograph ({len(derived)} derived in all)",
+            "genuine": {"pairs": len(genuine), "highest": {"pair": highest, "score": genuine[highest]},
+                        "scores": sorted(genuine.values())},
+            "derived": derived,
+            "derived_flagged": int((derived_scores >= threshold).sum()),
+            "unusable": unusable,
+            "optimism": "genuine pairs are photographs against photographs, one comparison each; a selfie is "
+                        "compared frame by frame with the ID photo and its best frame counts, so a genuine "
+                        "customer's score sits higher than these. The derived clips are few, from few tools, "
+                        "and chose the threshold's place in the gap: leave-one-family-out figures "
+                        "(`eval liveness --by family`) are the honest ones.",
+        }
+        target = output or CALIBRATION
+        previous = json.loads(target.read_text()) if target.exists() else {}
+        previous["synthetic"] = {"derived_from_id": record,
+                                 "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        target.write_text(json.dumps(previous, indent=2) + "\n")
+        return previous["synthetic"]
+
+    def eval_liveness(self, list_csv: Path, root: Path, required: Sequence[str], plot: Path | None = None,
+                      by: str | None = None) -> dict:
+        """APCER per attack type and BPCER at the shipped thresholds. A `source_image` column
+        gives the still a generated clip was made from: the generated-face check then runs
+        with it as the ID photo. `by` (a column, such as `family`) adds the same figures per
+        group, with the generated-face threshold recalibrated without the group's samples."""
         rows = _read_csv(list_csv, ["path", "label"])
+        if by is not None and by not in rows[0]:
+            raise ValueError(f"{list_csv}: --by {by}: the file has no {by!r} column")
         cfg = self.pipeline.config
-        accepted, outcomes = [], []
+        outcomes = []
         for row in rows:
             path = root / row["path"]
             outcome = {"path": row["path"], "label": row["label"]}
+            reference = (row.get("source_image") or "").strip()
             try:
                 if path.suffix.lower() in VIDEO_SUFFIXES:
-                    outcome.update(self._video_liveness(path, required))
+                    outcome.update(self._video_liveness(path, required, root / reference if reference else None))
                 else:
                     outcome.update(self._image_liveness(path))
             except (MediaError, OSError) as error:
                 outcome.update(live=None, reasons=[getattr(error, "code", "unreadable")])
-            accepted.append(outcome["live"])
             outcomes.append(outcome)
-        # Samples that could not be judged (unreadable, no face) are failures to acquire,
-        # reported apart from the error rates as ISO/IEC 30107-3 does.
-        acquired = np.array([a is not None for a in accepted])
-        is_attack = np.array([r["label"].strip() == "spoof" for r in rows])[acquired]
-        kinds = np.array([(r.get("attack") or "unspecified").strip() for r in rows])[acquired]
-        live = np.array([bool(a) for a in accepted])[acquired]
         report = {
-            **evaluation.pad_error_rates(is_attack, live, kinds),
-            "failures_to_acquire": int((~acquired).sum()),
+            **_liveness_rates(rows, outcomes, cfg.synthetic_threshold),
             "passive_threshold": cfg.pad_threshold,
             "continuity_threshold": cfg.continuity_threshold,
+            "synthetic_threshold": cfg.synthetic_threshold,
             "required_actions": list(required),
             "samples": outcomes,
             "models": self.models,
         }
+        if by is not None:
+            report["by"] = _leave_one_out(by, rows, outcomes, cfg.synthetic_threshold, self.record)
         if plot is not None:
             from portrait.plots import liveness_plot
 
@@ -386,9 +483,9 @@ class Offline:
         return {"live": live, "passive_score": round(score, 4), "reasons": [] if live else ["passive_spoof"],
                 "passive_frames": _summary(np.array([score]))}
 
-    def _video_liveness(self, path: Path, required: Sequence[str]) -> dict:
+    def _video_liveness(self, path: Path, required: Sequence[str], reference: Path | None) -> dict:
         cfg = self.pipeline.config
-        video = self.video(path)
+        video = self.labelled_clip(path)
         analysis = self.pipeline.analyse_video(video, Timings())
         if analysis.track.reason:
             return {"live": None, "reasons": [f"video_{analysis.track.reason}"]}
@@ -400,35 +497,204 @@ class Offline:
         if required:  # exactly these actions in this order; untimed, as files carry no schedule
             verdict = liveness.judge(challenge.ChallengeSpec(tuple(required)), analysis.events, video.duration_s)
             reasons += [verdict.reason] if verdict.reason else []
+        derived = None
+        if reference is not None:
+            image, face = self.photo_face(reference)
+            derived = None if face is None else self.pipeline.derived_score(image, face, analysis)
+        if derived is not None and derived >= cfg.synthetic_threshold:
+            reasons.append("synthetic_face")
         return {"live": not reasons, "reasons": reasons, "passive_score": round(analysis.passive_score, 4),
+                "synthetic_score": None if derived is None else round(derived, 4),
                 "passive_frames": _summary(analysis.passive_frames),
                 "continuity": None if analysis.continuity is None else round(analysis.continuity, 4),
                 "actions": sorted({e.action for e in analysis.events})}
 
-    def eval_challenge(self, root: Path, draws: int, seed: int | None) -> dict:
-        """What a replayed recording answers: every video under `root`, its actions as the
-        pipeline sees them, against `draws` random server challenges. Clips longer than the
-        service accepts (up to 2 minutes) are still analysed; the challenge's own length rule
-        then applies."""
+    def action_signals(self, events_csv: Path, root: Path) -> tuple[dict, dict]:
+        """Every annotated clip's action signals, sampled at VIDEO_FPS over its whole length
+        (the rate a timed challenge gets; the frame cap is lifted for clips longer than a
+        challenge), and the annotations."""
+        annotations = action_scoring.read_annotations(events_csv)
+        fps = self.settings.video_limits.target_fps
+        limits = replace(self.settings.video_limits, max_duration_s=CALIBRATION_MAX_SECONDS,
+                         max_frames=int(np.ceil(CALIBRATION_MAX_SECONDS * fps)) + 1)
+        clips = {}
+        for path in sorted(annotations):
+            video = self.decode.video((root / path).read_bytes(), limits)
+            analysis = self.pipeline.analyse_video(video, Timings(), need_embeddings=False)
+            if analysis.track.reason:
+                raise ValueError(f"{path}: {analysis.track.reason}: an annotated clip must show one face")
+            clips[path] = action_calibration.ClipSignals(analysis.times, analysis.openness, analysis.pose,
+                                                         analysis.mouth)
+        return clips, annotations
+
+    def eval_actions(self, events_csv: Path, root: Path) -> dict:
+        """The pipeline's events on annotated clips against the annotations."""
+        clips, annotations = self.action_signals(events_csv, root)
+        cfg = self.pipeline.config
+        report = action_calibration.evaluate(clips, annotations, cfg.liveness, _observe)
+        return {"events": events_csv.name, "annotated_clips": len(clips), "fps": self.settings.video_limits.target_fps,
+                "tolerance_s": action_scoring.TOLERANCE_S, "onset_limit_s": action_calibration.ONSET_LIMIT_S,
+                **report, "observed": {path: [vars(e) for e in _observe(clips[path], cfg.liveness)]
+                                       for path in sorted(clips)},
+                "thresholds": asdict(cfg.liveness)}
+
+    def calibrate_actions(self, events_csv: Path, root: Path, output: Path | None = None) -> dict:
+        """The action thresholds chosen on the annotated clips, into the calibration record."""
+        clips, annotations = self.action_signals(events_csv, root)
+        found = action_calibration.calibrate(clips, annotations)
+        limits = liveness.LivenessThresholds.from_record(found["thresholds"])
+        measured = action_calibration.evaluate(clips, annotations, limits, _observe)["actions"]
+        counted = sum(len(spans) for spans in annotations.values())
+        record = {
+            **found,
+            "data": f"{events_csv.name}: {len(clips)} clips, {counted} annotated actions, sampled at "
+                    f"{self.settings.video_limits.target_fps:g} fps",
+            "rule": ("per kind of action, the grid point with the most annotated actions found exactly once (start "
+                     f"within {action_calibration.ONSET_LIMIT_S} s) minus extra events, deepest inside the region "
+                     "of such points; tilts on the clips plus copies carrying a synthetic "
+                     f"{action_calibration.SYNTHETIC_TILT_DEG:g}-degree tilt"),
+            "measured_on_the_same_clips": measured,
+            "optimism": (f"chosen and measured on the same {len(clips)} clips, annotated by one person, none of "
+                         f"them prompted: {_counted(annotations)}. Looks, which the clips never show, are bounded by "
+                         "extra events alone, tilts by those and synthetic tilts. The thresholds separate what these "
+                         "clips show, and the margins (grid steps) say how far: recalibrate on annotated captures of "
+                         "prompted challenges."),
+        }
+        target = output or CALIBRATION
+        previous = json.loads(target.read_text()) if target.exists() else {}
+        previous.update(actions=record, actions_calibrated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        target.write_text(json.dumps(previous, indent=2) + "\n")
+        return record
+
+    def eval_challenge(self, root: Path, draws: int, seed: int | None, events_csv: Path | None = None) -> dict:
+        """What a replayed recording answers: each clip (the annotated ones with `events_csv`,
+        else every video under `root`), its actions as the pipeline sees them (VIDEO_FPS over
+        the whole clip), its exact chance over all server challenges and its count among
+        `draws` drawn ones; the best recording crafted for the purpose; and, with
+        `events_csv`, what the challenge costs simulated genuine customers."""
         rng = np.random.default_rng(seed)
         index, schedules = challenge.draw(rng, draws)
-        limits = replace(self.settings.video_limits, max_duration_s=120.0)  # longer dev clips too
+        fps = self.settings.video_limits.target_fps
+        limits = replace(self.settings.video_limits, max_duration_s=120.0,  # longer dev clips too
+                         max_frames=int(np.ceil(120.0 * fps)) + 1)
+        names = (sorted(action_scoring.read_annotations(events_csv)) if events_csv is not None else
+                 sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES))
         clips = {}
-        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
-            video = self.decode.video(path.read_bytes(), limits)
+        for name in names:
+            video = self.decode.video((root / name).read_bytes(), limits)
             analysis = self.pipeline.analyse_video(video, Timings(), need_embeddings=False)
-            answered = liveness.count_answered(analysis.events, video.duration_s, index, schedules)
-            clips[str(path.relative_to(root))] = {
-                "answered": answered, "rate": answered / draws, "duration_s": round(video.duration_s, 2),
-                "actions": [e.action for e in analysis.events]}
-        return {
-            "draws": draws, "sequences": len(challenge.sequences()),
-            "distinct_challenges": challenge.distinct_challenges(),
-            "window_s": list(challenge.WINDOW_S), "max_record_s": challenge.MAX_RECORD_S,
-            "worst_clip_rate": max((c["rate"] for c in clips.values()), default=None),
-            "clips": clips,
-            "crafted_recording": liveness.best_crafted_rate(index, schedules),
+            events, duration = analysis.events, float(video.duration_s)
+            clips[name] = {"rate": liveness.answer_rate(events, duration),
+                           "answered": liveness.count_answered(events, duration, index, schedules),
+                           "duration_s": round(duration, 2), "moves": [e.action for e in events if e.action != "blink"]}
+        crafted = liveness.best_crafted_rate()
+        made = [liveness.ActionEvent(action, start, start + 0.6, 20.0)
+                for action, start in zip(challenge.sequences()[int(index[0])], crafted["starts_s"])]
+        report = {
+            "draws": draws, "sequences": len(challenge.sequences()), "moves_per_challenge": challenge.DRAWN_ACTIONS,
+            "distinct_challenges": challenge.distinct_challenges(), "window_s": list(challenge.WINDOW_S),
+            "max_record_s": challenge.MAX_RECORD_S, "fps": fps,
+            "worst_clip_rate": max((c["rate"] for c in clips.values()), default=None), "clips": clips,
+            "crafted_recording": {**crafted, "answered": liveness.count_answered(
+                made, crafted["duration_s"], index, schedules), "made_for": list(challenge.sequences()[int(index[0])])},
         }
+        if events_csv is not None:
+            report["genuine"] = self._genuine(events_csv, draws, rng)
+        return report
+
+    def _genuine(self, events_csv: Path, count: int, rng: np.random.Generator) -> dict:
+        """Simulated customers (`genuine.py`): durations from the annotations, the pipeline's
+        onset errors and minimum times from the calibration record; the stated reaction model
+        and two slower, wider ones."""
+        spans = [s for clip in action_scoring.read_annotations(events_csv).values() for s in clip]
+        durations = {"turn": np.array([s.end_s - s.start_s for s in spans if s.action.startswith("turn")]),
+                     "open_mouth": np.array([s.end_s - s.start_s for s in spans if s.action == "open_mouth"])}
+        record = json.loads(CALIBRATION.read_text())["actions"]
+        measured = record["measured_on_the_same_clips"]
+        errors = np.array([e for action, row in measured.items() if action != "blink" for e in row["onset_errors_s"]])
+        limits = self.pipeline.config.liveness
+        held = {a: getattr(limits, "mouth" if a == "open_mouth" else a.split("_")[0]).min_s for a in challenge.MOVES}
+        results = {}
+        for median, spread in ((genuine.REACTION_MEDIAN_S, genuine.REACTION_LOG_SD), (1.0, 0.35), (1.1, 0.4)):
+            customers = genuine.Customers(durations, errors, held, median, spread)
+            results[f"median {median:g} s, log-sd {spread:g}"] = genuine.success_rate(customers, count, rng)
+        return results
+
+
+def _counted(annotations: dict) -> str:
+    kinds = [span.action for spans in annotations.values() for span in spans]
+    return ", ".join(f"{kinds.count(a)} {a}" for a in challenge.ACTIONS if kinds.count(a)) or "no action"
+
+
+def _observe(signals: action_calibration.ClipSignals, limits: liveness.LivenessThresholds):
+    return liveness.observe(signals.openness, signals.pose, signals.mouth, signals.times, limits)
+
+
+GENERATED = ("talking_head", "reenactment", "faceswap")  # the attack types the generated-face check is for
+
+
+def _liveness_rates(rows: list[dict[str, str]], outcomes: list[dict], synthetic_threshold: float) -> dict:
+    """APCER (overall, per attack type, and over generated faces) and BPCER with the
+    generated-face check at `synthetic_threshold`. Samples that could not be judged
+    (unreadable, no face) are failures to acquire, reported apart as ISO/IEC 30107-3 does."""
+    judged = [(r, o) for r, o in zip(rows, outcomes) if o["live"] is not None]
+    if not judged:
+        return {"apcer": None, "bpcer": None, "failures_to_acquire": len(rows)}
+    is_attack = np.array([r["label"].strip() == "spoof" for r, _ in judged])
+    kinds = np.array([(r.get("attack") or "unspecified").strip() for r, _ in judged])
+    live = np.array([_live_at(o, synthetic_threshold) for _, o in judged])
+    generated = is_attack & np.isin(kinds, GENERATED)
+    return {
+        **evaluation.pad_error_rates(is_attack, live, kinds),
+        "apcer_generated": round(float(live[generated].mean()), 4) if generated.any() else None,
+        "generated_attacks": int(generated.sum()),
+        "failures_to_acquire": len(rows) - len(judged),
+    }
+
+
+def _live_at(outcome: dict, synthetic_threshold: float) -> bool:
+    """A judged sample's outcome with the generated-face check at another threshold."""
+    others = [r for r in outcome["reasons"] if r != "synthetic_face"]
+    score = outcome.get("synthetic_score")
+    return not others and (score is None or score < synthetic_threshold)
+
+
+def _leave_one_out(column: str, rows: list[dict[str, str]], outcomes: list[dict], shipped: float,
+                   record_path: Path) -> dict:
+    """Per group of `column`: the rates at the shipped threshold (in sample) and with the
+    generated-face threshold recalibrated as `calibrate --synthetic` does, on the record's
+    genuine pairs and the derived clips of every other group (out of group). The PAD and
+    continuity thresholds stay as shipped (calibrated on other material)."""
+    record = json.loads(record_path.read_text())["synthetic"]["derived_from_id"]
+    genuine = np.array(record["genuine"]["scores"])
+    fixed = [d["score"] for d in record["derived"].values() if d["family"] == "same_capture"]
+    groups = {}
+    for group in sorted({r[column] for r in rows}):
+        inside = [r[column] == group for r in rows]
+        derived = fixed + [o["synthetic_score"] for r, o, i in zip(rows, outcomes, inside)
+                           if not i and r["label"].strip() == "spoof" and o.get("synthetic_score") is not None]
+        threshold = evaluation.threshold_rejecting_all(np.array(derived), genuine)
+        members = ([r for r, i in zip(rows, inside) if i], [o for o, i in zip(outcomes, inside) if i])
+        groups[group] = {"samples": len(members[0]),
+                         "attack_types": sorted({(r.get("attack") or "").strip() for r in members[0]} - {""}),
+                         "in_sample": _liveness_rates(*members, shipped),
+                         "left_out": {"synthetic_threshold": round(threshold, 4), **_liveness_rates(*members, threshold)}}
+    return {"column": column, "groups": groups, **_pooled(rows, outcomes, groups, column)}
+
+
+def _pooled(rows: list[dict[str, str]], outcomes: list[dict], groups: dict, column: str) -> dict:
+    """Every sample judged with its own group left out of calibration, pooled."""
+    judged = [(r, o) for r, o in zip(rows, outcomes) if o["live"] is not None]
+    is_attack = np.array([r["label"].strip() == "spoof" for r, _ in judged])
+    kinds = np.array([(r.get("attack") or "unspecified").strip() for r, _ in judged])
+    live = np.array([_live_at(o, groups[r[column]]["left_out"]["synthetic_threshold"]) for r, o in judged])
+    generated = is_attack & np.isin(kinds, GENERATED)
+    return {"left_out_pooled": {**evaluation.pad_error_rates(is_attack, live, kinds),
+                                "apcer_generated": round(float(live[generated].mean()), 4) if generated.any() else None}}
+
+
+def _is_photo(path: str) -> bool:
+    return Path(path).suffix.lower() not in VIDEO_SUFFIXES
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:

@@ -22,7 +22,8 @@ from portrait.frames import FrameOps, HostFrames
 from portrait.media.clip import Video
 from portrait.modelrepo.specs import BY_NAME
 from portrait.settings import Settings
-from portrait.stages import align, continuity, decide, detect, embed, keyframes, landmarks, light, liveness, pad, quality
+from portrait.stages import (align, continuity, decide, detect, embed, keyframes, landmarks, light, liveness, pad,
+                             quality, synthetic)
 from portrait.stages.fusion import Fusion
 from portrait.stages.liveness import ActionEvent
 from portrait.stages.track import MIN_COVERAGE, MIN_IOU, Track, iou, track_primary
@@ -35,10 +36,10 @@ def shipped_match_threshold() -> float:
     return float(json.loads(CALIBRATION.read_text())["match_threshold"])
 
 
-def shipped_match() -> dict:
+def shipped_match(path: Path = CALIBRATION) -> dict:
     """The calibration record's `match` object: which score decides a match, its threshold and
     the fusion parameters; SFace alone at `match_threshold` where the record has none."""
-    record = json.loads(CALIBRATION.read_text())
+    record = json.loads(path.read_text())
     return record.get("match") or {"score": "sface", "threshold": record["match_threshold"]}
 
 
@@ -62,8 +63,23 @@ def shipped_continuity_threshold() -> float:
 def shipped_light_threshold() -> float | None:
     """The light check's threshold (`portrait calibrate --light`); None leaves every session
     with light unanswered (`light_mismatch`) rather than judged without one."""
-    threshold = json.loads(CALIBRATION.read_text()).get("light", {}).get("threshold")
+    return _light_threshold(json.loads(CALIBRATION.read_text()))
+
+
+def _light_threshold(record: dict) -> float | None:
+    threshold = record.get("light", {}).get("threshold")
     return None if threshold is None else float(threshold)
+
+
+def shipped_synthetic_threshold() -> float:
+    """The generated-face check's threshold: a selfie at least this close to the ID photo
+    is an animation of it (`calibrate --synthetic`)."""
+    return float(json.loads(CALIBRATION.read_text())["synthetic"]["derived_from_id"]["threshold"])
+
+
+def shipped_liveness() -> liveness.LivenessThresholds:
+    """The action thresholds `portrait calibrate --actions` wrote (`actions.thresholds`)."""
+    return liveness.LivenessThresholds.from_record(json.loads(CALIBRATION.read_text())["actions"]["thresholds"])
 
 
 @dataclass(frozen=True)
@@ -75,13 +91,32 @@ class PipelineConfig:
     match_threshold: float = field(default_factory=_shipped_match_score_threshold)  # of the shipped score
     fusion: Fusion | None = field(default_factory=_shipped_fusion)  # None: SFace's cosine alone decides
     continuity_threshold: float = field(default_factory=shipped_continuity_threshold)
+    synthetic_threshold: float = field(default_factory=shipped_synthetic_threshold)
     pad_threshold: float = field(default_factory=lambda: float(shipped_pad()["threshold"]))
     pad_box_map: pad.BoxMap = field(default_factory=lambda: pad.BoxMap(**shipped_pad()["box_map"]))
     light_threshold: float | None = field(default_factory=shipped_light_threshold)
     match_frames: int = 3
     pad_frames: int = 12
     continuity_frames: int = 12  # the splice gap is as wide at 6 to 32 (README, Continuity); each costs an SFace row
-    liveness: liveness.LivenessThresholds = field(default_factory=liveness.LivenessThresholds)
+    liveness: liveness.LivenessThresholds = field(default_factory=shipped_liveness)
+
+
+def config_from_record(path: Path = CALIBRATION, **settings) -> PipelineConfig:
+    """Every calibrated threshold from a calibration record (the shipped one, or a carrier's
+    own from `portrait calibrate --output`); `settings` set the rest, or override."""
+    record = json.loads(path.read_text())
+    match = shipped_match(path)
+    calibrated = {
+        "match_threshold": float(match["threshold"]),
+        "fusion": Fusion.from_record(match["fusion"]) if match["score"] == "fused" else None,
+        "continuity_threshold": float(record["continuity"]["threshold"]),
+        "synthetic_threshold": float(record["synthetic"]["derived_from_id"]["threshold"]),
+        "pad_threshold": float(record["pad"]["threshold"]),
+        "pad_box_map": pad.BoxMap(**record["pad"]["box_map"]),
+        "liveness": liveness.LivenessThresholds.from_record(record["actions"]["thresholds"]),
+        "light_threshold": _light_threshold(record),
+    }
+    return PipelineConfig(**{**calibrated, **settings})
 
 
 @dataclass
@@ -108,7 +143,7 @@ class VideoAnalysis:
     track: Track
     times: np.ndarray
     openness: np.ndarray  # [M,2] for present frames
-    angles: np.ndarray  # [M,2] yaw, pitch
+    angles: np.ndarray  # [M,2] yaw, pitch from FaceMesh's 3-D points (frame quality, continuity's pose pairs)
     mouth: np.ndarray  # [M] lip gap over mouth width
     events: list[ActionEvent]
     passive_score: float | None  # median of passive_frames
@@ -117,6 +152,8 @@ class VideoAnalysis:
     second_embeddings: np.ndarray | None = None  # [K,128] dlib's, same frames, where fusion is on
     passive_frames: np.ndarray = field(default_factory=lambda: np.zeros(0))  # live score per frame scored
     continuity_sample: continuity.Sample | None = None  # the frames continuity compared
+    context: np.ndarray | None = None  # [K,S,S] luma context crops of those frames (stages/synthetic.py)
+    pose: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [M,3] the actions' yaw, pitch, roll
     light: light.Response | None = None  # the skin's answer to a session's screen colours, when asked
 
 
@@ -293,7 +330,8 @@ class Pipeline:
         with timings.stage("landmarks"):
             openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
-            events = liveness.observe(openness, angles, mouth, times, mirrored, cfg.liveness)
+            pose = landmarks.action_pose(mesh[1], faces)
+            events = liveness.observe(openness, pose, mouth, times, cfg.liveness, mirrored)
         response = None
         if shown is not None:
             with timings.stage("light"):
@@ -308,7 +346,7 @@ class Pipeline:
             chosen = quality.spread(len(kept), cfg.pad_frames)
             per_frame = self.passive_scores(frames[chosen], faces[chosen])
             passive = float(np.median(per_frame))
-        embeddings, kept_together, second, sample = None, None, None, None
+        embeddings, kept_together, second, sample, context = None, None, None, None, None
         if need_embeddings:
             with timings.stage("embed"):
                 # The match frames join the continuity sample, so they are checked against
@@ -321,9 +359,23 @@ class Pipeline:
             with timings.stage("continuity"):
                 sample = continuity.Sample(vectors, angles[picked], times[picked])
                 kept_together = continuity.continuity(sample)
+            with timings.stage("synthetic"):
+                context = self.context_crops(frames[picked], faces[picked])
         return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
                              None if kept_together is None else kept_together.score, embeddings, second, per_frame,
-                             sample, response)
+                             sample, context=context, pose=pose, light=response)
+
+    def context_crops(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
+        """Luma context crops [N,S,S] of one face per image, as the generated-face check compares them."""
+        crops = self.ops.crops(images, range(len(faces)), synthetic.crop_transforms(faces), synthetic.SIZE)
+        return synthetic.grey(self.ops.to_host(crops))
+
+    def derived_score(self, image: np.ndarray, face: np.ndarray, analysis: VideoAnalysis) -> float | None:
+        """How closely the clip reproduces this photo's face (the ID photo, or the still a
+        labelled attack was made from): see stages/synthetic.py."""
+        if analysis.context is None:
+            return None
+        return synthetic.derived_score(self.context_crops([image], face[None])[0], analysis.context)
 
     def verify(self, id_image: np.ndarray, video: Video, challenge: ChallengeSpec | None = None,
                timings: Timings | None = None, shown: light.Shown | None = None) -> dict:
@@ -335,7 +387,7 @@ class Pipeline:
         with timings.stage("detect"):
             id_face = self.image_faces([id_image])[0]
         analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored, shown=shown)
-        match = None
+        match, derived = None, None
         if id_face.face is not None and analysis.embeddings is not None:
             with timings.stage("embed"):
                 id_vectors = (self.embed([id_image], id_face.face[None])[0], None)
@@ -344,19 +396,21 @@ class Pipeline:
                     id_vectors = (id_vectors[0], self.embed_second([id_image], id_face.face[None])[0])
                     template = (template[0], analysis.second_embeddings.mean(0))
                 match = self.match_scores(template, id_vectors)
-        return self._answer(analysis, video, challenge, timings, id_face.reason, match, shown)
+            with timings.stage("synthetic"):
+                derived = self.derived_score(id_image, id_face.face, analysis)
+        return self._answer(analysis, video, challenge, timings, id_face.reason, match, derived, shown)
 
     def liveness(self, video: Video, challenge: ChallengeSpec | None = None, timings: Timings | None = None) -> dict:
         """Is a live person in the video? The verification without an ID photo."""
         timings = timings or Timings()
         analysis = self.analyse_video(video, timings, challenge is not None and challenge.mirrored)
-        answer = self._answer(analysis, video, challenge, timings, None, None)
+        answer = self._answer(analysis, video, challenge, timings, None, None, None)
         answer.pop("match")
         return answer
 
     def _answer(self, analysis: VideoAnalysis, video: Video, challenge: ChallengeSpec | None,
                 timings: Timings, id_problem: str | None, match: dict[str, float] | None,
-                shown: light.Shown | None = None) -> dict:
+                derived: float | None, shown: light.Shown | None = None) -> dict:
         cfg = self.config
         verdict = None
         if challenge is not None and analysis.track.reason is None:
@@ -375,6 +429,8 @@ class Pipeline:
                 passive_threshold=cfg.pad_threshold,
                 continuity=analysis.continuity,
                 continuity_threshold=cfg.continuity_threshold,
+                synthetic_score=derived,
+                synthetic_threshold=cfg.synthetic_threshold,
                 challenge_problem=None if verdict is None else verdict.reason,
                 light_problem=light_problem,
                 match_score=None if match is None else match["score"],
@@ -390,6 +446,7 @@ class Pipeline:
             },
             "passive": {"score": _round(analysis.passive_score), "threshold": cfg.pad_threshold},
             "continuity": {"score": _round(analysis.continuity), "threshold": cfg.continuity_threshold},
+            "synthetic": {"score": _round(derived), "threshold": cfg.synthetic_threshold, "signal": "derived_from_id"},
         }
         if shown is not None:
             liveness_answer["light"] = {
@@ -415,7 +472,8 @@ class Pipeline:
         cfg = self.config
         return {"detection_score": cfg.detection_score, "match": cfg.match_threshold,
                 "fusion": None if cfg.fusion is None else cfg.fusion.to_record(), "passive": cfg.pad_threshold,
-                "continuity": cfg.continuity_threshold, "liveness": asdict(cfg.liveness)}
+                "continuity": cfg.continuity_threshold, "synthetic": cfg.synthetic_threshold,
+                "liveness": asdict(cfg.liveness)}
 
     def compare(self, first: np.ndarray, second: np.ndarray) -> dict:
         """Photo against photo: the similarity of the two primary faces."""

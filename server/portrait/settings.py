@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         default_factory=_default_mirror,
         description="Folder holding mirrored model files (MiniFASNet, dlib); else their canonical URLs.",
     )
+    calibration: Path | None = Field(
+        default=None,
+        description="A calibration record to decide with instead of the shipped one: `portrait calibrate "
+                    "--output FILE` on the carrier's own labelled material.",
+    )
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "portrait",
         description="Downloaded wheels and model files, keyed by sha256.",
@@ -76,7 +81,19 @@ class Settings(BaseSettings):
             return 1
         return max(1, min(DEFAULT_MODEL_CALLS_CAP, usable_cores() // self.inference_threads))
 
-    @field_validator("model_mirror", "api_keys_file", "receipt_key_file", mode="before")
+    @field_validator("calibration")
+    @classmethod
+    def _readable_record(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from portrait.pipeline import config_from_record
+
+            try:
+                config_from_record(value)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{value}: not a usable calibration record ({error!r})") from None
+        return value
+
+    @field_validator("model_mirror", "api_keys_file", "receipt_key_file", "calibration", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -115,8 +132,6 @@ class Settings(BaseSettings):
     challenge_secret: str = Field(default="", description="HMAC secret for challenge tokens; random per "
                                   "process when empty (set it when several replicas share traffic).")
     challenge_ttl_s: float = Field(default=120.0, gt=0, le=3600)
-    allow_client_actions: bool = Field(default=False, description="Let callers name the challenge actions "
-                                       "and schedule (kiosks, tests).")
     mirrored: bool = Field(default=False, description="Whether capture clients mirror the recording, unless "
                            "the tenant is in mirrored_tenants or the challenge request says.")
     mirrored_tenants: str = Field(default="", description="Comma-separated tenants whose capture client mirrors.")
@@ -138,17 +153,28 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=0.5, gt=0, le=10, description="Limit on one Redis call; a slower "
                                    "store counts as down (503 `nonce_store_unavailable`, `/readyz` 503).")
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    max_uploads: int = Field(default=32, ge=1, description="Requests whose body is still arriving, at most; "
+                             "beyond it, 503 `overloaded`. Worker and waiting places go only to requests whose "
+                             "body is in, so slow uploads hold these instead (each up to MAX_UPLOAD_BYTES in memory).")
+    upload_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="A body must arrive within this "
+                                    "long, else 408 `upload_too_slow`.")
+    upload_min_bytes_per_s: int = Field(default=16 * 1024, ge=0, description="... and grow by at least this many "
+                                        "bytes per second over every 5 s (0: no minimum), else 408 `upload_too_slow`.")
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="Requests per second per tenant (shared "
                                     "by every replica through Redis when `REDIS_URL` is set).")
     rate_limit_burst: int = Field(default=40, ge=1, description="Requests a tenant may send at once.")
     max_in_flight_per_tenant: int = Field(default=12, ge=1, description="Requests of one tenant admitted at "
-                                          "once; below `WORKERS + MAX_WAITING`, so one tenant cannot fill it.")
+                                          "once, uploading or not; below `WORKERS + MAX_WAITING` and `MAX_UPLOADS`, "
+                                          "so one tenant cannot fill either.")
     workers: int = Field(default=8, ge=1, le=256, description="Requests processed at once (pipeline threads), "
                          "shared round-robin between the tenants waiting.")
     max_waiting: int = Field(default=16, ge=0, description="Requests waiting for a worker; beyond it, 503 + Retry-After.")
     request_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     drain_grace_s: float = Field(default=0.0, ge=0, le=300, description="After SIGTERM, keep serving this long "
                                  "with `/readyz` at 503 (for load balancers that poll it) before closing.")
+    memory_release_idle_s: float = Field(default=10.0, ge=0, le=3600, description="After this long with no "
+                                         "request running, hand back the memory the runtimes and the allocator "
+                                         "keep from the last burst (0: never); README, Media and memory.")
     batch_max_delay_ms: float = Field(default=5.0, ge=0, le=1000)
     batch_max_rows: int = Field(default=0, ge=0, description="Cap on rows per model call; 0 uses each model's maximum.")
 
@@ -162,16 +188,38 @@ class Settings(BaseSettings):
             raise ValueError(f"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT ({self.max_in_flight_per_tenant}) must be below "
                              f"PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING ({self.workers + self.max_waiting}), "
                              "so one tenant cannot take every place")
+        if self.max_in_flight_per_tenant >= self.max_uploads:
+            raise ValueError(f"PORTRAIT_MAX_IN_FLIGHT_PER_TENANT ({self.max_in_flight_per_tenant}) must be below "
+                             f"PORTRAIT_MAX_UPLOADS ({self.max_uploads}), so one tenant's slow uploads cannot take "
+                             "every upload place")
         return self
 
-    # The demo page: off unless asked for; it spends one tenant's quota for anyone who can reach it.
-    demo: bool = Field(default=False, description="Serve the demo page at /demo and its relay (never in production).")
-    demo_tenant: str = Field(default="", description="The configured tenant whose key the demo relay presents.")
+    # Per tenant: comma-separated tenant names.
+    client_actions_tenants: str = Field(default="", description="Tenants that may name a challenge's actions "
+                                        "and schedule (kiosks, tests); the token and the receipt say so. Never a "
+                                        "tenant whose callers could be an attacker.")
+    full_answer_tenants: str = Field(default="", description="Tenants whose answers carry every score, "
+                                     "threshold and observed action (audit back ends); the others get the "
+                                     "decision and reasons. Receipts carry the scores for every tenant.")
+
+    # The demo page: off unless asked for. It runs as a tenant of its own, with its own small
+    # quota, so anyone who can reach it spends that and nothing of a carrier's.
+    demo: bool = Field(default=False, description="Serve the demo page at /demo (never in production).")
+    demo_tenant: str = Field(default="demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                             description="The tenant name the demo's requests and receipts carry; not a "
+                             "tenant of the API keys.")
+    demo_rate_limit_per_s: float = Field(default=0.2, gt=0, description="The demo's requests per second, all "
+                                         "visitors together.")
+    demo_rate_limit_burst: int = Field(default=6, ge=1, description="The demo's requests at once.")
+    demo_max_in_flight: int = Field(default=1, ge=1, description="The demo's requests in progress at once.")
 
     @model_validator(mode="after")
-    def _demo_needs_a_tenant(self) -> Settings:
-        if self.demo and not self.demo_tenant:
-            raise ValueError("PORTRAIT_DEMO=1 needs PORTRAIT_DEMO_TENANT, a tenant of the configured API keys")
+    def _demo_is_apart(self) -> Settings:
+        if self.demo_tenant in tenant_names(self.full_answer_tenants):
+            raise ValueError(f"PORTRAIT_FULL_ANSWER_TENANTS names the demo's tenant ({self.demo_tenant}): the demo "
+                             "answers the decision and reasons only")
+        if self.demo_max_in_flight >= self.workers + self.max_waiting:
+            raise ValueError("PORTRAIT_DEMO_MAX_IN_FLIGHT must be below PORTRAIT_WORKERS + PORTRAIT_MAX_WAITING")
         return self
 
     @field_validator("video_max_side")
@@ -190,7 +238,15 @@ class Settings(BaseSettings):
 
     def mirrored_for(self, tenant: str) -> bool:
         """Whether this tenant's capture client mirrors, when its challenge request does not say."""
-        return self.mirrored or tenant in {t.strip() for t in self.mirrored_tenants.split(",") if t.strip()}
+        return self.mirrored or tenant in tenant_names(self.mirrored_tenants)
+
+    def client_actions_for(self, tenant: str) -> bool:
+        """Whether this tenant may name a challenge's actions and schedule."""
+        return tenant in tenant_names(self.client_actions_tenants)
+
+    def full_answer_for(self, tenant: str) -> bool:
+        """Whether this tenant's answers carry the scores (else the decision and reasons)."""
+        return tenant in tenant_names(self.full_answer_tenants)
 
     def session_required_for(self, tenant: str) -> bool:
         """Whether this tenant may verify only through live sessions (with screen light)."""
@@ -200,6 +256,11 @@ class Settings(BaseSettings):
     triton_grpc_port: int = Field(default=8001, ge=1, le=65535)
     triton_metrics_port: int = Field(default=8002, ge=1, le=65535)
     triton_startup_timeout_s: float = Field(default=120.0, gt=0)
+
+
+def tenant_names(value: str) -> frozenset[str]:
+    """The tenants of a comma-separated list."""
+    return frozenset(name.strip() for name in value.split(",") if name.strip())
 
 
 @lru_cache

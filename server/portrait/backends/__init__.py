@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import numpy as np
 
 from portrait.backends.base import BackendError, InferenceBackend
 from portrait.modelrepo.specs import BY_NAME
 
-__all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend", "runtime_table"]
-
-log = logging.getLogger("portrait.backends")
+__all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend", "model_runtimes",
+           "runtime_table"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 # The faster embedded runtime per model on fp32 files, batch 8, one thread, measured on an
@@ -28,7 +26,7 @@ def openvino_installed() -> bool:
 
 def runtime_table(choice: str) -> dict[str, str]:
     """`PORTRAIT_RUNTIME` -> the runtime of every model. `auto` is the measured table (every
-    model on ONNX Runtime when OpenVINO is not installed, the `openvino` extra); one runtime
+    model on ONNX Runtime where OpenVINO, a dependency, could not be installed); one runtime
     name puts every model there; `auto,sface=onnxruntime` overrides single models."""
     first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
     if first == "auto":
@@ -46,7 +44,7 @@ def runtime_table(choice: str) -> dict[str, str]:
                              f"{', '.join(BY_NAME)}, runtimes {', '.join(RUNTIMES)}")
         table[model] = runtime
     if "openvino" in table.values() and not openvino_installed():
-        raise ValueError("runtime openvino needs the openvino package: pip install 'portrait[openvino]'")
+        raise ValueError("runtime openvino needs the openvino package, which is not installed")
     return table
 
 
@@ -79,6 +77,13 @@ class EmbeddedBackend:
     def ready(self) -> bool:
         return all(b.ready() for b in self._backends.values())
 
+    def release_memory(self) -> bool:
+        """Hand back the memory the runtimes keep between calls, where they can (OpenVINO);
+        False if some was in use."""
+        released = [backend.release_memory() for backend in set(self._backends.values())
+                    if hasattr(backend, "release_memory")]
+        return all(released)
+
     def close(self) -> None:
         for backend in set(self._backends.values()):
             backend.close()
@@ -102,7 +107,12 @@ def backend_from_settings(settings) -> InferenceBackend:
     if settings.backend == "triton":
         memory = "cuda" if settings.frames == "gpu" else "system"
         return create_backend("triton", url=settings.triton_url, shared_memory=memory)
-    backend = create_backend("embedded", repository=settings.model_repository, runtime=settings.runtime,
-                             threads=settings.inference_threads, streams=settings.concurrent_model_calls())
-    log.info("embedded runtimes: %s", ", ".join(f"{m}={r}" for m, r in backend.runtimes.items()))
-    return backend
+    return create_backend("embedded", repository=settings.model_repository, runtime=settings.runtime,
+                          threads=settings.inference_threads, streams=settings.concurrent_model_calls())
+
+
+def model_runtimes(backend: InferenceBackend) -> dict[str, str]:
+    """What runs each model: the embedded backend's runtime per model, else the backend's
+    name (Triton's own configuration decides there)."""
+    runtimes = getattr(backend, "runtimes", None)
+    return dict(runtimes) if runtimes else dict.fromkeys(BY_NAME, backend.name)

@@ -10,11 +10,16 @@ A compiled model is shared; an infer request is not thread-safe, so each call bo
 from a small pool and returns it, which keeps concurrent pipeline workers apart without a
 lock around the inference itself. Calls run side by side only up to the compiled model's
 streams (`PORTRAIT_MODEL_CALLS`); past them OpenVINO queues them.
+
+A compiled model keeps its intermediate buffers at the size of the largest batch it has run:
+after bursts of concurrent requests (larger merged batches) that was most of the memory the
+process kept (`release_memory`, which the service calls when it goes idle).
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,20 +67,39 @@ class OpenVinoBackend:
                           for name in names}
         self._outputs = {name: _output_names(c, BY_NAME[name].outputs) for name, c in self._compiled.items()}
         self._requests: dict[str, queue.SimpleQueue[ov.InferRequest]] = {n: queue.SimpleQueue() for n in names}
+        self._running = 0  # calls in progress, guarded by _state
+        self._state = threading.Lock()
 
     def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with self._state:
+            self._running += 1
         pool = self._requests[model]
         try:
-            request = pool.get_nowait()
-        except queue.Empty:
-            request = self._compiled[model].create_infer_request()
-        try:
-            request.infer({0: np.ascontiguousarray(batch, np.float32)})
-            # The request's output buffers are reused by its next call: copy them out.
-            return {name: np.array(request.get_output_tensor(i).data, copy=True)
-                    for i, name in enumerate(self._outputs[model])}
+            try:
+                request = pool.get_nowait()
+            except queue.Empty:
+                request = self._compiled[model].create_infer_request()
+            try:
+                request.infer({0: np.ascontiguousarray(batch, np.float32)})
+                # The request's output buffers are reused by its next call: copy them out.
+                return {name: np.array(request.get_output_tensor(i).data, copy=True)
+                        for i, name in enumerate(self._outputs[model])}
+            finally:
+                pool.put(request)
         finally:
-            pool.put(request)
+            with self._state:
+                self._running -= 1
+
+    def release_memory(self) -> bool:
+        """Hand back every compiled model's intermediate buffers, if no call is running (a
+        call that starts meanwhile waits for this); the next call allocates them again.
+        False when calls were running and nothing was released."""
+        with self._state:
+            if self._running:
+                return False
+            for compiled in self._compiled.values():
+                compiled.release_memory()
+            return True
 
     def ready(self) -> bool:
         return True

@@ -33,9 +33,12 @@ def __getattr__(name: str):
 
 
 class Decoder(NamedTuple):
+    """`video(data, limits, checkpoint)`: the checkpoint runs between packets and raises to
+    stop the decode."""
+
     name: str
     image: Callable[..., np.ndarray]
-    video: Callable[[bytes, VideoLimits], Video]
+    video: Callable[..., Video]
 
 
 def decoder(name: str = "pyav") -> Decoder:
@@ -56,8 +59,8 @@ def decoder(name: str = "pyav") -> Decoder:
 
         pool = GpuVideoDecoder()  # raises a clear RuntimeError without CUDA, DALI or NVDEC
 
-        def video(data: bytes, limits: VideoLimits) -> Video:
-            return decode_with_overflow(data, pool, limits).video
+        def video(data: bytes, limits: VideoLimits, checkpoint: Callable[[], None] = lambda: None) -> Video:
+            return decode_with_overflow(data, pool, limits, checkpoint).video
 
         return Decoder(name, decode_image, video)
     raise ValueError(f"unknown media decoder {name!r}; choose one of {', '.join(DECODERS)}")

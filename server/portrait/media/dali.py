@@ -9,6 +9,8 @@ applied here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import av
 import cv2
 import numpy as np
@@ -21,8 +23,10 @@ from portrait.media.errors import MediaError
 from portrait.media.image import check_image_size, reduction_for
 from portrait.media.limits import MAX_IMAGE_PIXELS, VideoLimits
 from portrait.media.video import (
+    Checkpoint,
     EvenSampler,
     Video,
+    no_checkpoint,
     assemble,
     check_pixels,
     check_time,
@@ -31,6 +35,8 @@ from portrait.media.video import (
     frame_budget,
     header_duration,
     open_video,
+    packet_check,
+    refuse_large_frames,
     sample_period,
     source_fps,
     upright_rotation,
@@ -54,15 +60,18 @@ def decode_image_dali(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nda
     return cv2.resize(image, (-(-width // reduction), -(-height // reduction)), interpolation=cv2.INTER_AREA)
 
 
-def decode_video_dali(data: bytes, limits: VideoLimits) -> Video:
-    """Like decode_video (same sampling, limits, errors and output), decoding with DALI on CPU."""
+def decode_video_dali(data: bytes, limits: VideoLimits, checkpoint: Checkpoint = no_checkpoint) -> Video:
+    """Like decode_video (same sampling, limits, errors and output), decoding with DALI on CPU.
+    The packets are checked as PyAV's are (`packet_check`) before DALI sees them."""
     with open_video(data) as (container, stream):
         codec = stream.codec_context.name
         if codec not in DALI_CPU_CODECS:
             raise MediaError("unsupported_media_type", f"DALI on CPU does not decode {codec}")
         duration = header_duration(container, stream)
         check_header(stream, duration, limits.max_duration_s, limits.max_pixels)
-        times, rotation = _frame_times(container, stream, limits.max_duration_s)
+        refuse_large_frames(stream, limits.max_pixels)
+        inspect = packet_check(stream, limits.max_pixels, checkpoint)
+        times, rotation = _frame_times(container, stream, limits.max_duration_s, inspect)
         fps = source_fps(stream)
     check_complete(duration, times[-1], fps)
     period = sample_period(limits.target_fps, limits.max_frames, duration)
@@ -79,7 +88,8 @@ def decode_video_dali(data: bytes, limits: VideoLimits) -> Video:
 
 
 def _frame_times(
-    container: InputContainer, stream: VideoStream, max_duration_s: float
+    container: InputContainer, stream: VideoStream, max_duration_s: float,
+    inspect: Callable[[av.Packet], None],
 ) -> tuple[list[float], int]:
     """Frame times in presentation order, from the packets (seconds from the first), and the
     rotation from the first decoded frame; refuses streams past the duration or frame budget."""
@@ -90,6 +100,7 @@ def _frame_times(
         for packet in container.demux(stream):
             if packet.pts is None:
                 continue
+            inspect(packet)
             if rotation is None:
                 rotations = (upright_rotation(frame.rotation) for frame in packet.decode())
                 rotation = next(rotations, None)
@@ -98,7 +109,7 @@ def _frame_times(
             if len(pts) > budget:
                 raise MediaError("video_too_long", f"more than {budget} frames")
     except av.FFmpegError as error:
-        raise MediaError("corrupt_media", f"video does not decode: {error}") from error
+        raise MediaError("corrupt_media", "video does not decode") from error
     if not pts:
         raise MediaError("no_frames", "the video has no frame")
     start = min(pts)

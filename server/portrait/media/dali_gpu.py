@@ -46,6 +46,7 @@ import numpy as np
 from portrait.media.errors import MediaError
 from portrait.media.limits import VideoLimits
 from portrait.media.video import (
+    Checkpoint,
     EvenSampler,
     Video,
     check_complete,
@@ -53,7 +54,10 @@ from portrait.media.video import (
     check_pixels,
     decode_video,
     header_duration,
+    no_checkpoint,
     open_video,
+    packet_check,
+    refuse_large_frames,
     sample_period,
     source_fps,
 )
@@ -169,7 +173,9 @@ def plan_clip(data: bytes, limits: VideoLimits, codecs: frozenset[str] = GPU_COD
             raise GpuUnsupported(codec)
         duration = header_duration(container, stream)
         check_header(stream, duration, limits.max_duration_s, limits.max_pixels)
-        times, rotation = _frame_times(container, stream, limits.max_duration_s)
+        refuse_large_frames(stream, limits.max_pixels)
+        inspect = packet_check(stream, limits.max_pixels, no_checkpoint)
+        times, rotation = _frame_times(container, stream, limits.max_duration_s, inspect)
         fps = source_fps(stream)
     check_complete(duration, times[-1], fps)
     period = sample_period(limits.target_fps, limits.max_frames, duration)
@@ -367,7 +373,8 @@ class GpuVideoDecoder:
                 return
 
 
-def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: VideoLimits) -> Decoded:
+def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: VideoLimits,
+                         checkpoint: Checkpoint = no_checkpoint) -> Decoded:
     """Decode on the GPU pool if a pipeline is free right now, else with PyAV on the CPU.
 
     Never waits for the GPU. The CPU also takes codecs the pool does not decode and clips
@@ -375,8 +382,9 @@ def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: Vide
     while reading the container (limits, truncation) are raised as they are: the CPU would
     refuse the clip the same way. The result says which path ran and why.
     """
+    checkpoint()
     if pool is None:
-        return Decoded(decode_video(data, limits), "cpu", "no_gpu_pool")
+        return Decoded(decode_video(data, limits, checkpoint), "cpu", "no_gpu_pool")
     try:
         return Decoded(pool.decode(data, limits, wait=False), "gpu", "")
     except GpuBusy:
@@ -385,4 +393,4 @@ def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: Vide
         reason = "codec"
     except GpuDecodeError:
         reason = "gpu_decode_failed"
-    return Decoded(decode_video(data, limits), "cpu", reason)
+    return Decoded(decode_video(data, limits, checkpoint), "cpu", reason)

@@ -6,6 +6,7 @@ _STATUS = {
     "unsupported_media_type": 415,
     "corrupt_media": 422,
     "media_too_large": 413,
+    "too_many_scans": 422,
     "video_too_long": 422,
     "no_frames": 422,
 }

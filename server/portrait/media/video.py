@@ -22,6 +22,7 @@ import numpy as np
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
+from portrait.media import jpeg
 from portrait.media.clip import Video
 from portrait.media.errors import MediaError
 from portrait.media.limits import VideoLimits
@@ -58,6 +59,13 @@ DECODED_PIXEL_BYTES = 3
 SCALER = "AREA"
 
 T = TypeVar("T")
+# Called before each packet is decoded; it raises to stop the decode (the request's deadline
+# passed, its client left).
+Checkpoint = Callable[[], None]
+
+
+def no_checkpoint() -> None:
+    pass
 
 
 class EvenSampler(Generic[T]):
@@ -96,12 +104,12 @@ def sample_period(target_fps: float, max_frames: int, duration_s: float | None) 
     return max(period, duration_s / max_frames) if duration_s else period
 
 
-def decode_video(data: bytes, limits: VideoLimits) -> Video:
+def decode_video(data: bytes, limits: VideoLimits, checkpoint: Checkpoint = no_checkpoint) -> Video:
     """Decode an upload to at most limits.max_frames upright BGR frames, evenly spaced in time.
 
     Frames are taken at ~limits.target_fps; when the whole video at that rate would exceed
     max_frames, the rate drops so the frames still span the whole video (the challenge
-    actions can happen at any time in it).
+    actions can happen at any time in it). `checkpoint` runs before every packet.
     """
     with open_video(data) as (container, stream):
         duration = header_duration(container, stream)
@@ -111,7 +119,7 @@ def decode_video(data: bytes, limits: VideoLimits) -> Video:
             sample_period(limits.target_fps, limits.max_frames, duration), limits.max_frames
         )
         store = FrameStore(limits.max_frames + 1)
-        last, rotation = _sample(container, stream, sampler, store, fps or limits.target_fps, limits)
+        last, rotation = _sample(container, stream, sampler, store, fps or limits.target_fps, limits, checkpoint)
         codec = stream.codec_context.name
     check_complete(duration, last, fps)
     return Video(
@@ -170,11 +178,13 @@ def _sample(
     store: FrameStore,
     fps: float,
     limits: VideoLimits,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> tuple[float, int]:
     """Decode the frames the sampler may want and convert only those it keeps, at the kept
     size, into `store` (the sampler holds their slots); returns (last frame time, rotation)."""
     stream.thread_type = thread_type()
     stream.codec_context.thread_count = DECODER_THREADS
+    refuse_large_frames(stream, limits.max_pixels)
     start = last = None
     rotation = 0
     demuxed: list[float] = []  # the times of the packets read so far, sorted
@@ -191,7 +201,8 @@ def _sample(
             return False
         return sampler.same_period(demuxed[earlier - 1] - start, time - start)
 
-    for index, frame in enumerate(_frames(container, stream, limits.max_duration_s, unwanted)):
+    inspect = packet_check(stream, limits.max_pixels, checkpoint)
+    for index, frame in enumerate(_frames(container, stream, limits.max_duration_s, unwanted, inspect)):
         time = frame.time if frame.time is not None else index / fps
         if start is None:
             start, rotation = time, upright_rotation(frame.rotation)
@@ -222,9 +233,8 @@ def open_video(data: bytes) -> Iterator[tuple[InputContainer, VideoStream]]:
     demuxer = sniff_container(data)
     try:
         container = av.open(io.BytesIO(data), format=demuxer, options=HEADER_ONLY)
-    except av.FFmpegError as error:
-        message = f"cannot read the {demuxer} container: {error}"
-        raise MediaError("corrupt_media", message) from error
+    except av.FFmpegError as error:  # FFmpeg's own words stay in the chained exception, not the answer
+        raise MediaError("corrupt_media", f"cannot read the {demuxer} container") from error
     with container:
         if not container.streams.video:
             raise MediaError("unsupported_media_type", "the file has no video stream")
@@ -267,6 +277,25 @@ def check_header(
     check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
     if duration is not None and duration > max_duration_s:
         raise MediaError("video_too_long", f"video is {duration:.1f} s, over {max_duration_s} s")
+
+
+def refuse_large_frames(stream: VideoStream, max_pixels: int) -> None:
+    """FFmpeg's own pixel limit: a decoder refuses a frame larger than this when it reads the
+    frame's header, before allocating it (a stream may change size after its header)."""
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(max_pixels)}
+
+
+def packet_check(stream: VideoStream, max_pixels: int, checkpoint: Checkpoint) -> Callable[[av.Packet], None]:
+    """What runs before each packet is decoded: the checkpoint and, for MJPEG, the JPEG
+    cost check of its frame (scans, size), which FFmpeg's decoder has no option for."""
+    if stream.codec_context.name != "mjpeg":
+        return lambda packet: checkpoint()
+
+    def check(packet: av.Packet) -> None:
+        checkpoint()
+        jpeg.check_frames(bytes(packet), max_pixels)
+
+    return check
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -313,12 +342,14 @@ def _frames(
     stream: VideoStream,
     max_duration_s: float,
     unwanted: Callable[[av.Packet], bool] = lambda packet: False,
+    inspect: Callable[[av.Packet], None] = lambda packet: None,
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames; refuses a stream that passes the frame budget, maps FFmpeg errors.
 
     A packet whose frame is `unwanted` is decoded only if other frames refer to it: FFmpeg
     skips non-reference frames (B-frames, mostly), so every frame that is returned is
-    decoded exactly as without skipping.
+    decoded exactly as without skipping. `inspect` sees each packet before it is decoded
+    and raises to refuse it.
     """
     budget = frame_budget(max_duration_s)
     context = stream.codec_context
@@ -326,14 +357,16 @@ def _frames(
     try:
         for packet in container.demux(stream):
             packets += 1
+            if packet.size:
+                inspect(packet)
             context.skip_frame = "NONREF" if unwanted(packet) else "DEFAULT"
             for frame in packet.decode():
                 frames += 1
                 yield frame
             if max(packets, frames) > budget:
                 raise MediaError("video_too_long", f"more than {budget} frames")
-    except av.FFmpegError as error:
-        raise MediaError("corrupt_media", f"video does not decode: {error}") from error
+    except av.FFmpegError as error:  # FFmpeg's own words stay in the chained exception, not the answer
+        raise MediaError("corrupt_media", "video does not decode") from error
 
 
 def assemble(

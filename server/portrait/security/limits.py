@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Mapping
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage
@@ -67,12 +68,13 @@ class RateLimiter:
 
 
 class InFlightLimiter:
-    """At most `cap` requests in progress per tenant."""
+    """At most `cap` requests in progress per tenant (`caps` names tenants with their own)."""
 
-    def __init__(self, cap: int) -> None:
-        if cap < 1:
+    def __init__(self, cap: int, caps: Mapping[str, int] | None = None) -> None:
+        if cap < 1 or any(value < 1 for value in (caps or {}).values()):
             raise ValueError("cap must be at least 1")
         self.cap = cap
+        self.caps = dict(caps or {})
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -80,7 +82,7 @@ class InFlightLimiter:
         """Take a slot; False (nothing taken) when the tenant is at its cap."""
         with self._lock:
             count = self._counts.get(tenant, 0)
-            if count >= self.cap:
+            if count >= self.caps.get(tenant, self.cap):
                 return False
             self._counts[tenant] = count + 1
             return True

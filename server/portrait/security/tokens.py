@@ -1,10 +1,11 @@
 """Challenge tokens: the server's word that it asked this tenant for these actions.
 
 A token is `base64url(json payload).base64url(HMAC-SHA256(secret, first part))`, payload
-`{v, tenant, actions, schedule, window_s, record_s, mirrored, nonce, iat, exp}`: everything
-the verification is judged against comes from here, never from the request. The front door
-keeps no state: any replica holding the secret can check a token; only the single-use check
-of the nonce needs a shared store (see `nonces.py`). The signature is checked before the
+`{v, tenant, actions, schedule, window_s, record_s, mirrored, client_named, nonce, epoch, iat,
+exp}`: everything the verification is judged against comes from here, never from the request.
+The front door keeps no state: any replica holding the secret can check a token; only the
+single-use check of the nonce needs a shared store (see `nonces.py`), whose epoch at issue
+the token carries. The signature is checked before the
 payload is parsed, so JSON from an unauthenticated client is never parsed; a well-formed
 token with a wrong signature is `forged_challenge`.
 """
@@ -25,8 +26,10 @@ from portrait.security._b64 import b64d, b64e
 
 MAX_TOKEN_LENGTH = 2048
 MIN_SECRET_BYTES = 32
-VERSION = 2
-_FIELDS = frozenset({"v", "tenant", "actions", "schedule", "window_s", "record_s", "mirrored", "nonce", "iat", "exp"})
+VERSION = 4  # 3: client_named; 4: the nonce store's epoch
+_FIELDS = frozenset({"v", "tenant", "actions", "schedule", "window_s", "record_s", "mirrored", "client_named", "nonce",
+                     "epoch", "iat", "exp"})
+MAX_EPOCH_LENGTH = 64
 
 _MESSAGES = {
     "malformed_challenge": "the challenge token is not a well-formed Portrait challenge",
@@ -55,6 +58,7 @@ class Challenge:
     tenant: str
     spec: ChallengeSpec
     nonce: str
+    epoch: str
     issued_at: float
     expires_at: float
 
@@ -97,9 +101,12 @@ class ChallengeSigner:
     def _mac(self, signed: str) -> bytes:
         return hmac.new(self._secret, signed.encode("ascii"), hashlib.sha256).digest()
 
-    def issue(self, tenant: str, spec: ChallengeSpec) -> Challenge:
+    def issue(self, tenant: str, spec: ChallengeSpec, *, epoch: str) -> Challenge:
+        """A token for `spec`, issued under the nonce store's `epoch`."""
         if not isinstance(tenant, str) or not tenant:
             raise ValueError("tenant must be a non-empty string")
+        if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+            raise ValueError(f"epoch must be a string of 1 to {MAX_EPOCH_LENGTH} characters")
         parse_actions(list(spec.actions))
         if spec.schedule is None:
             raise ValueError("a challenge token needs a schedule")
@@ -107,12 +114,13 @@ class ChallengeSigner:
         nonce = b64e(secrets.token_bytes(16))
         iat = self._clock()
         exp = iat + self.ttl_s
-        payload = {"v": VERSION, "tenant": tenant, **spec.claims(), "nonce": nonce, "iat": iat, "exp": exp}
+        payload = {"v": VERSION, "tenant": tenant, **spec.claims(), "nonce": nonce, "epoch": epoch, "iat": iat,
+                   "exp": exp}
         body = b64e(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8"))
         token = f"{body}.{b64e(self._mac(body))}"
         if len(token) > MAX_TOKEN_LENGTH:
             raise ValueError("tenant name too long for a challenge token")
-        return Challenge(token, tenant, spec, nonce, iat, exp)
+        return Challenge(token, tenant, spec, nonce, epoch, iat, exp)
 
     def verify(self, token: str, tenant: str) -> Challenge:
         """The challenge `token` stands for, if it is genuine, current and `tenant`'s.
@@ -133,8 +141,9 @@ class ChallengeSigner:
         if self._clock() >= payload["exp"]:
             raise TokenError("expired_challenge")
         spec = ChallengeSpec(tuple(payload["actions"]), tuple(payload["schedule"]), tuple(payload["window_s"]),
-                             float(payload["record_s"]), payload["mirrored"])
-        return Challenge(token, payload["tenant"], spec, payload["nonce"], float(payload["iat"]), float(payload["exp"]))
+                             float(payload["record_s"]), payload["mirrored"], payload["client_named"])
+        return Challenge(token, payload["tenant"], spec, payload["nonce"], payload["epoch"], float(payload["iat"]),
+                         float(payload["exp"]))
 
 
 def _payload(raw: bytes) -> dict:
@@ -152,8 +161,10 @@ def _payload(raw: bytes) -> dict:
         and type(payload["v"]) is int and payload["v"] == VERSION
         and isinstance(payload["tenant"], str) and payload["tenant"]
         and isinstance(payload["nonce"], str) and 16 <= len(payload["nonce"]) <= 64
+        and isinstance(payload["epoch"], str) and 0 < len(payload["epoch"]) <= MAX_EPOCH_LENGTH
         and all(finite(payload[k]) for k in ("iat", "exp", "record_s"))
         and isinstance(payload["mirrored"], bool)
+        and isinstance(payload["client_named"], bool)
         and isinstance(payload["window_s"], list) and len(payload["window_s"]) == 2
         and all(finite(w) for w in payload["window_s"]) and 0 <= payload["window_s"][0] < payload["window_s"][1]
         and valid_actions(payload["actions"])

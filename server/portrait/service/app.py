@@ -5,37 +5,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 
+import swagger_ui_bundle
 from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from portrait.challenge import ChallengeSpec, random_challenge, random_schedule
 from portrait.security.tokens import MAX_TOKEN_LENGTH
 from portrait.service import capture, schemas
 from portrait.service.engine import Engine
 from portrait.service.logs import request_id
 from portrait.service.operations import COMPARE, LIVENESS, SESSION_VERIFY, VERIFY
-from portrait.service.sessions import CHUNK_MS
 from portrait.service.problems import Problem, problem, problem_response, problem_responses
+from portrait.service.uploads import MAX_JSON_BYTES, read_json
 from portrait.settings import Settings
 
 log = logging.getLogger("portrait.access")
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-COUNTED = frozenset({"rate_limited", "too_many_in_flight", "overloaded"})
+COUNTED = frozenset({"rate_limited", "too_many_in_flight", "overloaded", "upload_too_slow"})
+# A request id a client may choose (UUIDs, hex, base64, trace ids); anything else gets a fresh one.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+# Swagger UI's own files, from the swagger-ui-bundle-v2 wheel: /docs works without any CDN.
+DOCS_ASSETS = "/docs/assets"
 
 # What each route can answer besides 200: the contract clients are generated from.
 _CALLER = ("invalid_api_key", "rate_limited", "internal_error")
-_BODY = ("malformed_multipart", "upload_too_large", "field_too_large", "unsupported_content_type", "missing_field",
-         "invalid_field", "duplicate_field", "too_many_parts", "too_many_in_flight", "overloaded",
+_BODY = ("malformed_multipart", "upload_too_large", "upload_too_slow", "field_too_large", "unsupported_content_type",
+         "missing_field", "invalid_field", "duplicate_field", "too_many_parts", "too_many_in_flight", "overloaded",
          "client_closed_request", "deadline_exceeded", "backend_unavailable")
 _MEDIA = ("unsupported_media_type", "corrupt_media", "media_too_large")
 _VIDEO = ("video_too_long", "no_frames")
@@ -46,12 +52,14 @@ _SESSION = ("session_not_found", "wrong_tenant", "session_expired", "session_not
             "session_ahead_of_real_time", "session_behind_real_time", "session_stalled", "session_too_long",
             "session_too_large", "invalid_stream_message")
 ERRORS = {
-    "/v1/challenges": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_schedule",
-                       "invalid_request", "session_required"),
+    "/v1/challenges": (*_CALLER, "malformed_body", "upload_too_large", "unsupported_content_type",
+                       "client_actions_disabled", "invalid_actions", "invalid_schedule", "invalid_request",
+                       "nonce_store_unavailable", "session_required"),
     "/v1/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted", "session_required"),
     "/v1/liveness": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_CHALLENGE, "mirrored_not_accepted", "session_required"),
-    "/v1/sessions": (*_CALLER, "malformed_body", "client_actions_disabled", "invalid_actions", "invalid_schedule",
-                     "invalid_request"),
+    "/v1/sessions": (*_CALLER, "malformed_body", "upload_too_large", "unsupported_content_type",
+                     "client_actions_disabled", "invalid_actions", "invalid_schedule", "invalid_request",
+                     "nonce_store_unavailable"),
     # A stream's refusal (it closed with its code) is the verification's answer.
     "/v1/sessions/{session_id}/verifications": (*_CALLER, *_BODY, *_MEDIA, *_VIDEO, *_SESSION),
     "/v1/compare": (*_CALLER, *_BODY, *_MEDIA),
@@ -67,11 +75,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         sweeper.cancel()
         await app.state.engine.close()
 
-    app = FastAPI(title="Portrait", version="1.0", lifespan=lifespan,
+    app = FastAPI(title="Portrait", version="1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Face verification: a live selfie video against an identity document photo. "
                               "Errors are `application/problem+json` with a stable `code`.")
     app.add_middleware(AccessMiddleware)
     app.include_router(capture.router(settings))
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
     @app.exception_handler(Problem)
@@ -127,37 +136,34 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         await engine.ready()  # refreshes backend_up
         return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def one_shot_allowed(tenant: str) -> None:
-        if settings.session_required_for(tenant):
-            raise problem("session_required", "this tenant verifies through live sessions: POST /v1/sessions")
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI from this process's own files (an air-gapped carrier sees it too)."""
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="Portrait API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
-    def named(body: schemas.ChallengeRequest | schemas.SessionRequest, request: Request) -> tuple[list | None, list | None]:
-        """Client-named actions and schedule, where the server allows them (validated)."""
-        if body.actions is None and body.schedule is None:
-            return None, None
-        if not settings.allow_client_actions:
-            raise problem("client_actions_disabled", "this server chooses the challenge actions and schedule")
-        guard = engine_of(request).guard
-        actions = guard.actions(body.actions)
-        return actions, None if body.schedule is None else guard.schedule(body.schedule, len(actions))
+    @app.get("/v1/receipt-key", response_model=schemas.ReceiptKey, tags=["verification"])
+    async def receipt_key(request: Request) -> schemas.ReceiptKey:
+        """The public key that checks this service's receipts (PEM and JWK). Pin it out of band
+        too: a key fetched over the channel it is meant to check proves nothing by itself."""
+        receipts = engine_of(request).guard.receipts
+        return schemas.ReceiptKey(kid=receipts.kid, alg="EdDSA", pem=receipts.public_key_pem().decode(),
+                                  jwk=receipts.public_jwk())
 
     @app.post("/v1/sessions", response_model=schemas.SessionResponse, tags=["verification"],
-              responses=problem_responses(ERRORS["/v1/sessions"]))
-    async def sessions(request: Request, body: schemas.SessionRequest | None = None,
-                       tenant: str = Depends(tenant_of)) -> schemas.SessionResponse:
+              responses=problem_responses(ERRORS["/v1/sessions"]), openapi_extra=_json_doc(schemas.SessionRequest))
+    async def sessions(request: Request, tenant: str = Depends(tenant_of)) -> schemas.SessionResponse:
         """A live capture session (recommended): nothing of its challenge or screen colours is
         in the answer; they are revealed on the stream as the customer records."""
-        body = body or schemas.SessionRequest()
-        mirrored = settings.mirrored_for(tenant) if body.mirrored is None else body.mirrored
-        actions, schedule = named(body, request)
-        session_id, token, expires_at = engine_of(request).sessions.create(tenant, mirrored, actions, schedule)
-        return schemas.SessionResponse(session_id=session_id, client_token=token, chunk_ms=CHUNK_MS, mirrored=mirrored,
-                                       stream_path=f"/v1/sessions/{session_id}/stream", expires_at=_iso(expires_at))
+        body = await read_json(request, schemas.SessionRequest)  # after the key and the rate limit
+        created = await engine_of(request).sessions.create(tenant, body.mirrored, body.actions, body.schedule)
+        return schemas.SessionResponse.of(*created)
 
     @app.websocket("/v1/sessions/{session_id}/stream")
     async def session_stream(websocket: WebSocket, session_id: str) -> None:
-        engine = websocket.app.state.engine
-        await engine.sessions.stream(websocket, session_id, engine.guard.nonces)
+        await websocket.app.state.engine.sessions.stream(websocket, session_id)
 
     @app.post("/v1/sessions/{session_id}/verifications", response_model=schemas.SessionVerificationResponse,
               tags=["verification"], responses=problem_responses(ERRORS["/v1/sessions/{session_id}/verifications"]),
@@ -167,40 +173,25 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return await engine_of(request).judge(SESSION_VERIFY, tenant, request, session_id=session_id)
 
     @app.post("/v1/challenges", response_model=schemas.ChallengeResponse, tags=["verification"],
-              responses=problem_responses(ERRORS["/v1/challenges"]))
-    async def challenges(request: Request, body: schemas.ChallengeRequest | None = None,
-                         tenant: str = Depends(tenant_of)) -> schemas.ChallengeResponse:
+              responses=problem_responses(ERRORS["/v1/challenges"]), openapi_extra=_json_doc(schemas.ChallengeRequest))
+    async def challenges(request: Request, tenant: str = Depends(tenant_of)) -> schemas.ChallengeResponse:
         """The one-shot mode's challenge (weaker: its whole schedule is known before recording)."""
-        one_shot_allowed(tenant)
+        # The body is read here, after the key and the rate limit, under its own small cap.
+        body = await read_json(request, schemas.ChallengeRequest)
         guard = engine_of(request).guard
-        body = body or schemas.ChallengeRequest()
-        mirrored = settings.mirrored_for(tenant) if body.mirrored is None else body.mirrored
-        if body.actions is not None or body.schedule is not None:
-            if not settings.allow_client_actions:
-                raise problem("client_actions_disabled", "this server chooses the challenge actions and schedule")
-            actions = guard.actions(body.actions)
-            if body.schedule is None:
-                spec = random_schedule(actions, mirrored)
-            else:
-                spec = ChallengeSpec.timed(actions, guard.schedule(body.schedule, len(actions)), mirrored)
-        else:
-            spec = random_challenge(mirrored)
-        challenge = guard.challenges.issue(tenant, spec)
-        return schemas.ChallengeResponse(**spec.claims(), token=challenge.token, expires_at=_iso(challenge.expires_at))
+        return schemas.ChallengeResponse.of(await guard.issue(tenant, body.mirrored, body.actions, body.schedule))
 
     @app.post("/v1/verifications", response_model=schemas.VerificationResponse, tags=["verification"],
               responses=problem_responses(ERRORS["/v1/verifications"]),
               openapi_extra=_multipart_doc(VERIFY.files, VERIFY.flags, challenge=True))
     async def verifications(request: Request, tenant: str = Depends(tenant_of)):
         """One-shot verification, for integrations that cannot stream (weaker than a session)."""
-        one_shot_allowed(tenant)
         return await engine_of(request).judge(VERIFY, tenant, request)
 
     @app.post("/v1/liveness", response_model=schemas.LivenessResponse, tags=["building blocks"],
               responses=problem_responses(ERRORS["/v1/liveness"]),
               openapi_extra=_multipart_doc(LIVENESS.files, LIVENESS.flags, challenge=True))
     async def liveness(request: Request, tenant: str = Depends(tenant_of)):
-        one_shot_allowed(tenant)
         return await engine_of(request).judge(LIVENESS, tenant, request)
 
     @app.post("/v1/compare", response_model=schemas.CompareResponse, tags=["building blocks"],
@@ -228,7 +219,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        rid = request_id_of(headers.get(b"x-request-id", b""))
         token = request_id.set(rid)
         metrics = scope["app"].state.engine.metrics
         seen = {"status": 500, "outcome": "error", "started": False}
@@ -266,8 +257,16 @@ class AccessMiddleware:
             request_id.reset(token)
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+def request_id_of(given: bytes) -> str:
+    """The client's X-Request-ID when it is a plain id, else a fresh one: nothing a client
+    sends reaches a response header or a log line unchecked."""
+    return given.decode("ascii") if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _json_doc(model: type) -> dict:
+    """An optional JSON request body the route reads itself (after the key check)."""
+    return {"requestBody": {"required": False, "description": f"JSON, at most {MAX_JSON_BYTES} bytes",
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def _multipart_doc(files: tuple[str, ...], flags: tuple[str, ...], challenge: bool) -> dict:

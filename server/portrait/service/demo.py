@@ -1,45 +1,49 @@
-"""The demo page (`PORTRAIT_DEMO=1`): a browser records a challenge and sees the decision.
+"""The demo page (`PORTRAIT_DEMO=1`): a browser records a challenge, or streams a live
+session (`?mode=session`), and sees the decision.
 
-The page never holds an API key. Its relay presents the key of `PORTRAIT_DEMO_TENANT` to the
-public API of this same process, in process through the ASGI interface, so every check a
-carrier's call meets (key, rate and in-flight limits, challenge signature and reuse, upload
-limits) applies to the demo's calls too, and the answer is relayed unchanged. Anyone who can
-reach /demo spends that tenant's quota: enable it only on a demo deployment.
+The page never holds an API key, and spends nothing of a carrier's: its calls run in this
+process as a tenant of their own (`PORTRAIT_DEMO_TENANT`, which no API key may name), with
+their own small rate limit and in-flight cap, through the same engine as the API (headers,
+admission and upload limits before the body is read, the challenge's signature and single
+use, a session's single stream and verdict). They take JSON only as `application/json`, and
+only from the page's own origin (the browser's `Sec-Fetch-Site`, else `Origin`), so another
+web page cannot make its visitors' browsers call them. A session's stream is the API's own
+WebSocket, opened with the client token the page was given. The page is told the decision and its reasons, never a score,
+a threshold or the receipt (whose payload is readable): those would let anyone tune a fake.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote
+import json
+import logging
+from urllib.parse import urlsplit
 
-import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
-from portrait.security.keys import configured_keys
 from portrait.service.capture import STATIC
+from portrait.service.operations import SESSION_VERIFY, VERIFY
 from portrait.service.problems import problem
+from portrait.service.schemas import ChallengeRequest, ChallengeResponse, SessionRequest, SessionResponse
+from portrait.service.uploads import read_json
 from portrait.settings import Settings
 
-MAX_CHALLENGE_BODY = 4096
-# Room for the multipart framing around the files the API itself caps at max_upload_bytes.
-MULTIPART_SLACK = 64 * 1024
+log = logging.getLogger("portrait.service")
+
 # The page's own script only; the camera preview is a MediaStream, the ID preview a blob: URL.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob:; "
        "media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
        "frame-ancestors 'none'")
-_RELAYED_HEADERS = ("content-type", "retry-after", "x-request-id")
-
-
-def demo_key(settings: Settings) -> str:
-    """The demo tenant's first configured key; refuses to start without one."""
-    for tenant, key in configured_keys(settings.api_keys, settings.api_keys_file):
-        if tenant == settings.demo_tenant:
-            return key
-    raise ValueError(f"PORTRAIT_DEMO_TENANT={settings.demo_tenant!r} is not a tenant of the configured API keys")
+# What the page is told of a verification.
+SHOWN = ("decision", "reasons", "request_id")
 
 
 def router(settings: Settings) -> APIRouter:
-    key = demo_key(settings)
+    tenant = settings.demo_tenant
+    log.warning("DEMO PAGE ON at /demo: anyone who can reach this server can run verifications on it (as "
+                "tenant %r, at most %s requests a second and %d at once); never enable it in production",
+                tenant, settings.demo_rate_limit_per_s, settings.demo_max_in_flight,
+                extra={"demo_tenant": tenant})
     routes = APIRouter(prefix="/demo", include_in_schema=False)
     page = (STATIC / "demo.html").read_bytes()
     script = (STATIC / "demo.js").read_bytes()
@@ -54,47 +58,53 @@ def router(settings: Settings) -> APIRouter:
         return Response(script, media_type="text/javascript", headers={"X-Content-Type-Options": "nosniff"})
 
     @routes.post("/api/challenge")
-    async def relay_challenge(request: Request) -> Response:
-        body = await _body(request, MAX_CHALLENGE_BODY)
-        return await _relay(request, "/v1/challenges", key, body, "application/json")
-
-    @routes.post("/api/session")
-    async def relay_session(request: Request) -> Response:
-        body = await _body(request, MAX_CHALLENGE_BODY)
-        return await _relay(request, "/v1/sessions", key, body, "application/json")
-
-    @routes.post("/api/session/{session_id}/verify")
-    async def relay_session_verification(request: Request, session_id: str) -> Response:
-        body = await _body(request, settings.max_upload_bytes + MULTIPART_SLACK)
-        return await _relay(request, f"/v1/sessions/{quote(session_id, safe='')}/verifications", key, body,
-                            request.headers.get("content-type", ""))
+    async def demo_challenge(request: Request) -> Response:
+        guard = request.app.state.engine.guard
+        same_origin(request)
+        await guard.throttle(tenant)
+        body = await read_json(request, ChallengeRequest)
+        challenge = await guard.issue(tenant, body.mirrored, body.actions, body.schedule)
+        return JSONResponse(ChallengeResponse.of(challenge).model_dump())
 
     @routes.post("/api/verify")
-    async def relay_verification(request: Request) -> Response:
-        body = await _body(request, settings.max_upload_bytes + MULTIPART_SLACK)
-        return await _relay(request, "/v1/verifications", key, body, request.headers.get("content-type", ""))
+    async def demo_verify(request: Request) -> Response:
+        engine = request.app.state.engine
+        same_origin(request)
+        await engine.guard.throttle(tenant)
+        return _shown(await engine.judge(VERIFY, tenant, request))
+
+    @routes.post("/api/session")
+    async def demo_session(request: Request) -> Response:
+        engine = request.app.state.engine
+        same_origin(request)
+        await engine.guard.throttle(tenant)
+        body = await read_json(request, SessionRequest)
+        created = await engine.sessions.create(tenant, body.mirrored, body.actions, body.schedule)
+        return JSONResponse(SessionResponse.of(*created).model_dump())
+
+    @routes.post("/api/session/{session_id}/verify")
+    async def demo_session_verify(request: Request, session_id: str) -> Response:
+        engine = request.app.state.engine
+        same_origin(request)
+        await engine.guard.throttle(tenant)
+        return _shown(await engine.judge(SESSION_VERIFY, tenant, request, session_id=session_id))
 
     return routes
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused past `limit` bytes without reading further."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise problem("upload_too_large", f"the request is over {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise problem("upload_too_large", f"the request is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _shown(answer: JSONResponse) -> JSONResponse:
+    """What the page is told of a verdict: the decision, its reasons and the request id."""
+    shown = {key: value for key, value in json.loads(answer.body).items() if key in SHOWN}
+    return JSONResponse(shown, headers={"x-portrait-outcome": shown["decision"]})
 
 
-async def _relay(request: Request, path: str, key: str, body: bytes, content_type: str) -> Response:
-    transport = httpx.ASGITransport(app=request.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://portrait.internal") as client:
-        answer = await client.post(path, content=body, headers={
-            "authorization": f"Bearer {key}", "content-type": content_type or "application/octet-stream"})
-    headers = {name: answer.headers[name] for name in _RELAYED_HEADERS if name in answer.headers}
-    return Response(answer.content, status_code=answer.status_code, headers=headers)
+def same_origin(request: Request) -> None:
+    """Refuse a call that a page of another origin made the browser send."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        allowed = site == "same-origin"
+    else:
+        origin = request.headers.get("origin")
+        allowed = origin is not None and urlsplit(origin).netloc == request.headers.get("host")
+    if not allowed:
+        raise problem("cross_site_request", "the demo's calls are taken from the demo page only")

@@ -4,20 +4,24 @@ Routes hand the engine an `Operation` (which parts it reads, which pipeline work
 the tenant and the request; the engine does the rest in one order:
 
 1. headers: content type and declared size, before anything is read (415, 413);
-2. admission: the tenant's in-flight cap (429), then the service's places (503), before the
-   body is read, so a flood costs no memory;
-3. the body, its fields and the challenge's signature, tenant and expiry (4xx);
-4. the claim: the challenge's nonce is spent atomically in the nonce store (409 on replay),
+2. an upload place: the tenant's in-flight cap (429), then the service's upload places (503),
+   so the bodies in memory are bounded;
+3. the body, under a deadline and a minimum rate (408), its fields and the challenge's
+   signature, tenant and expiry (4xx);
+4. a worker or waiting place (503), only now that the body is in: a slow upload holds none;
+5. the claim: the challenge's nonce is spent atomically in the nonce store (409 on replay),
    or, for a live session's verification, the session streamed here is taken (409 when it
    was already judged);
-5. the work: a fair turn at a worker thread, which decodes, hashes and runs the pipeline;
-6. the answer with its signed receipt.
+6. the work: a fair turn at a worker thread, which decodes, hashes and runs the pipeline;
+7. the answer with its signed receipt.
 
 A request refused after the claim but before it is judged (overload in the batcher, the
 deadline, the client gone, the backend down) gives its claim back, so the customer retries
-with the same token (a session, likewise, may be asked again). Its admission and tenant
-places are held until its worker is done,
-not until its client leaves.
+with the same token (a session, likewise, may be asked again), but only once its work has
+stopped: the decoders and the batcher check the request's deadline and cancellation between
+packets and model calls, and the refusal waits for the worker, so a token never carries
+abandoned work. Its worker and tenant places are held until its worker is done, not until
+its client leaves.
 
 Security (`Guard`) and inference (`Inference`) are separate objects; the engine joins them.
 """
@@ -29,6 +33,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -37,13 +42,14 @@ from starlette.responses import JSONResponse
 
 from portrait.backends.base import BackendError
 from portrait.batching import Cancelled, DeadlineExceeded, QueueFull
-from portrait.backends import InferenceBackend
+from portrait.backends import InferenceBackend, model_runtimes
 from portrait.media import MediaError
 from portrait.modelrepo.repository import served_models
 from portrait.pipeline import Pipeline, Timings
 from portrait.security.tokens import Challenge
 from portrait.service.guard import Guard
 from portrait.service.inference import Inference
+from portrait.service.intake import Pace, receive_body
 from portrait.service.logs import request_id
 from portrait.service.metrics import Metrics
 from portrait.service.problems import Problem, problem
@@ -68,18 +74,30 @@ class Parts:
 
 
 class Run:
-    """What an operation's work sees on its worker thread: decoders and the pipeline."""
+    """What an operation's work sees on its worker thread: decoders and the pipeline, and the
+    request's deadline and cancellation, which stop a decode between packets."""
 
-    def __init__(self, engine: Engine, pipeline: Pipeline, timings: Timings) -> None:
+    def __init__(self, engine: Engine, pipeline: Pipeline, timings: Timings, deadline: float,
+                 cancelled: threading.Event) -> None:
         self._engine, self.pipeline, self.timings = engine, pipeline, timings
+        self._deadline, self._cancelled = deadline, cancelled
+
+    def checkpoint(self) -> None:
+        """Raise if the work must stop: the client left, or the deadline passed."""
+        if self._cancelled.is_set():
+            raise Cancelled("decode")
+        if time.monotonic() > self._deadline:
+            raise DeadlineExceeded("decode")
 
     def image(self, data: bytes) -> Any:
         settings = self._engine.settings
+        self.checkpoint()  # an image decode is bounded (media/jpeg.py) and runs whole
         return self._decode("image", lambda: self._engine.inference.decode.image(data, max_pixels=settings.max_image_pixels))
 
     def video(self, data: bytes) -> Any:
         settings = self._engine.settings
-        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits))
+        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits,
+                                                                                  self.checkpoint))
 
     def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
         with self.timings.stage("decode"):
@@ -114,17 +132,26 @@ class Operation:
 
 
 class Ticket:
-    """A request's admission place and tenant place, released once."""
+    """A request's places, each released once: its tenant's for its whole life, an upload
+    place while its body arrives, then a worker or waiting place."""
 
     def __init__(self, engine: Engine, tenant: str) -> None:
         self.engine, self.tenant = engine, tenant
-        self.handed_to_worker = False
+        self.uploading = self.admitted = self.handed_to_worker = False
         self._released = False
+
+    def body_received(self) -> None:
+        if self.uploading:
+            self.uploading = False
+            self.engine.uploading -= 1
+            self.engine.metrics.uploads.set(self.engine.uploading)
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.engine.admitted -= 1
+            self.body_received()
+            if self.admitted:
+                self.engine.admitted -= 1
             self.engine.guard.in_flight.release(self.tenant)
 
 
@@ -133,22 +160,32 @@ class Engine:
         self.settings = settings
         self.metrics = Metrics()
         self.guard = Guard(settings)
-        self.sessions = Sessions(settings, self.guard.secret, self.metrics)
+        self.sessions = Sessions(settings, self.guard, self.metrics)
         self.inference = Inference(settings, self.metrics, backend)
         self.models = served_models(settings.model_repository)
+        runtimes = model_runtimes(self.inference.inner)
+        log.info("model runtimes", extra={"backend": settings.backend, "runtimes": runtimes})
         for model in self.models:
-            self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"]})
+            self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"],
+                                                            "runtime": runtimes.get(model["name"], "-")})
+        self.pace = Pace(settings.upload_timeout_s, settings.upload_min_bytes_per_s)
         self.draining = False
-        self.admitted = 0  # requests holding a place (waiting or running); touched only on the event loop
+        # Requests holding an upload place, and a worker or waiting place; touched only on the event loop.
+        self.uploading = self.admitted = 0
 
     async def judge(self, op: Operation, tenant: str, request: Request, session_id: str | None = None) -> JSONResponse:
+        if op.challenge:
+            self.guard.one_shot(tenant)
         limit = self.settings.max_upload_bytes
         check_headers(request, limit)
         ticket = self._admit(tenant)
         live = None
         try:
-            parts = op.parts(await read_multipart(request, limit))
+            upload = await read_multipart(request, limit, receive_body(request.receive, self.pace))
+            ticket.body_received()
+            parts = op.parts(upload)
             challenge = self.guard.challenge(parts.token, tenant) if op.challenge else None
+            self._admit_to_work(ticket)
             if challenge is not None:
                 await self.guard.claim(challenge)
             if op.session:
@@ -175,13 +212,24 @@ class Engine:
         return self._respond(op.endpoint, tenant, answer, inputs)
 
     def _admit(self, tenant: str) -> Ticket:
+        """The tenant's place and an upload place, before the body is read."""
         if not self.guard.in_flight.acquire(tenant):
             raise problem("too_many_in_flight", "this tenant has too many requests in progress", retry_after_s=1)
-        if self.admitted >= self.settings.workers + self.settings.max_waiting:
+        if self.uploading >= self.settings.max_uploads:
             self.guard.in_flight.release(tenant)
+            raise problem("overloaded", "every upload place is taken; try again shortly", retry_after_s=2)
+        ticket = Ticket(self, tenant)
+        ticket.uploading = True
+        self.uploading += 1
+        self.metrics.uploads.set(self.uploading)
+        return ticket
+
+    def _admit_to_work(self, ticket: Ticket) -> None:
+        """A worker or waiting place, once the body is in."""
+        if self.admitted >= self.settings.workers + self.settings.max_waiting:
             raise problem("overloaded", "the service is at capacity; try again shortly", retry_after_s=2)
         self.admitted += 1
-        return Ticket(self, tenant)
+        ticket.admitted = True
 
     async def _execute(self, op: Operation, ticket: Ticket, request: Request, parts: Parts,
                        challenge: Challenge | None) -> tuple[dict, dict]:
@@ -192,7 +240,8 @@ class Engine:
         started = []
 
         def work() -> tuple[dict, dict]:
-            answer = op.work(Run(self, self.inference.pipeline(deadline, cancelled), timings), parts, challenge)
+            run = Run(self, self.inference.pipeline(deadline, cancelled), timings, deadline, cancelled)
+            answer = op.work(run, parts, challenge)
             digests = {f"{name}_sha256": hashlib.sha256(data).hexdigest() for name, data in parts.files.items()}
             return answer, digests
 
@@ -200,10 +249,12 @@ class Engine:
         ticket.handed_to_worker = True
         task.add_done_callback(lambda done: _finished(ticket, done))
 
-        def stop() -> None:
+        async def stop() -> None:
+            """Stop the work and wait until it has: the claim is given back only then."""
             cancelled.set()
             if not started:
                 task.cancel()  # still waiting for a worker: leave the line
+            await asyncio.wait({task})
 
         try:
             while True:
@@ -211,10 +262,10 @@ class Engine:
                 if done:
                     break
                 if time.monotonic() > deadline:
-                    stop()
+                    await stop()
                     raise problem("deadline_exceeded", "the verification took too long; try again")
                 if await request.is_disconnected():
-                    stop()
+                    await stop()
                     raise problem("client_closed_request", "the client went away")
             result = task.result()
         except MediaError as error:
@@ -235,11 +286,14 @@ class Engine:
         return result
 
     def _respond(self, endpoint: str, tenant: str, answer: dict, inputs: dict) -> JSONResponse:
+        """The answer, in full or as the decision and reasons (the tenant's setting), and the
+        receipt, which carries what an audit needs either way."""
         rid = request_id.get()
         for reason in answer["reasons"] or ["none"]:
             self.metrics.decisions.labels(endpoint, answer["decision"], reason).inc()
+        receipt_id = uuid.uuid4().hex  # unique per receipt, whatever request id the client chose
         claims = {
-            "rid": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
+            "rid": receipt_id, "request_id": rid, "tenant": tenant, "endpoint": endpoint, "iat": int(time.time()),
             "inputs": inputs, "decision": answer["decision"], "reasons": answer["reasons"],
             "scores": _scores(answer), "models": self.models, "thresholds": answer["thresholds"],
         }
@@ -252,8 +306,11 @@ class Engine:
                 self._observe_light(answer["liveness"]["light"])
         if "session" in answer:  # what the live session revealed when, and how its media arrived
             claims["session"] = answer["session"]
-        body = {**answer, "models": self.models, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
-        log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"]})
+        shown = {**answer, "models": self.models} if self.settings.full_answer_for(tenant) else {
+            "decision": answer["decision"], "reasons": answer["reasons"]}
+        body = {**shown, "request_id": rid, "receipt": self.guard.receipts.sign(claims)}
+        log.info("decision", extra={"endpoint": endpoint, "decision": answer["decision"], "reasons": answer["reasons"],
+                                    "receipt_id": receipt_id})
         return JSONResponse(body, headers={"x-portrait-outcome": answer["decision"]})
 
     def _observe_light(self, reading: dict) -> None:
@@ -301,4 +358,5 @@ def _scores(answer: dict) -> dict:
     if "liveness" in answer:
         scores["passive"] = answer["liveness"]["passive"]["score"]
         scores["continuity"] = answer["liveness"]["continuity"]["score"]
+        scores["synthetic"] = answer["liveness"]["synthetic"]["score"]
     return scores

@@ -5,7 +5,8 @@ Pipeline work is CPU-bound and synchronous, so it runs on a fixed pool of `worke
 threads; the event loop only waits. Requests waiting for a thread queue per tenant and are
 served round-robin, so a tenant that floods the service waits behind itself, not in front
 of the others. Each request gets a view of the shared batcher that carries its deadline and
-cancellation, so abandoned work is dropped.
+cancellation, so abandoned work is dropped. Once no request has run for
+`MEMORY_RELEASE_IDLE_S`, memory is handed back (`service/idle.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from portrait.batching import BatchingBackend, BatchPolicy
 from portrait.frames import frame_ops
 from portrait.media import decoder
 from portrait.modelrepo.specs import BY_NAME
-from portrait.pipeline import Pipeline, PipelineConfig
+from portrait.pipeline import CALIBRATION, Pipeline, config_from_record
+from portrait.service.idle import release_memory
 from portrait.service.metrics import Metrics
 from portrait.settings import Settings
 
@@ -35,7 +37,7 @@ class FairWorkers:
     """`size` places shared round-robin by tenant; lives on the event loop."""
 
     def __init__(self, size: int) -> None:
-        self.free = size
+        self.size = self.free = size
         self._waiting: dict[str, deque[asyncio.Future]] = {}  # insertion order is the turn order
 
     async def acquire(self, tenant: str) -> None:
@@ -71,6 +73,9 @@ class FairWorkers:
 
     def waiting(self) -> int:
         return sum(len(queue) for queue in self._waiting.values())
+
+    def idle(self) -> bool:
+        return self.free == self.size and not self._waiting
 
 
 class BatcherObserver:
@@ -119,11 +124,13 @@ class Inference:
         self.decode = decoder(settings.decoder)
         self.inner = backend or backend_from_settings(settings)
         self.batcher = BatchingBackend(self.inner, batch_policies(settings), observer=BatcherObserver(metrics))
-        self.config = PipelineConfig(detect_every=settings.video_detect_every)
+        self.config = config_from_record(settings.calibration or CALIBRATION, detect_every=settings.video_detect_every)
         # With the GPU frame path and Triton, model inputs stay on the device (CUDA shared memory).
         self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")
         self.workers = FairWorkers(settings.workers)
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def pipeline(self, deadline: float, cancelled: threading.Event) -> Pipeline:
         return Pipeline(RequestBackend(self.batcher, deadline, cancelled), self.config, self.frames)
@@ -138,12 +145,31 @@ class Inference:
             return await asyncio.get_running_loop().run_in_executor(self.executor, work)
         finally:
             self.workers.release()
+            if self.workers.idle():
+                self._release_memory_when_idle()
+
+    def _release_memory_when_idle(self) -> None:
+        """In MEMORY_RELEASE_IDLE_S, if no request has run since, release memory (off the loop)."""
+        delay = self.settings.memory_release_idle_s
+        if not delay:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+
+        def still_idle() -> None:
+            self._idle_timer = None
+            if self.workers.idle() and not self._closed:
+                loop.run_in_executor(None, release_memory, self.inner)
+
+        self._idle_timer = loop.call_later(delay, still_idle)
 
     def ready(self) -> tuple[bool, str | None]:
         up = self.inner.ready()
         return (True, None) if up else (False, f"{self.inner.name} backend not ready")
 
     def close(self) -> None:
+        self._closed = True
         self.batcher.drain(timeout_s=self.settings.request_timeout_s)
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.batcher.close()

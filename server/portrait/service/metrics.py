@@ -37,6 +37,8 @@ class Metrics:
         self.rejected = Counter("portrait_rejected_requests_total", "Requests refused before work",
                                 ["reason"], registry=r)
         self.in_flight = Gauge("portrait_in_flight_requests", "Requests being processed", registry=r)
+        self.uploads = Gauge("portrait_uploads_in_progress", "Admitted requests whose body is still arriving",
+                             registry=r)
         self.backend_up = Gauge("portrait_backend_up", "1 when the inference backend is ready", registry=r)
         self.models = Info("portrait_model", "Model versions served", ["name"], registry=r)
         self.sessions = Counter("portrait_sessions_total", "Live sessions by outcome: created, streamed, judged, "

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from portrait.challenge import ACTIONS, MAX_ACTIONS, MAX_RECORD_S
+from portrait.service.sessions import CHUNK_MS
+
+if TYPE_CHECKING:
+    from portrait.security.tokens import Challenge
+    from portrait.service.sessions import Plan
 
 Action = Literal[ACTIONS]  # type: ignore[valid-type]
 
@@ -20,8 +26,8 @@ class ChallengeRequest(BaseModel):
         "Signed into the challenge; the default is the tenant's setting (else false).")
     actions: list[Action] | None = Field(
         default=None, min_length=1, max_length=MAX_ACTIONS,
-        description=f"1-{MAX_ACTIONS} actions, none twice in a row; only when the server allows client-named "
-        "challenges (kiosks, tests).")
+        description=f"1-{MAX_ACTIONS} actions, none twice in a row; only for a tenant allowed client-named "
+        "challenges (kiosks, tests; `PORTRAIT_CLIENT_ACTIONS_TENANTS`), and marked so in the token and receipt.")
     schedule: list[Annotated[float, Field(ge=0)]] | None = Field(
         default=None, min_length=1, max_length=MAX_ACTIONS,
         description="With `actions`, when client-named challenges are allowed: seconds after the start of "
@@ -36,7 +42,14 @@ class ChallengeResponse(BaseModel):
     window_s: list[float] = Field(description="[min, max]: each action must begin this long after its prompt.")
     record_s: float = Field(description="When the client stops recording (seconds after it started).")
     mirrored: bool
+    client_named: bool = Field(description="The caller named the actions (kiosks, tests): the receipt says so.")
     expires_at: str
+
+    @classmethod
+    def of(cls, challenge: Challenge) -> ChallengeResponse:
+        """What the caller (the carrier's back end, or the demo page) is told of a challenge."""
+        expires = datetime.fromtimestamp(challenge.expires_at, timezone.utc).isoformat(timespec="seconds")
+        return cls(**challenge.spec.claims(), token=challenge.token, expires_at=expires)
 
 
 class Score(BaseModel):
@@ -64,6 +77,7 @@ class AskedChallenge(BaseModel):
     window_s: list[float]
     record_s: float | None
     mirrored: bool
+    client_named: bool
 
 
 class ActiveLiveness(BaseModel):
@@ -72,7 +86,8 @@ class ActiveLiveness(BaseModel):
     missing: list[Action] = Field(description="Asked for and never seen.")
     unrequested: list[ObservedAction] = Field(description="Head moves and mouth openings not asked for.")
     reason: str | None = Field(description="Why the challenge was not answered: unrequested_action, "
-                               "challenge_incomplete, action_out_of_window or recording_too_long.")
+                               "challenge_incomplete, action_out_of_window, recording_too_long or "
+                               "recording_too_short.")
 
 
 class LightReading(BaseModel):
@@ -108,19 +123,29 @@ class VideoSummary(BaseModel):
 
 
 Thresholds = dict[str, Any]
+FULL = "Only for tenants with full answers (`PORTRAIT_FULL_ANSWER_TENANTS`); the receipt carries it for all."
 
 
-class VerificationResponse(BaseModel):
-    decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
+class Answer(BaseModel):
+    """What every tenant gets: the decision, its reasons, the request id and the receipt. The
+    scores and thresholds are a tuning oracle for anyone testing a fake: a tenant gets them
+    only when it is configured for full answers, and should keep them in its back end."""
+
     reasons: list[str]
-    match: MatchScore
-    liveness: Liveness
-    video: VideoSummary
-    thresholds: Thresholds
-    models: list[ModelVersion]
-    timings_ms: dict[str, float]
     request_id: str
-    receipt: str = Field(description="Ed25519-signed token (JWS compact form) of the inputs' digests and the answer.")
+    receipt: str = Field(description="Ed25519-signed token (JWS compact form) of the inputs' digests, the "
+                         "decision, scores and thresholds, the challenge and the events seen; the audit record. "
+                         "Its payload is readable: keep it in the back end too.")
+    thresholds: Thresholds | None = Field(default=None, description=FULL)
+    models: list[ModelVersion] | None = Field(default=None, description=FULL)
+    timings_ms: dict[str, float] | None = Field(default=None, description=FULL)
+
+
+class VerificationResponse(Answer):
+    decision: Literal["accept", "reject_mismatch", "reject_spoof", "retry"]
+    match: MatchScore | None = Field(default=None, description=FULL)
+    liveness: Liveness | None = Field(default=None, description=FULL)
+    video: VideoSummary | None = Field(default=None, description=FULL)
 
 
 class SessionRequest(BaseModel):
@@ -130,10 +155,12 @@ class SessionRequest(BaseModel):
                                   "the default is the tenant's setting (else false). The capture module does not.")
     actions: list[Action] | None = Field(
         default=None, min_length=1, max_length=MAX_ACTIONS,
-        description="Only when the server allows client-named challenges (kiosks, tests); the colours are always drawn.")
+        description=f"1-{MAX_ACTIONS} actions, none twice in a row; only for a tenant allowed client-named "
+        "challenges (`PORTRAIT_CLIENT_ACTIONS_TENANTS`), and marked so in the receipt; the colours are always drawn.")
     schedule: list[Annotated[float, Field(ge=0)]] | None = Field(
         default=None, min_length=1, max_length=MAX_ACTIONS, description="With `actions`, where allowed: the second "
-        "of media at which each prompt is revealed.")
+        f"of media at which each prompt is revealed, one per action, increasing, the recording ending by {MAX_RECORD_S} "
+        "s; drawn by the server when absent.")
 
 
 class SessionResponse(BaseModel):
@@ -143,6 +170,14 @@ class SessionResponse(BaseModel):
     chunk_ms: int = Field(description="The MediaRecorder slice the app should record in.")
     mirrored: bool
     expires_at: str = Field(description="The stream must start before this.")
+
+    @classmethod
+    def of(cls, session_id: str, client_token: str, plan: Plan) -> SessionResponse:
+        """What the carrier's back end (or the demo page) is told of a new session: how to
+        stream it, nothing of what it will reveal."""
+        expires = datetime.fromtimestamp(plan.expires_at, timezone.utc).isoformat(timespec="seconds")
+        return cls(session_id=session_id, client_token=client_token, stream_path=f"/v1/sessions/{session_id}/stream",
+                   chunk_ms=CHUNK_MS, mirrored=plan.challenge.mirrored, expires_at=expires)
 
 
 class SessionReveal(BaseModel):
@@ -159,36 +194,30 @@ class SessionRecord(BaseModel):
     stop_media_s: float | None
     media_s: float | None
     bytes: int
-    client_named_actions: bool
     pace: dict[str, float]
     video_sha256: str = Field(description="SHA-256 of the recording as the session received it.")
 
 
 class SessionVerificationResponse(VerificationResponse):
-    session: SessionRecord
+    session: SessionRecord | None = Field(default=None, description=FULL)
 
 
-class LivenessResponse(BaseModel):
+class LivenessResponse(Answer):
     decision: Literal["accept", "reject_spoof", "retry"]
-    reasons: list[str]
-    liveness: Liveness
-    video: VideoSummary
-    thresholds: Thresholds
-    models: list[ModelVersion]
-    timings_ms: dict[str, float]
-    request_id: str
-    receipt: str
+    liveness: Liveness | None = Field(default=None, description=FULL)
+    video: VideoSummary | None = Field(default=None, description=FULL)
 
 
-class CompareResponse(BaseModel):
+class CompareResponse(Answer):
     decision: Literal["match", "no_match", "retry"]
-    reasons: list[str]
-    match: MatchScore
-    thresholds: Thresholds
-    models: list[ModelVersion]
-    timings_ms: dict[str, float]
-    request_id: str
-    receipt: str
+    match: MatchScore | None = Field(default=None, description=FULL)
+
+
+class ReceiptKey(BaseModel):
+    kid: str = Field(description="The key id every receipt's header names.")
+    alg: Literal["EdDSA"]
+    pem: str = Field(description="The Ed25519 public key, PEM (SubjectPublicKeyInfo).")
+    jwk: dict[str, str] = Field(description="The same key as a JWK (RFC 8037).")
 
 
 class Health(BaseModel):

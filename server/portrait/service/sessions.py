@@ -4,12 +4,15 @@
 actions and prompt times (`portrait.challenge`) and a screen-colour sequence
 (`stages.light`). Nothing of it is disclosed: the session id *is* the plan, sealed with
 AES-GCM under a key derived from `CHALLENGE_SECRET`, so any replica can open it and none
-keeps state before the stream starts. The answer carries a short-lived client token (an HMAC
-of the id), which the customer's app presents on the stream.
+keeps state before the stream starts. The challenge is drawn as a one-shot challenge is
+(`Guard.draw`: the server's draw, or client-named where the tenant may, marked so), and the
+plan carries the nonce store's epoch, as a token does. The answer carries a short-lived client
+token (an HMAC of the id), which the customer's app presents on the stream.
 
 The app streams the camera over a WebSocket (`/v1/sessions/{id}/stream`: MediaRecorder's WebM
 chunks of a fraction of a second). The replica that takes the stream claims the session's
-nonce in the nonce store (one stream per session, across replicas), keeps the media in
+nonce in the nonce store under the plan's epoch (one stream per session, across replicas, and
+none for a session created before the store lost its data), keeps the media in
 memory, reads the media time of each chunk (`media.webm.MediaClock`) and reveals each prompt
 and each screen colour when that time reaches its due second, recording the media time and
 the wall time of every reveal. The media must arrive at the pace they were recorded: a
@@ -17,8 +20,9 @@ stream that runs ahead of real time (a file pushed), falls behind it, stalls or 
 refused with its own code. When the last window has closed it says stop.
 
 `POST /v1/sessions/{id}/verifications` (back end, ID photo) then judges the recording on the
-engine's one path, against the prompt times as revealed, with the light check, and signs a
-receipt of what was revealed when. Media live in this process's memory only, bounded per
+engine's one path (an upload place while the ID photo arrives, a worker place once it is in),
+against the prompt times as revealed, with the light check and the generated-face check
+against the ID photo, and signs a receipt of what was revealed when. Media live in this process's memory only, bounded per
 session and in total (a stream reserves `SESSION_MAX_BYTES` of `SESSIONS_MAX_BYTES` when it
 starts), and are dropped when judged or expired. Several replicas route a session's stream
 and verification to one replica (sticky by session id: deploy/README.md).
@@ -40,11 +44,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from portrait.challenge import ChallengeSpec, random_challenge, random_schedule
+from portrait.challenge import ChallengeSpec
 from portrait.media.errors import MediaError
 from portrait.media.webm import MediaClock
 from portrait.security._b64 import b64d, b64e
-from portrait.security.nonces import NonceStoreError
+from portrait.service.guard import Guard
 from portrait.service.metrics import Metrics
 from portrait.service.problems import Problem, problem
 from portrait.settings import Settings
@@ -52,7 +56,7 @@ from portrait.stages import light
 
 log = logging.getLogger("portrait.sessions")
 
-VERSION = 1
+VERSION = 2  # 2: the nonce store's epoch
 CHUNK_MS = 250  # the MediaRecorder slice the capture module asks for
 # Pace: media time against the wall time since the first chunk arrived.
 AHEAD_S = 1.0  # more media than real time allows (a slice, the encoder's first burst, jitter): pushed, not recorded
@@ -68,17 +72,18 @@ class Plan:
     """What a session will reveal, sealed into its id."""
 
     tenant: str
-    challenge: ChallengeSpec
+    challenge: ChallengeSpec  # client_named when the caller chose the actions
     light: light.Sequence
     nonce: str
+    epoch: str  # the nonce store's, when the session was created
     expires_at: float
-    client_named: bool
 
     def claims(self) -> dict:
         return {"tenant": self.tenant, "actions": list(self.challenge.actions),
                 "schedule": list(self.challenge.schedule), "mirrored": self.challenge.mirrored,
-                "colours": list(self.light.colours), "due_s": list(self.light.due_s), "nonce": self.nonce,
-                "exp": self.expires_at, "client_named": self.client_named, "v": VERSION}
+                "client_named": self.challenge.client_named, "colours": list(self.light.colours),
+                "due_s": list(self.light.due_s), "nonce": self.nonce, "epoch": self.epoch, "exp": self.expires_at,
+                "v": VERSION}
 
 
 class Sealer:
@@ -102,9 +107,11 @@ class Sealer:
             claims = json.loads(self._aead.decrypt(raw[:12], raw[12:], b"portrait-session"))
         except (ValueError, InvalidTag):
             raise problem("session_not_found") from None
-        spec = ChallengeSpec.timed(claims["actions"], claims["schedule"], claims["mirrored"])
+        if not isinstance(claims, dict) or claims.get("v") != VERSION:  # sealed by an older release
+            raise problem("session_not_found")
+        spec = ChallengeSpec.timed(claims["actions"], claims["schedule"], claims["mirrored"], claims["client_named"])
         sequence = light.Sequence(tuple(claims["colours"]), tuple(claims["due_s"]))
-        return Plan(claims["tenant"], spec, sequence, claims["nonce"], float(claims["exp"]), claims["client_named"])
+        return Plan(claims["tenant"], spec, sequence, claims["nonce"], claims["epoch"], float(claims["exp"]))
 
     def client_token(self, session_id: str) -> str:
         return b64e(hmac.new(self._token_key, session_id.encode(), hashlib.sha256).digest())
@@ -157,8 +164,8 @@ class Live:
 
     def challenge(self) -> ChallengeSpec:
         """The challenge as the customer met it: each prompt at the second it was revealed."""
-        return ChallengeSpec.timed(self.plan.challenge.actions, [r.media_s for r in self.prompts],
-                                   self.plan.challenge.mirrored)
+        asked = self.plan.challenge
+        return ChallengeSpec.timed(asked.actions, [r.media_s for r in self.prompts], asked.mirrored, asked.client_named)
 
     def shown(self) -> light.Shown:
         """The colours revealed: media seconds and palette indices."""
@@ -172,7 +179,7 @@ class Live:
         return {"id_sha256": hashlib.sha256(self.session_id.encode()).hexdigest(),
                 "reveals": [r.claims() for r in self.reveals], "stop_media_s": self.stop_s,
                 "media_s": None if self.clock.media_s is None else round(self.clock.media_s, 3),
-                "bytes": self.size, "client_named_actions": self.plan.client_named,
+                "bytes": self.size,
                 "pace": {"most_ahead_s": round(self.most_ahead_s, 3), "most_behind_s": round(self.most_behind_s, 3),
                          "largest_gap_s": round(self.largest_gap_s, 3), "ahead_limit_s": AHEAD_S,
                          "behind_limit_s": BEHIND_S, "stall_limit_s": STALL_S}}
@@ -181,33 +188,29 @@ class Live:
 class Sessions:
     """Session plans (sealed, stateless) and the streams this replica holds (in memory)."""
 
-    def __init__(self, settings: Settings, secret: bytes, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, guard: Guard, metrics: Metrics) -> None:
         self.settings = settings
-        self.sealer = Sealer(secret)
+        self.guard = guard
+        self.sealer = Sealer(guard.secret)
         self.metrics = metrics
         self.live: dict[str, Live] = {}
         self.reserved = 0  # bytes reserved by the streams held (SESSION_MAX_BYTES each)
 
     # ---- creation (any replica) -----------------------------------------------------------
-    def create(self, tenant: str, mirrored: bool, actions: list[str] | None = None,
-               schedule: list[float] | None = None) -> tuple[str, str, float]:
-        """A new session: (id, client token, expiry). Actions and schedule are the server's
-        draw unless named (kiosks and tests, where allowed)."""
-        if actions is None:
-            spec = random_challenge(mirrored)
-        elif schedule is None:
-            spec = random_schedule(actions, mirrored)
-        else:
-            spec = ChallengeSpec.timed(actions, schedule, mirrored)
+    async def create(self, tenant: str, mirrored: bool | None, actions: list[str] | None = None,
+                     schedule: list[float] | None = None) -> tuple[str, str, Plan]:
+        """A new session: (id, client token, plan). Actions and schedule are the server's
+        draw unless named (kiosks and tests, where the tenant may); the colours always are."""
+        spec, epoch = await self.guard.draw(tenant, mirrored, actions, schedule)
         rng = np.random.default_rng(secrets.randbits(128))
         plan = Plan(tenant, spec, light.random_sequence(float(spec.record_s) + light.DURATIONS_S[-1], rng),
-                    b64e(secrets.token_bytes(16)), time.time() + self.settings.session_ttl_s, actions is not None)
+                    b64e(secrets.token_bytes(16)), epoch, time.time() + self.settings.session_ttl_s)
         session_id = self.sealer.seal(plan)
         self.metrics.sessions.labels("created").inc()
-        return session_id, self.sealer.client_token(session_id), plan.expires_at
+        return session_id, self.sealer.client_token(session_id), plan
 
     # ---- the stream (the replica the session is routed to) ----------------------------------
-    async def stream(self, websocket: WebSocket, session_id: str, nonces) -> None:
+    async def stream(self, websocket: WebSocket, session_id: str) -> None:
         """Run one session's stream to its end; every refusal closes with its code."""
         await websocket.accept()
         live = None
@@ -218,7 +221,7 @@ class Sessions:
                 raise problem("invalid_client_token")
             if time.time() >= plan.expires_at:
                 raise problem("session_expired")
-            live = await self._start(session_id, plan, nonces)
+            live = await self._start(session_id, plan)
             await websocket.send_json({"type": "ready", "chunk_ms": CHUNK_MS})
             await self._receive(websocket, live)
             await websocket.send_json({"type": "complete", "media_s": round(live.clock.media_s or 0.0, 3)})
@@ -239,14 +242,11 @@ class Sessions:
             raise problem("session_already_streamed")
         return plan
 
-    async def _start(self, session_id: str, plan: Plan, nonces) -> Live:
+    async def _start(self, session_id: str, plan: Plan) -> Live:
         """Claim the session (one stream, across replicas) and reserve its memory."""
         if self.reserved + self.settings.session_max_bytes > self.settings.sessions_max_bytes:
             raise problem("sessions_full", retry_after_s=5)
-        try:
-            claimed = await nonces.claim(f"session:{plan.nonce}", plan.expires_at + self.settings.session_ttl_s)
-        except NonceStoreError:
-            raise problem("nonce_store_unavailable", retry_after_s=2) from None
+        claimed = await self.guard.claim_session(plan.nonce, plan.expires_at + self.settings.session_ttl_s, plan.epoch)
         if not claimed or session_id in self.live:
             raise problem("session_already_streamed")
         live = Live(session_id, plan, reserved=True)

@@ -1,15 +1,22 @@
-"""Multipart uploads parsed in memory under a size cap.
+"""Request bodies read in memory under a size cap: multipart uploads and small JSON bodies.
 
 Starlette spools file parts over 1 MB to a temporary file; biometric media must never
 touch the disk, so the body is read here, counting bytes as they arrive (a declared
 Content-Length is checked before reading, and not trusted after), and parsed into memory
 with python-multipart. A field sent twice is refused rather than one copy silently kept.
+A JSON body is read the same way, under its own small cap, only once the caller is known,
+and only as `application/json` (a form a web page could send is not read as JSON).
+The chunks come from the caller (`intake.receive_body`, which paces them).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -17,6 +24,9 @@ from portrait.service.problems import Problem, problem
 
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 8192  # text fields (the challenge token, flags)
+MAX_JSON_BYTES = 4096  # a challenge request is under 200 bytes
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -48,7 +58,7 @@ def check_headers(request: Request, max_bytes: int) -> None:
         raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
 
 
-async def read_multipart(request: Request, max_bytes: int) -> Upload:
+async def read_multipart(request: Request, max_bytes: int, chunks: AsyncIterator[bytes]) -> Upload:
     check_headers(request, max_bytes)
     _, options = parse_options_header(request.headers.get("content-type", ""))
     upload = Upload()
@@ -95,7 +105,7 @@ async def read_multipart(request: Request, max_bytes: int) -> Upload:
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             sizes["total"] += len(chunk)
             if sizes["total"] > max_bytes:
                 raise problem("upload_too_large", f"uploads are limited to {max_bytes} bytes")
@@ -106,3 +116,30 @@ async def read_multipart(request: Request, max_bytes: int) -> Upload:
     except Exception as error:  # python-multipart raises several error types for bad bodies
         raise problem("malformed_multipart", f"the multipart body could not be parsed: {error}") from None
     return upload
+
+
+async def read_json(request: Request, model: type[M], max_bytes: int = MAX_JSON_BYTES) -> M:
+    """The body as `model`: no body is the model's defaults; anything else must be
+    `application/json` within max_bytes (413 before it is read when declared larger)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise problem("upload_too_large", f"the JSON body is limited to {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise problem("upload_too_large", f"the JSON body is limited to {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        return model()
+    if parse_options_header(request.headers.get("content-type", ""))[0] != b"application/json":
+        raise problem("unsupported_content_type", "send the body as application/json")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise problem("malformed_body", "the body is not JSON") from None
+        where = ".".join(map(str, first.get("loc", ()))) or "body"
+        raise problem("invalid_request", f"{where}: {first['msg']}") from None

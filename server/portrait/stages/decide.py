@@ -20,6 +20,8 @@ class Evidence:
     passive_threshold: float
     continuity: float | None
     continuity_threshold: float
+    synthetic_score: float | None  # how closely the selfie reproduces the ID photo (stages/synthetic.py)
+    synthetic_threshold: float
     challenge_problem: str | None  # why the challenge was not answered (liveness.REASONS)
     match_score: float | None
     match_threshold: float
@@ -39,6 +41,8 @@ def decide(e: Evidence) -> tuple[str, list[str]]:
         spoof.append("passive_spoof")
     if e.continuity is not None and e.continuity < e.continuity_threshold:
         spoof.append("identity_changed")
+    if e.synthetic_score is not None and e.synthetic_score >= e.synthetic_threshold:
+        spoof.append("synthetic_face")
     if spoof:
         return REJECT_SPOOF, spoof
     if e.challenge_problem or e.light_problem:
