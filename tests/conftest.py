@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -63,18 +62,11 @@ def face_images(testdata) -> list[np.ndarray]:
 
 
 def frame_id_record(folder: Path) -> Path:
-    """A copy of the shipped calibration record with the generated-face check's threshold
-    above any score (2; scores are correlations, at most 1), for tests whose ID photo must
-    be a frame of the selfie itself: the test data hold no second capture of the people in
-    the clips. The check rightly refuses such an ID photo (tests/test_synthetic.py); these
-    tests are about everything else."""
-    from portrait.pipeline import CALIBRATION
+    """The shipped calibration record with the generated-face check out of the way, for tests
+    whose ID photo must be a frame of the selfie itself (`portrait.bench.frame_id_record`)."""
+    from portrait.bench import frame_id_record as record
 
-    record = json.loads(CALIBRATION.read_text())
-    record["synthetic"]["derived_from_id"]["threshold"] = 2.0
-    path = folder / "calibration-frame-id.json"
-    path.write_text(json.dumps(record))
-    return path
+    return record(folder)
 
 
 def free_port() -> int:

@@ -43,7 +43,8 @@ def playwright():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, model_repository, testdata):
     running = start_service(tmp_path_factory.mktemp("demo"), model_repository, {
-        "PORTRAIT_DEMO": "1", "PORTRAIT_CLIENT_ACTIONS_TENANTS": "demo", "PORTRAIT_DEMO_RATE_LIMIT_BURST": "20"})
+        # carrier-a names the challenges of tests/test_browser_sessions.py's carrier sessions.
+        "PORTRAIT_DEMO": "1", "PORTRAIT_CLIENT_ACTIONS_TENANTS": "demo,carrier-a", "PORTRAIT_DEMO_RATE_LIMIT_BURST": "20"})
     yield running
     if running["process"].poll() is None:
         stop_service(running)

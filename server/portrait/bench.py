@@ -92,6 +92,21 @@ def default_testdata() -> Path:
     return Path(os.environ.get("PORTRAIT_TESTDATA", Path.cwd().parent / "shared" / "testdata"))
 
 
+def frame_id_record(folder: Path) -> Path:
+    """A copy of the shipped calibration record with the generated-face check's threshold
+    above any score (2; scores are correlations, at most 1), for runs whose ID photo must be
+    a frame of the selfie itself: the test data hold no second capture of the people in the
+    clips. The check rightly refuses such an ID photo (tests/test_synthetic.py); these runs
+    are about everything else."""
+    from portrait.pipeline import CALIBRATION
+
+    record = json.loads(CALIBRATION.read_text())
+    record["synthetic"]["derived_from_id"]["threshold"] = 2.0
+    path = folder / "calibration-frame-id.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
 def machine() -> dict:
     """What the figures were measured on."""
     model = platform.processor() or platform.machine()
