@@ -26,7 +26,7 @@ from portrait.service.sessions import Plan, Sealer
 from portrait.settings import Settings
 from portrait.challenge import ChallengeSpec
 from portrait.stages import light
-from test_service import KEY_A, KEY_B, start_service, stop_service
+from test_service import KEY_A, KEY_B, KEY_C, start_service, stop_service
 
 SESSION_MAX = 2 * 1024 * 1024
 SESSIONS_MAX = 4 * SESSION_MAX
@@ -163,7 +163,8 @@ def service(tmp_path_factory, model_repository, testdata):
     # refuses; the test data hold no second capture of that person.
     running = start_service(tmp_path_factory.mktemp("sessions"), model_repository, {
         "PORTRAIT_SESSION_MAX_BYTES": str(SESSION_MAX), "PORTRAIT_SESSIONS_MAX_BYTES": str(SESSIONS_MAX),
-        "PORTRAIT_SESSION_REQUIRED_TENANTS": "carrier-c"})
+        "PORTRAIT_SESSION_REQUIRED_TENANTS": "carrier-c", "PORTRAIT_CLIENT_ACTIONS_TENANTS": "carrier-a,carrier-c",
+        "PORTRAIT_DEMO": "1"})
     yield running
     if running["process"].poll() is None:
         stop_service(running)
@@ -291,9 +292,49 @@ def test_session_media_are_bounded_per_session_and_in_total(service):
 
 
 def test_a_session_required_tenant_cannot_use_the_one_shot_mode(service):
-    refused = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth("carrier-c-key-0123456789abcdef"))
+    refused = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth(KEY_C))
     assert refused.status_code == 403 and refused.json()["code"] == "session_required"
     assert httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth()).status_code == 200
+    files = {"id_image": ("i.jpg", b"x", "image/jpeg"), "video": ("v.webm", b"x", "video/webm")}
+    refused = httpx.post(f"{service['url']}/v1/verifications", files=files, data={"challenge": "x"}, headers=_auth(KEY_C))
+    assert refused.status_code == 403 and refused.json()["code"] == "session_required"
+
+
+def test_a_session_request_meets_the_front_doors_rules(service):
+    url = f"{service['url']}/v1/sessions"
+    json_body = {"content-type": "application/json"}
+    assert httpx.post(url, content=b"{}", headers=json_body).json()["code"] == "invalid_api_key"
+    wrong_type = httpx.post(url, content=b"{}", headers={**_auth(), "content-type": "text/plain"})
+    assert wrong_type.status_code == 415 and wrong_type.json()["code"] == "unsupported_content_type"
+    too_large = httpx.post(url, content=b" " * 5000, headers={**_auth(), **json_body})
+    assert too_large.status_code == 413 and too_large.json()["code"] == "upload_too_large"
+    # Client-named actions are per tenant (carrier-b may not), and marked so.
+    named = httpx.post(url, json={"actions": ["blink"]}, headers=_auth(KEY_B))
+    assert named.status_code == 403 and named.json()["code"] == "client_actions_disabled"
+    invalid = httpx.post(url, json={"actions": ["blink", "blink"]}, headers=_auth())
+    assert invalid.status_code == 422 and invalid.json()["code"] == "invalid_actions"
+
+
+def test_a_tenant_without_full_answers_is_told_the_decision_and_the_receipt_keeps_the_rest(service):
+    session = _create(service, key=KEY_C)
+    assert streamer.stream(_ws(service, session), session["client_token"], _grey, (128, 96))["last"]["type"] == "complete"
+    answer = _verify(service, session, key=KEY_C).json()
+    assert set(answer) == {"decision", "reasons", "request_id", "receipt"} and answer["decision"] == "retry"
+    claims = verify_receipt(answer["receipt"], ReceiptSigner(service["key_file"].read_bytes()).public_key_pem())
+    assert claims["tenant"] == "carrier-c" and claims["session"]["reveals"] and claims["session"]["video_sha256"]
+
+
+def test_the_demo_runs_sessions_as_its_own_tenant_from_its_own_page_only(service):
+    demo = f"{service['url']}/demo/api/session"
+    refused = httpx.post(demo, json={})  # no Sec-Fetch-Site, no Origin: not the demo page
+    assert refused.status_code == 403 and refused.json()["code"] == "cross_site_request"
+    session = httpx.post(demo, json={}, headers={"sec-fetch-site": "same-origin"}).json()
+    assert set(session) == {"session_id", "client_token", "stream_path", "chunk_ms", "mirrored", "expires_at"}
+    # The session is the demo tenant's: no carrier can ask its verdict.
+    assert _verify(service, session).json()["code"] == "wrong_tenant"
+    verdict = httpx.post(f"{demo}/{session['session_id']}/verify", headers={"sec-fetch-site": "same-origin"},
+                         files={"id_image": ("id.jpg", _jpeg(np.full((64, 64, 3), 128, np.uint8)), "image/jpeg")})
+    assert verdict.status_code == 409 and verdict.json()["code"] == "session_not_streamed"
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +369,7 @@ def test_a_lit_session_is_accepted_and_its_receipt_says_what_was_revealed_when(s
     assert claims["light"]["score"] >= claims["light"]["threshold"]
     assert [r["value"] for r in claims["session"]["reveals"] if r["kind"] == "prompt"] == ["turn_right", "turn_left"]
     assert claims["challenge"]["schedule"] == [r["media_s"] for r in claims["session"]["reveals"] if r["kind"] == "prompt"]
+    assert claims["challenge"]["client_named"] is True  # the test named the actions
     assert _metric(service, "portrait_session_media_bytes") == 0  # judged: the media are gone
 
 
