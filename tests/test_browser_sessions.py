@@ -21,7 +21,6 @@ import time
 
 import cv2
 import httpx
-import numpy as np
 import pytest
 
 from portrait import forgery, reflection

@@ -22,9 +22,10 @@ refused with its own code. When the last window has closed it says stop.
 `POST /v1/sessions/{id}/verifications` (back end, ID photo) then judges the recording on the
 engine's one path (an upload place while the ID photo arrives, a worker place once it is in),
 against the prompt times as revealed, with the light check and the generated-face check
-against the ID photo, and signs a receipt of what was revealed when. Media live in this process's memory only, bounded per
-session and in total (a stream reserves `SESSION_MAX_BYTES` of `SESSIONS_MAX_BYTES` when it
-starts), and are dropped when judged or expired. Several replicas route a session's stream
+against the ID photo, and signs a receipt of what was revealed when. Media live in this
+process's memory only, bounded per session and in total (a stream reserves
+`SESSION_MAX_BYTES` of `SESSIONS_MAX_BYTES` when it starts), and are dropped when judged or
+expired. Several replicas route a session's stream
 and verification to one replica (sticky by session id: deploy/README.md).
 """
 
