@@ -47,7 +47,7 @@ class Metrics:
                                      "(streaming, or waiting for their verdict)", registry=r)
         self.session_bytes = Gauge("portrait_session_media_bytes", "Media bytes held by live sessions", registry=r)
         self.light_score = Histogram("portrait_light_score", "The light check's score per judged session",
-                                     buckets=(0.0, 0.2, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0), registry=r)
+                                     buckets=(0.0, 0.2, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0), registry=r)
         self.light_latency = Histogram("portrait_light_latency_seconds", "From a colour's reveal to its reflection "
                                        "on camera, per judged session", buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
                                        registry=r)
