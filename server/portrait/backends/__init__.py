@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from portrait.backends.base import BackendError, InferenceBackend
+from portrait.modelrepo import int8
 from portrait.modelrepo.specs import BY_NAME
 
 __all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend", "model_runtimes",
            "runtime_table"]
 
-RUNTIMES = ("onnxruntime", "openvino")
+log = logging.getLogger(__name__)
+
+# openvino_int8: OpenVINO on the model's int8 copy (`portrait.modelrepo.int8`).
+RUNTIMES = ("onnxruntime", "openvino", "openvino_int8")
 # The faster embedded runtime per model on fp32 files, batch 8, one thread, measured on an
 # AVX-512 x86 server by `benchmarks/bench_runtimes.py` (outputs equal within 2e-4): OpenVINO
 # ran FaceMesh, the iris model, both MiniFASNets and SFace 2.0-2.5x faster; YuNet was even.
@@ -24,15 +31,25 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def runtime_table(choice: str) -> dict[str, str]:
+@lru_cache(maxsize=1)
+def cpu_int8() -> str | None:
+    """This CPU's int8 dot product (a cpuinfo flag), read once."""
+    return int8.int8_dot_product()
+
+
+def runtime_table(choice: str, repository: Path | None = None) -> dict[str, str]:
     """`PORTRAIT_RUNTIME` -> the runtime of every model. `auto` is the measured table (every
-    model on ONNX Runtime where OpenVINO, a dependency, could not be installed); one runtime
-    name puts every model there; `auto,sface=onnxruntime` overrides single models."""
+    model on ONNX Runtime where OpenVINO, a dependency, could not be installed), with the
+    int8 copies `repository` holds where this CPU has an int8 dot product (VNNI, AMX); one
+    runtime name puts every model there; `auto,sface=onnxruntime` overrides single models."""
     first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
     if first == "auto":
         table = dict.fromkeys(BY_NAME, "onnxruntime")  # a model not measured yet stays on ONNX Runtime
         if openvino_installed():
             table.update({model: runtime for model, runtime in MEASURED.items() if model in BY_NAME})
+            if repository is not None and cpu_int8():
+                table.update({model: "openvino_int8" for model in int8.INT8_MODELS
+                              if model in BY_NAME and int8.available(repository, model)})
     elif first in RUNTIMES:
         table = dict.fromkeys(BY_NAME, first)
     else:
@@ -43,7 +60,7 @@ def runtime_table(choice: str) -> dict[str, str]:
             raise ValueError(f"runtime override {override!r}: expected <model>=<runtime>, models "
                              f"{', '.join(BY_NAME)}, runtimes {', '.join(RUNTIMES)}")
         table[model] = runtime
-    if "openvino" in table.values() and not openvino_installed():
+    if {"openvino", "openvino_int8"} & set(table.values()) and not openvino_installed():
         raise ValueError("runtime openvino needs the openvino package, which is not installed")
     return table
 
@@ -61,10 +78,11 @@ class EmbeddedBackend:
             by_runtime.setdefault(runtime, []).append(model)
         self._backends: dict[str, InferenceBackend] = {}
         for runtime, models in by_runtime.items():
-            if runtime == "openvino":
+            if runtime in ("openvino", "openvino_int8"):
                 from portrait.backends.openvino import OpenVinoBackend
 
-                backend: InferenceBackend = OpenVinoBackend(repository, models, threads, streams)
+                backend: InferenceBackend = OpenVinoBackend(repository, models, threads, streams,
+                                                            int8=runtime == "openvino_int8")
             else:
                 from portrait.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -92,7 +110,7 @@ class EmbeddedBackend:
 def create_backend(kind: str, **options) -> InferenceBackend:
     """`embedded` (in process: ONNX Runtime and OpenVINO per model, the default) or `triton`."""
     if kind == "embedded":
-        runtimes = runtime_table(options.pop("runtime", "auto"))
+        runtimes = runtime_table(options.pop("runtime", "auto"), Path(options["repository"]))
         return EmbeddedBackend(runtimes=runtimes, **options)
     if kind == "triton":
         from portrait.backends.triton import TritonBackend
