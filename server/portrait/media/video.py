@@ -20,7 +20,6 @@ import av
 import av.logging
 import numpy as np
 from av.container import InputContainer
-from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
 from portrait.media import jpeg
@@ -58,12 +57,6 @@ DECODED_PIXEL_BYTES = 3
 # FFmpeg's scaler kernel for the kept frames: area averaging, as cv2.INTER_AREA, so scaling
 # down does not alias fine detail (eyelids, skin texture) the models look at.
 SCALER = "AREA"
-# Threads of the scaler's one context per decode. PyAV's `frame.to_ndarray(width=...)` builds a
-# new scaler context for every frame, with its filters and, at 0 threads, a thread pool: the
-# standard workload's 56 conversions took 88 CPU ms that way and take 52 ms through one context
-# of one thread, with the same pixels bit for bit. The service's workers already spread
-# decodes over the cores.
-SCALER_THREADS = 1
 
 T = TypeVar("T")
 # Called before each packet is decoded; it raises to stop the decode (the request's deadline
@@ -209,7 +202,6 @@ def _sample(
         return sampler.same_period(demuxed[earlier - 1] - start, time - start)
 
     inspect = packet_check(stream, limits.max_pixels, checkpoint)
-    scaler = VideoReformatter()
     for index, frame in enumerate(_frames(container, stream, limits.max_duration_s, unwanted, inspect)):
         time = frame.time if frame.time is not None else index / fps
         if start is None:
@@ -219,8 +211,7 @@ def _sample(
         check_time(last, limits.max_duration_s)
         if sampler.wants(last):
             width, height = limits.frame_size(frame.width, frame.height)
-            image = scaler.reformat(frame, width=width, height=height, format="bgr24", interpolation=SCALER,
-                                    threads=SCALER_THREADS).to_ndarray()
+            image = frame.to_ndarray(width=width, height=height, format="bgr24", interpolation=SCALER)
             slot = len(sampler.kept)
             store.put(slot, np.rot90(image, rotation // 90))
             sampler.add(last, slot)
