@@ -203,6 +203,7 @@ class Service:
                          "PORTRAIT_CLIENT_ACTIONS_TENANTS": "bench", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
                          "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING",
                          "PORTRAIT_MAX_WAITING": "64", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "63",
+                         "PORTRAIT_MAX_UPLOADS": "64",
                          "PORTRAIT_REQUEST_TIMEOUT_S": "600", **(env or {})}
             self.process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=child_env,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
