@@ -63,7 +63,7 @@ class Service:
     def __init__(self, extra: dict[str, str] | None = None) -> None:
         self.port = _port()
         self.log = Path(tempfile.mkstemp(prefix="portrait-faults-", suffix=".log")[1])
-        env = {**os.environ, "PORTRAIT_PORT": str(self.port), "PORTRAIT_ALLOW_CLIENT_ACTIONS": "1",
+        env = {**os.environ, "PORTRAIT_PORT": str(self.port), "PORTRAIT_CLIENT_ACTIONS_TENANTS": ",".join(KEYS),
                "PORTRAIT_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
                "PORTRAIT_CHALLENGE_SECRET": "bench-faults-secret-0123456789abcdef-0123",
                "PORTRAIT_RATE_LIMIT_PER_S": "1000", "PORTRAIT_RATE_LIMIT_BURST": "1000", **(extra or {})}

@@ -112,9 +112,9 @@ def _summary(result: dict) -> str:
 
 @pytest.mark.parametrize("clip, actions, schedule", [
     ("d0", "blink", "0.8"),          # d0 blinks at 2.6 s of the file
-    # d12 turns left at 1.5 s and right at 3.2 s of the file, opens its mouth at 4.6 s and
-    # turns left again at 6.6 s: the recording (record_s 6.1 s) stops before that last turn,
-    # which was not asked for.
+    # d12 turns left at 1.3 s and right at 3.0 s of the file, opens its mouth at 4.6 s, then
+    # opens it again and turns left at 6.4 s: the recording (record_s 5.7 s) stops before
+    # those, which were not asked for.
     ("d12", "turn_left,turn_right,open_mouth", "0.3,1.5,2.6"),
 ])
 def test_a_recording_that_performs_the_challenge_is_accepted(playwright, demo, testdata, tmp_path,

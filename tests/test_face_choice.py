@@ -91,3 +91,57 @@ def test_video_seeding_follows_the_same_rule(pipeline, testdata):
     blurred = pipeline.analyse_video(_side_by_side(testdata, 5), Timings(), need_embeddings=False)
     assert blurred.track.reason is None
     assert (blurred.track.faces[blurred.track.present, 0] < 320).all()  # the left, sharp face
+
+
+def _face_box(pipeline, image):
+    found = pipeline.image_faces([image])[0]
+    return found.face, found.reason
+
+
+def test_a_smaller_face_in_the_background_does_not_stop_the_subject_being_judged(pipeline, testdata):
+    """A dev photo with someone else's face, a third of the subject's size, pasted into its
+    background (built here, in memory): the subject is judged, the pasted face ignored."""
+    import cv2
+
+    photo = decode_image((testdata / "images/face_recognition/examples/obama.jpg").read_bytes())
+    other = decode_image((testdata / "images/face_recognition/examples/biden.jpg").read_bytes())
+    subject, reason = _face_box(pipeline, photo)
+    assert reason is None
+    (x, y, w, h), (ox, oy, ow, oh) = subject[:4].astype(int), _face_box(pipeline, other)[0][:4].astype(int)
+    side = int(max(w, h) / 3)
+    patch = cv2.resize(other[max(oy - oh // 4, 0): oy + oh + oh // 4, max(ox - ow // 4, 0): ox + ow + ow // 4],
+                       (side, int(side * 1.5)))
+    crowded = photo.copy()
+    crowded[10: 10 + patch.shape[0], 10: 10 + patch.shape[1]] = patch  # top left, behind the subject
+    assert len(pipeline.detect(crowded[None], 640)[0]) >= 2  # the pasted face is seen
+    chosen, reason = _face_box(pipeline, crowded)
+    assert reason is None and abs(chosen[0] - x) < 0.1 * w and abs(chosen[1] - y) < 0.1 * h
+
+
+def _id_card(portrait, face):
+    """An ID-card-like image: the portrait on the left and a half-size, faded "ghost" copy of
+    it on the right, on a pale card, as identity documents print them."""
+    import cv2
+
+    x, y, w, h = face[:4].astype(int)
+    crop = portrait[max(y - h // 2, 0): y + h + h // 2, max(x - w // 3, 0): x + w + w // 3]
+    crop = cv2.resize(crop, (int(360 * crop.shape[1] / crop.shape[0]), 360))
+    card = np.full((480, 760, 3), 225, np.uint8)
+    card[60: 60 + crop.shape[0], 40: 40 + crop.shape[1]] = crop
+    ghost = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2))
+    ghost = (0.55 * ghost + 0.45 * 225).astype(np.uint8)
+    top, left = 230, 760 - 40 - ghost.shape[1]
+    card[top: top + ghost.shape[0], left: left + ghost.shape[1]] = ghost
+    return card, (40, 60, crop.shape[1], crop.shape[0])
+
+
+def test_an_id_card_with_a_ghost_portrait_is_judged_and_matches(pipeline, testdata):
+    """The card's main portrait is the subject; the half-size ghost copy of the same face is
+    not a second person. The card matches another photo of the same man."""
+    photo = decode_image((testdata / "images/face_recognition/examples/obama.jpg").read_bytes())
+    card, (left, top, width, height) = _id_card(photo, _face_box(pipeline, photo)[0])
+    assert len(pipeline.detect(card[None], 640)[0]) == 2  # both portraits are faces to the detector
+    chosen, reason = _face_box(pipeline, card)
+    assert reason is None and left <= chosen[0] < left + width and top <= chosen[1] < top + height
+    other = decode_image((testdata / "images/face_recognition/examples/obama2.jpg").read_bytes())
+    assert pipeline.compare(card, other)["decision"] == "match"

@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 
-from portrait import challenge
 from portrait.backends.onnxruntime import OnnxRuntimeBackend
 from portrait.challenge import ChallengeSpec
 from portrait.media import decode_image, decode_video
@@ -33,13 +32,15 @@ def _head(video, seconds):
     return Video(video.frames[kept], video.timestamps[kept], video.fps, video.codec, seconds, video.rotation)
 
 
-# d12 turns left at ~1.5 s and right at ~3.2 s, then opens its mouth and turns left again;
-# its first 4.4 s answer exactly this challenge (see test_d12_events).
-D12_TURNS = ChallengeSpec.timed(["turn_left", "turn_right"], [1.0, 2.8])
+# d12 turns left at ~1.3 s and right at ~3.0 s, opens its mouth at ~4.6 s, then opens it
+# again and turns left (6.4 s); its first 6.3 s answer exactly this challenge, whose
+# recording ends at 6.7 s (see test_d12_events).
+D12_TURNS = ChallengeSpec.timed(["turn_left", "turn_right", "open_mouth"], [1.0, 2.7, 3.6])
+D12_HEAD_S = 6.3
 
 
 def _d12_head(testdata):
-    return _head(_video(testdata, "liveportrait/d12.mp4"), 4.4)
+    return _head(_video(testdata, "liveportrait/d12.mp4"), D12_HEAD_S)
 
 
 def _image(testdata, name):
@@ -78,32 +79,54 @@ def test_d0_blink_is_where_the_eyes_close(pipeline, testdata):
     assert 2.4 <= blink.start_s <= 2.8
 
 
-def test_d18_shows_only_the_blink_during_its_yawn(pipeline, testdata):
-    """d18 is frontal with large mouth movements. Its eyes are fully shut in frames 94-97
-    at 30 fps (3.1-3.2 s, mid-yawn): that is a real blink and the only one; the mouth
-    movements elsewhere must not read as blinks or head moves."""
+def test_d18_blinks_where_its_eyes_close_and_nowhere_else(pipeline, testdata):
+    """d18 is frontal with large mouth movements. Its eyes shut at 3.10-3.30 s (mid-yawn)
+    and 6.17-6.30 s (annotated by eye): those are the blinks; the mouth movements elsewhere
+    must not read as blinks or head moves."""
     events = _events(pipeline, _video(testdata, "liveportrait/d18.mp4"))
     blinks = _actions(events, "blink")
-    assert len(blinks) == 1 and 3.0 <= blinks[0].start_s <= 3.3
-    assert not [e for e in events if e.action in ("turn_left", "turn_right")]
+    assert [abs(e.start_s - t) <= 0.15 for e, t in zip(blinks, (3.10, 6.17))] == [True, True] and len(blinks) == 2
+    assert not [e for e in events if e.action not in ("blink", "open_mouth")]
 
 
 def test_d12_events(pipeline, testdata):
+    """As annotated by eye (benchmarks/data/events_dev.csv): a left turn from 1.40 s, a right
+    turn from 2.90 s, the mouth wide open from 4.75 s, then a laugh with the mouth wide open
+    from 6.45 s while the head turns left from 6.40 s: each once, starts within 0.3 s."""
     events = _events(pipeline, _video(testdata, "liveportrait/d12.mp4"))
     moves = [(e.action, e.start_s) for e in events if e.action != "blink"]
-    names = [a for a, _ in moves]
-    # The last turn (6.6-6.9 s) brings a brief, borderline mouth opening (peak 0.53 with
-    # detection on every frame, under the threshold with key-frame tracking): allowed, not required.
-    assert names[:3] == ["turn_left", "turn_right", "open_mouth"] and "turn_left" in names[3:]
-    assert set(names[3:]) <= {"turn_left", "open_mouth"}
-    assert 1.3 <= moves[0][1] <= 1.7 and 3.0 <= moves[1][1] <= 3.4 and moves[2][1] > 4.4
+    assert sorted(a for a, _ in moves) == sorted(["turn_left", "turn_right", "open_mouth", "open_mouth", "turn_left"])
+    annotated = [("turn_left", 1.40), ("turn_right", 2.90), ("open_mouth", 4.75), ("turn_left", 6.40),
+                 ("open_mouth", 6.45)]
+    for action, start in annotated:
+        assert any(a == action and abs(t - start) <= 0.3 for a, t in moves), (action, start, moves)
+
+
+def test_d3_head_moves_are_each_seen_once_and_no_look_is_read_into_its_turns(pipeline, testdata):
+    """d3 turns its head five times, bows it with the eyes down and opens its mouth in
+    surprise (annotated by eye in benchmarks/data/events_dev.csv). The turns wobble and the
+    head pitches under them: each annotated move is one event starting within 0.3 s of the
+    annotated start, and no look is reported (before, the last right turn was missed and a
+    look down and a look up were reported around the turns)."""
+    from pathlib import Path
+
+    from portrait.action_scoring import Span, match_clip, read_annotations
+
+    events = _events(pipeline, _video(testdata, "liveportrait/d3.mp4"))
+    annotated = read_annotations(Path(__file__).resolve().parent.parent / "benchmarks/data/events_dev.csv")
+    moves = [s for s in annotated["videos/liveportrait/d3.mp4"] if s.action != "blink"]
+    scored = match_clip(moves, [Span(e.action, e.start_s, e.end_s) for e in events if e.action != "blink"])
+    for action, row in scored.items():
+        assert row["found_once"] == row["annotated"] and row["extra"] == 0, (action, row)
+        assert all(abs(e) <= 0.3 for e in row["onset_errors_s"]), (action, row)
+    assert not [e for e in events if e.action.startswith(("look", "tilt"))]
 
 
 def test_mouth_openings_are_found_and_speech_is_not(pipeline, testdata):
-    """d18 opens its mouth wide twice (2.2-3.2 s and 4.1-5.1 s); the woman in retalking/4
-    talks throughout."""
+    """d18 opens its mouth wide twice (annotated 2.10-3.25 s and 3.85-5.20 s); the woman in
+    retalking/4 talks throughout."""
     opened = _actions(_events(pipeline, _video(testdata, "liveportrait/d18.mp4")), "open_mouth")
-    assert [round(e.start_s) for e in opened] == [2, 4]
+    assert [abs(e.start_s - t) <= 0.3 for e, t in zip(opened, (2.10, 3.85))] == [True, True]
     assert not _actions(_events(pipeline, _video(testdata, "retalking/4.mp4")), "open_mouth")
 
 
@@ -159,25 +182,25 @@ def test_exactly_the_asked_actions_in_their_windows_are_accepted(frame_id, testd
     assert done["decision"] == "accept", done["reasons"]
     assert done["match"]["score"] > done["match"]["threshold"]
     assert done["liveness"]["active"]["challenge"] == D12_TURNS.claims()
-    assert done["thresholds"]["liveness"]["mouth_open_ratio"] == frame_id.config.liveness.mouth_open_ratio
+    assert done["thresholds"]["liveness"]["mouth"]["enter"] == frame_id.config.liveness.mouth.enter
 
 
 def test_d12_refusals_unrequested_wrong_times_mirrored_missing(pipeline, frame_id, testdata):
     """One analysis of each clip, judged against several challenges as the service would."""
     whole = _video(testdata, "liveportrait/d12.mp4")
-    head = _head(whole, 4.4)
+    head = _head(whole, D12_HEAD_S)
     events = pipeline.analyse_video(head, Timings(), need_embeddings=False).events
     all_events = pipeline.analyse_video(whole, Timings(), need_embeddings=False).events
     assert liveness.judge(D12_TURNS, events, head.duration_s).reason is None
     # The whole clip goes on to open the mouth and turn again: not asked for.
-    assert liveness.judge(D12_TURNS, all_events, whole.duration_s).reason == "unrequested_action"
+    assert liveness.judge(D12_TURNS, all_events, D12_TURNS.record_s).reason == "unrequested_action"
     # The right actions at the wrong times: prompts after the turns had begun.
-    late = ChallengeSpec.timed(D12_TURNS.actions, [2.5, 4.0])
-    assert liveness.judge(late, events, head.duration_s).reason == "action_out_of_window"
+    late = ChallengeSpec.timed(D12_TURNS.actions, [2.0, 3.4, 4.0])
+    assert liveness.judge(late, events, late.record_s).reason == "action_out_of_window"
     # A mirroring client swaps left and right: the same clip no longer answers.
     mirrored = pipeline.analyse_video(head, Timings(), mirrored=True, need_embeddings=False).events
     assert liveness.judge(D12_TURNS, mirrored, head.duration_s).reason == "unrequested_action"
-    more = ChallengeSpec.timed(["turn_left", "turn_right", "look_up"], [1.0, 2.8, 3.5])
+    more = ChallengeSpec.timed(["turn_left", "turn_right", "open_mouth", "look_up"], [1.0, 2.7, 3.6, 5.0])
     assert liveness.judge(more, events, head.duration_s).reason == "challenge_incomplete"
     answer = frame_id.verify(head.frames[0].copy(), whole, D12_TURNS)
     assert answer["decision"] == "retry" and answer["reasons"] == ["unrequested_action"]
@@ -185,26 +208,21 @@ def test_d12_refusals_unrequested_wrong_times_mirrored_missing(pipeline, frame_i
 
 
 def test_a_replayed_testdata_clip_answers_almost_no_server_challenge(pipeline, testdata):
-    """Issue 9's target: every clip's events, as the pipeline sees them, against 100,000
-    random server challenges: at most 1 in 10,000 answered."""
-    draws = 100_000
-    index, schedules = challenge.draw(np.random.default_rng(20261130), draws)
-    limits = replace(SETTINGS.video_limits, max_duration_s=60.0)  # d9 (19.6 s) too: its events count
+    """Every clip's events, as the pipeline sees them, against every server challenge: at
+    most 1 in 10,000 answered (exactly, over every sequence and schedule)."""
+    limits = replace(SETTINGS.video_limits, max_duration_s=60.0, max_frames=900)  # d9 (19.6 s) too, at 15 fps
     clips = sorted((testdata / "videos").rglob("*.mp4"))
     assert len(clips) >= 10
     rates = {}
     for path in clips:
         video = decode_video(path.read_bytes(), limits)
         events = pipeline.analyse_video(video, Timings(), need_embeddings=False).events
-        rates[path.name] = liveness.count_answered(events, video.duration_s, index, schedules) / draws
+        rates[path.name] = liveness.answer_rate(events, video.duration_s)
     assert max(rates.values()) <= 1e-4, rates
-    # The count is live: the d12 head, replayed, answers the client-named challenge it fits
-    # and the server challenges like it.
+    # The chance is live: the d12 head, replayed, answers the client-named challenge it fits.
     head = _d12_head(testdata)
     events = pipeline.analyse_video(head, Timings(), need_embeddings=False).events
-    fitted = np.array([[1.0, 2.8, np.nan, np.nan]])
-    which = np.array([challenge.sequences().index(D12_TURNS.actions)])
-    assert liveness.count_answered(events, head.duration_s, which, fitted) == 1
+    assert liveness.judge(D12_TURNS, events, head.duration_s).reason is None
 
 
 def test_same_and_different_people(pipeline, testdata):

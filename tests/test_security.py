@@ -196,8 +196,8 @@ def timed(actions: list[str], mirrored: bool = False) -> ChallengeSpec:
 
 def good_payload(clock: Clock, **changes: object) -> dict:
     payload = {"v": 4, "tenant": "alpha", "actions": ["blink", "turn_left"], "schedule": [1.0, 3.0],
-               "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "client_named": False,
-               "nonce": b64e(bytes(16)),
+               "window_s": list(WINDOW_S), "record_s": 3.0 + WINDOW_S[1] + TAIL_S, "mirrored": False,
+               "client_named": False, "nonce": b64e(bytes(16)),
                "epoch": EPOCH, "iat": clock.now, "exp": clock.now + 120}
     payload.update(changes)
     return payload
@@ -213,8 +213,8 @@ def test_issue_and_verify(signer: ChallengeSigner, clock: Clock) -> None:
     body, signature = issued.token.split(".")
     payload = json.loads(b64d(body))
     assert payload == {"v": 4, "tenant": "alpha", "actions": ["turn_left", "blink"], "schedule": [1.0, 3.0],
-                       "window_s": [0.3, 3.0], "record_s": 6.5, "mirrored": False, "client_named": False,
-                       "nonce": issued.nonce,
+                       "window_s": list(WINDOW_S), "record_s": 3.0 + WINDOW_S[1] + TAIL_S, "mirrored": False,
+                       "client_named": False, "nonce": issued.nonce,
                        "epoch": EPOCH, "iat": clock.now, "exp": clock.now + 120}
     assert b64d(signature) == hmac.new(SECRET, body.encode(), hashlib.sha256).digest()
     clock.now += 119.9

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from portrait.backends import runtime_table
-from portrait.challenge import ChallengeSpec
+from portrait.challenge import DRAWN_ACTIONS, TAIL_S, WINDOW_S, ChallengeSpec
 from portrait.security.receipts import ReceiptSigner, generate_key, verify_receipt
 from portrait.security.tokens import ChallengeSigner
 
@@ -109,7 +109,8 @@ def _challenge(service, actions, schedule=None, key=KEY_A):
 # What d18 does, as the pipeline sees it: opens its mouth wide at ~2.2 s, blinks at ~3.2 s
 # (mid-yawn) and opens its mouth again at ~4.1 s; nothing else. A challenge whose prompts
 # came just before each is answered exactly.
-D18 = (["open_mouth", "blink", "open_mouth"], [1.8, 2.8, 3.7])
+# d18 (7.2 s) opens its mouth wide at ~2.1 s and ~3.9 s and blinks at ~3.1 s and ~6.2 s.
+D18 = (["open_mouth", "blink", "open_mouth", "blink"], [1.8, 2.8, 3.7, 4.2])
 
 
 def _d18_challenge(service, key=KEY_A):
@@ -178,12 +179,13 @@ def test_challenge_then_verification_accepts_the_live_subject(service, media):
     assert claims["decision"] == "accept" and claims["tenant"] == "carrier-a"
     assert claims["inputs"]["video_sha256"] == __import__("hashlib").sha256(media["d18"]).hexdigest()
     # What was asked, what was seen, every threshold and every model's digest.
-    assert claims["challenge"] == {"actions": D18[0], "schedule": D18[1], "window_s": [0.3, 3.0],
-                                   "record_s": D18[1][-1] + 3.5, "mirrored": False}
-    assert [e["action"] for e in claims["events"]] == ["open_mouth", "blink", "open_mouth"]
+    assert claims["challenge"] == {"actions": D18[0], "schedule": D18[1], "window_s": list(WINDOW_S),
+                                   "record_s": round(D18[1][-1] + WINDOW_S[1] + TAIL_S, 3), "mirrored": False,
+                                   "client_named": True}
+    assert [e["action"] for e in claims["events"]] == ["open_mouth", "blink", "open_mouth", "blink"]
     assert all(set(e) == {"action", "start_s", "end_s"} for e in claims["events"])
     assert {"match", "passive", "continuity", "detection_score", "liveness"} <= set(claims["thresholds"])
-    assert claims["thresholds"]["liveness"]["mouth_open_ratio"] > 0
+    assert claims["thresholds"]["liveness"]["mouth"]["enter"] > 0
     assert all(len(m["sha256"]) == 64 for m in claims["models"])
 
 
@@ -203,7 +205,7 @@ def test_an_unrequested_head_move_is_refused(service, media):
 
 
 def test_the_right_actions_at_the_wrong_times_are_refused(service, media):
-    token = _challenge(service, D18[0], [3.0, 4.0, 5.0])  # the mouth opened before its prompt
+    token = _challenge(service, D18[0], [3.0, 4.0, 5.0, 5.5])  # the mouth opened before its prompt
     answer = _verify(service, token, media["id_d18"], media["d18"]).json()
     assert answer["decision"] == "retry" and answer["reasons"] == ["action_out_of_window"]
 
@@ -213,10 +215,10 @@ def test_a_challenge_carries_its_schedule_and_mirroring(service):
     assert set(drawn) == {"token", "actions", "schedule", "window_s", "record_s", "mirrored", "client_named",
                           "expires_at"}
     assert drawn["client_named"] is False
-    assert 2 <= len(drawn["actions"]) <= 4 and len(drawn["schedule"]) == len(drawn["actions"])
-    assert all(a != b for a, b in zip(drawn["actions"], drawn["actions"][1:]))
-    assert drawn["schedule"] == sorted(drawn["schedule"]) and drawn["window_s"] == [0.3, 3.0]
-    assert drawn["record_s"] == round(drawn["schedule"][-1] + 3.5, 3) and drawn["mirrored"] is False
+    assert len(drawn["actions"]) == DRAWN_ACTIONS and len(drawn["schedule"]) == len(drawn["actions"])
+    assert all(a != b for a, b in zip(drawn["actions"], drawn["actions"][1:])) and "blink" not in drawn["actions"]
+    assert drawn["schedule"] == sorted(drawn["schedule"]) and drawn["window_s"] == list(WINDOW_S)
+    assert drawn["record_s"] == round(drawn["schedule"][-1] + WINDOW_S[1] + TAIL_S, 3) and drawn["mirrored"] is False
     tenant_b = httpx.post(f"{service['url']}/v1/challenges", json={}, headers=_auth(KEY_B)).json()
     assert tenant_b["mirrored"] is True  # PORTRAIT_MIRRORED_TENANTS
     said = httpx.post(f"{service['url']}/v1/challenges", json={"mirrored": True}, headers=_auth()).json()

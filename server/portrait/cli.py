@@ -192,19 +192,34 @@ def _eval_liveness(args: argparse.Namespace) -> int:
     return _emit(_offline().eval_liveness(args.list, args.root, args.require, plot=args.plot, by=args.by), args.json)
 
 
+def _eval_actions(args: argparse.Namespace) -> int:
+    return _emit(_offline().eval_actions(args.events, args.root), args.json)
+
+
 def _eval_challenge(args: argparse.Namespace) -> int:
-    return _emit(_offline().eval_challenge(args.root, args.draws, args.seed), args.json)
+    return _emit(_offline().eval_challenge(args.root, args.draws, args.seed, args.events), args.json)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     if args.synthetic is not None:
-        if args.pairs is None or args.same_capture is None or args.liveness is not None:
-            raise ValueError("--synthetic takes --pairs (genuine photo pairs) and --same-capture, not --liveness")
+        if args.pairs is None or args.same_capture is None or args.liveness is not None or args.actions is not None:
+            raise ValueError("--synthetic takes --pairs (genuine photo pairs) and --same-capture, nothing else")
         return _emit(_offline().calibrate_synthetic(args.synthetic, args.pairs, args.same_capture, args.root,
                                                     args.output), args.json)
-    if (args.pairs is None) == (args.liveness is None):
-        raise ValueError("give --pairs (match thresholds), --liveness (PAD and continuity) or --synthetic "
-                         "(the generated-face check), one of them")
+    if sum(x is not None for x in (args.pairs, args.liveness, args.actions)) != 1:
+        raise ValueError("give --pairs (match thresholds), --liveness (PAD and continuity), --actions (action "
+                         "thresholds) or --synthetic (the generated-face check), one of them")
+    if args.actions is not None:
+        from portrait.action_calibration import STARTING_POINT
+        from portrait.offline import Offline
+        from portrait.pipeline import CALIBRATION, config_from_record
+
+        # The signals a calibration reads do not depend on the action thresholds in force.
+        settings = get_settings()
+        config = config_from_record(settings.calibration or CALIBRATION, detect_every=settings.video_detect_every,
+                                    liveness=STARTING_POINT)
+        offline = Offline(settings, config=config)
+        return _emit(offline.calibrate_actions(args.actions, args.root, args.output), args.json)
     if args.liveness is not None:
         return _emit(_offline().calibrate_liveness(args.liveness, args.root, args.output), args.json)
     return _emit(_offline().calibrate(args.pairs, args.root, args.far, args.output), args.json)
@@ -302,9 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--json", action="store_true")
     live.set_defaults(func=_eval_liveness)
 
+    acts = evaluate.add_parser("actions", help="CSV path,action,start_s,end_s (annotated clips): per action type, "
+                               "found once / missed / split / merged / extra, and onset errors")
+    acts.add_argument("--events", type=Path, required=True)
+    acts.add_argument("--root", type=Path, required=True)
+    acts.add_argument("--json", action="store_true")
+    acts.set_defaults(func=_eval_actions)
+
     sim = evaluate.add_parser("challenge", help="how many random server challenges each video under ROOT "
                               "would answer if replayed, and the best a crafted recording does")
     sim.add_argument("--root", type=Path, required=True)
+    sim.add_argument("--events", type=Path, default=None,
+                     help="annotated clips (path,action,start_s,end_s): judge those clips, and simulate genuine "
+                          "customers from their durations")
     sim.add_argument("--draws", type=int, default=100_000)
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--json", action="store_true")
@@ -320,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with --pairs (its genuine pairs) and --same-capture")
     calibrate.add_argument("--same-capture", type=Path, default=None,
                            help="CSV img_a,img_b: pairs of --pairs that are one photograph (derived, not genuine)")
+    calibrate.add_argument("--actions", type=Path, default=None,
+                           help="CSV path,action,start_s,end_s (annotated clips): the action thresholds")
     calibrate.add_argument("--root", type=Path, required=True)
     calibrate.add_argument("--far", type=float, default=1e-3)
     calibrate.add_argument("--output", type=Path, default=None, help="default: the shipped calibration file")

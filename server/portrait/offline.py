@@ -6,14 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from portrait import challenge, evaluation
+from portrait import action_calibration, action_scoring, challenge, evaluation, genuine
 from portrait.backends import InferenceBackend, backend_from_settings, model_runtimes
 from portrait.media import MediaError, decoder
 from portrait.media.trim import leading
@@ -511,30 +511,125 @@ class Offline:
                 "continuity": None if analysis.continuity is None else round(analysis.continuity, 4),
                 "actions": sorted({e.action for e in analysis.events})}
 
-    def eval_challenge(self, root: Path, draws: int, seed: int | None) -> dict:
-        """What a replayed recording answers: every video under `root`, its actions as the
-        pipeline sees them, against `draws` random server challenges. Clips longer than the
-        service accepts (up to 2 minutes) are still analysed; the challenge's own length rule
-        then applies."""
+    def action_signals(self, events_csv: Path, root: Path) -> tuple[dict, dict]:
+        """Every annotated clip's action signals, sampled at VIDEO_FPS over its whole length
+        (the rate a timed challenge gets; the frame cap is lifted for clips longer than a
+        challenge), and the annotations."""
+        annotations = action_scoring.read_annotations(events_csv)
+        fps = self.settings.video_limits.target_fps
+        limits = replace(self.settings.video_limits, max_duration_s=CALIBRATION_MAX_SECONDS,
+                         max_frames=int(np.ceil(CALIBRATION_MAX_SECONDS * fps)) + 1)
+        clips = {}
+        for path in sorted(annotations):
+            video = self.decode.video((root / path).read_bytes(), limits)
+            analysis = self.pipeline.analyse_video(video, Timings(), need_embeddings=False)
+            if analysis.track.reason:
+                raise ValueError(f"{path}: {analysis.track.reason}: an annotated clip must show one face")
+            clips[path] = action_calibration.ClipSignals(analysis.times, analysis.openness, analysis.pose,
+                                                         analysis.mouth)
+        return clips, annotations
+
+    def eval_actions(self, events_csv: Path, root: Path) -> dict:
+        """The pipeline's events on annotated clips against the annotations."""
+        clips, annotations = self.action_signals(events_csv, root)
+        cfg = self.pipeline.config
+        report = action_calibration.evaluate(clips, annotations, cfg.liveness, _observe)
+        return {"events": events_csv.name, "annotated_clips": len(clips), "fps": self.settings.video_limits.target_fps,
+                "tolerance_s": action_scoring.TOLERANCE_S, "onset_limit_s": action_calibration.ONSET_LIMIT_S,
+                **report, "observed": {path: [vars(e) for e in _observe(clips[path], cfg.liveness)]
+                                       for path in sorted(clips)},
+                "thresholds": asdict(cfg.liveness)}
+
+    def calibrate_actions(self, events_csv: Path, root: Path, output: Path | None = None) -> dict:
+        """The action thresholds chosen on the annotated clips, into the calibration record."""
+        clips, annotations = self.action_signals(events_csv, root)
+        found = action_calibration.calibrate(clips, annotations)
+        limits = liveness.LivenessThresholds.from_record(found["thresholds"])
+        measured = action_calibration.evaluate(clips, annotations, limits, _observe)["actions"]
+        counted = sum(len(spans) for spans in annotations.values())
+        record = {
+            **found,
+            "data": f"{events_csv.name}: {len(clips)} clips, {counted} annotated actions, sampled at "
+                    f"{self.settings.video_limits.target_fps:g} fps",
+            "rule": ("per kind of action, the grid point with the most annotated actions found exactly once (start "
+                     f"within {action_calibration.ONSET_LIMIT_S} s) minus extra events, deepest inside the region "
+                     "of such points; tilts on the clips plus copies carrying a synthetic "
+                     f"{action_calibration.SYNTHETIC_TILT_DEG:g}-degree tilt"),
+            "measured_on_the_same_clips": measured,
+            "optimism": (f"chosen and measured on the same {len(clips)} clips, annotated by one person, none of "
+                         f"them prompted: {_counted(annotations)}. Looks, which the clips never show, are bounded by "
+                         "extra events alone, tilts by those and synthetic tilts. The thresholds separate what these "
+                         "clips show, and the margins (grid steps) say how far: recalibrate on annotated captures of "
+                         "prompted challenges."),
+        }
+        target = output or CALIBRATION
+        previous = json.loads(target.read_text()) if target.exists() else {}
+        previous.update(actions=record, actions_calibrated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        target.write_text(json.dumps(previous, indent=2) + "\n")
+        return record
+
+    def eval_challenge(self, root: Path, draws: int, seed: int | None, events_csv: Path | None = None) -> dict:
+        """What a replayed recording answers: each clip (the annotated ones with `events_csv`,
+        else every video under `root`), its actions as the pipeline sees them (VIDEO_FPS over
+        the whole clip), its exact chance over all server challenges and its count among
+        `draws` drawn ones; the best recording crafted for the purpose; and, with
+        `events_csv`, what the challenge costs simulated genuine customers."""
         rng = np.random.default_rng(seed)
         index, schedules = challenge.draw(rng, draws)
-        limits = replace(self.settings.video_limits, max_duration_s=120.0)  # longer dev clips too
+        fps = self.settings.video_limits.target_fps
+        limits = replace(self.settings.video_limits, max_duration_s=120.0,  # longer dev clips too
+                         max_frames=int(np.ceil(120.0 * fps)) + 1)
+        names = (sorted(action_scoring.read_annotations(events_csv)) if events_csv is not None else
+                 sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES))
         clips = {}
-        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
-            video = self.decode.video(path.read_bytes(), limits)
+        for name in names:
+            video = self.decode.video((root / name).read_bytes(), limits)
             analysis = self.pipeline.analyse_video(video, Timings(), need_embeddings=False)
-            answered = liveness.count_answered(analysis.events, video.duration_s, index, schedules)
-            clips[str(path.relative_to(root))] = {
-                "answered": answered, "rate": answered / draws, "duration_s": round(video.duration_s, 2),
-                "actions": [e.action for e in analysis.events]}
-        return {
-            "draws": draws, "sequences": len(challenge.sequences()),
-            "distinct_challenges": challenge.distinct_challenges(),
-            "window_s": list(challenge.WINDOW_S), "max_record_s": challenge.MAX_RECORD_S,
-            "worst_clip_rate": max((c["rate"] for c in clips.values()), default=None),
-            "clips": clips,
-            "crafted_recording": liveness.best_crafted_rate(index, schedules),
+            events, duration = analysis.events, float(video.duration_s)
+            clips[name] = {"rate": liveness.answer_rate(events, duration),
+                           "answered": liveness.count_answered(events, duration, index, schedules),
+                           "duration_s": round(duration, 2), "moves": [e.action for e in events if e.action != "blink"]}
+        crafted = liveness.best_crafted_rate()
+        made = [liveness.ActionEvent(action, start, start + 0.6, 20.0)
+                for action, start in zip(challenge.sequences()[int(index[0])], crafted["starts_s"])]
+        report = {
+            "draws": draws, "sequences": len(challenge.sequences()), "moves_per_challenge": challenge.DRAWN_ACTIONS,
+            "distinct_challenges": challenge.distinct_challenges(), "window_s": list(challenge.WINDOW_S),
+            "max_record_s": challenge.MAX_RECORD_S, "fps": fps,
+            "worst_clip_rate": max((c["rate"] for c in clips.values()), default=None), "clips": clips,
+            "crafted_recording": {**crafted, "answered": liveness.count_answered(
+                made, crafted["duration_s"], index, schedules), "made_for": list(challenge.sequences()[int(index[0])])},
         }
+        if events_csv is not None:
+            report["genuine"] = self._genuine(events_csv, draws, rng)
+        return report
+
+    def _genuine(self, events_csv: Path, count: int, rng: np.random.Generator) -> dict:
+        """Simulated customers (`genuine.py`): durations from the annotations, the pipeline's
+        onset errors and minimum times from the calibration record; the stated reaction model
+        and two slower, wider ones."""
+        spans = [s for clip in action_scoring.read_annotations(events_csv).values() for s in clip]
+        durations = {"turn": np.array([s.end_s - s.start_s for s in spans if s.action.startswith("turn")]),
+                     "open_mouth": np.array([s.end_s - s.start_s for s in spans if s.action == "open_mouth"])}
+        record = json.loads(CALIBRATION.read_text())["actions"]
+        measured = record["measured_on_the_same_clips"]
+        errors = np.array([e for action, row in measured.items() if action != "blink" for e in row["onset_errors_s"]])
+        limits = self.pipeline.config.liveness
+        held = {a: getattr(limits, "mouth" if a == "open_mouth" else a.split("_")[0]).min_s for a in challenge.MOVES}
+        results = {}
+        for median, spread in ((genuine.REACTION_MEDIAN_S, genuine.REACTION_LOG_SD), (1.0, 0.35), (1.1, 0.4)):
+            customers = genuine.Customers(durations, errors, held, median, spread)
+            results[f"median {median:g} s, log-sd {spread:g}"] = genuine.success_rate(customers, count, rng)
+        return results
+
+
+def _counted(annotations: dict) -> str:
+    kinds = [span.action for spans in annotations.values() for span in spans]
+    return ", ".join(f"{kinds.count(a)} {a}" for a in challenge.ACTIONS if kinds.count(a)) or "no action"
+
+
+def _observe(signals: action_calibration.ClipSignals, limits: liveness.LivenessThresholds):
+    return liveness.observe(signals.openness, signals.pose, signals.mouth, signals.times, limits)
 
 
 GENERATED = ("talking_head", "reenactment", "faceswap")  # the attack types the generated-face check is for

@@ -63,6 +63,9 @@ def shipped_synthetic_threshold() -> float:
     """The generated-face check's threshold: a selfie at least this close to the ID photo
     is an animation of it (`calibrate --synthetic`)."""
     return float(json.loads(CALIBRATION.read_text())["synthetic"]["derived_from_id"]["threshold"])
+def shipped_liveness() -> liveness.LivenessThresholds:
+    """The action thresholds `portrait calibrate --actions` wrote (`actions.thresholds`)."""
+    return liveness.LivenessThresholds.from_record(json.loads(CALIBRATION.read_text())["actions"]["thresholds"])
 
 
 @dataclass(frozen=True)
@@ -80,23 +83,24 @@ class PipelineConfig:
     match_frames: int = 3
     pad_frames: int = 12
     continuity_frames: int = 12  # the splice gap is as wide at 6 to 32 (README, Continuity); each costs an SFace row
-    liveness: liveness.LivenessThresholds = field(default_factory=liveness.LivenessThresholds)
+    liveness: liveness.LivenessThresholds = field(default_factory=shipped_liveness)
 
 
 def config_from_record(path: Path = CALIBRATION, **settings) -> PipelineConfig:
     """Every calibrated threshold from a calibration record (the shipped one, or a carrier's
-    own from `portrait calibrate --output`); `settings` set the rest."""
+    own from `portrait calibrate --output`); `settings` set the rest, or override."""
     record = json.loads(path.read_text())
     match = shipped_match(path)
-    return PipelineConfig(
-        match_threshold=float(match["threshold"]),
-        fusion=Fusion.from_record(match["fusion"]) if match["score"] == "fused" else None,
-        continuity_threshold=float(record["continuity"]["threshold"]),
-        synthetic_threshold=float(record["synthetic"]["derived_from_id"]["threshold"]),
-        pad_threshold=float(record["pad"]["threshold"]),
-        pad_box_map=pad.BoxMap(**record["pad"]["box_map"]),
-        **settings,
-    )
+    calibrated = {
+        "match_threshold": float(match["threshold"]),
+        "fusion": Fusion.from_record(match["fusion"]) if match["score"] == "fused" else None,
+        "continuity_threshold": float(record["continuity"]["threshold"]),
+        "synthetic_threshold": float(record["synthetic"]["derived_from_id"]["threshold"]),
+        "pad_threshold": float(record["pad"]["threshold"]),
+        "pad_box_map": pad.BoxMap(**record["pad"]["box_map"]),
+        "liveness": liveness.LivenessThresholds.from_record(record["actions"]["thresholds"]),
+    }
+    return PipelineConfig(**{**calibrated, **settings})
 
 
 @dataclass
@@ -123,7 +127,7 @@ class VideoAnalysis:
     track: Track
     times: np.ndarray
     openness: np.ndarray  # [M,2] for present frames
-    angles: np.ndarray  # [M,2] yaw, pitch
+    angles: np.ndarray  # [M,2] yaw, pitch from FaceMesh's 3-D points (frame quality, continuity's pose pairs)
     mouth: np.ndarray  # [M] lip gap over mouth width
     events: list[ActionEvent]
     passive_score: float | None  # median of passive_frames
@@ -133,6 +137,7 @@ class VideoAnalysis:
     passive_frames: np.ndarray = field(default_factory=lambda: np.zeros(0))  # live score per frame scored
     continuity_sample: continuity.Sample | None = None  # the frames continuity compared
     context: np.ndarray | None = None  # [K,S,S] luma context crops of those frames (stages/synthetic.py)
+    pose: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [M,3] the actions' yaw, pitch, roll
 
 
 class Pipeline:
@@ -311,7 +316,8 @@ class Pipeline:
         with timings.stage("landmarks"):
             openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
-            events = liveness.observe(openness, angles, mouth, times, mirrored, cfg.liveness)
+            pose = landmarks.action_pose(mesh[1], faces)
+            events = liveness.observe(openness, pose, mouth, times, cfg.liveness, mirrored)
         with timings.stage("quality"):
             aligned = self.aligned_crops(frames, faces)  # also what the embedder takes, below
             sharp = quality.sharpness(self.ops.to_host(aligned))
@@ -338,7 +344,7 @@ class Pipeline:
                 context = self.context_crops(frames, faces[picked], picked)
         return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
                              None if kept_together is None else kept_together.score, embeddings, second, per_frame,
-                             sample, context)
+                             sample, context=context, pose=pose)
 
     def context_crops(self, images: Sequence[np.ndarray], faces: np.ndarray,
                       index: Sequence[int] | None = None) -> np.ndarray:

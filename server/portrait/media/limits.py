@@ -33,7 +33,9 @@ class VideoLimits:
     """
 
     target_fps: float = 15.0
-    max_frames: int = 96
+    # Every clip the service accepts keeps target_fps throughout: a whole challenge recording
+    # (up to 11.4 s, plus its overrun) is sampled as densely as blinks and move onsets need.
+    max_frames: int = 180
     max_duration_s: float = 12.0
     max_pixels: int = 1920 * 1088
     max_side: int = 640

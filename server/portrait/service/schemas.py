@@ -84,7 +84,8 @@ class ActiveLiveness(BaseModel):
     missing: list[Action] = Field(description="Asked for and never seen.")
     unrequested: list[ObservedAction] = Field(description="Head moves and mouth openings not asked for.")
     reason: str | None = Field(description="Why the challenge was not answered: unrequested_action, "
-                               "challenge_incomplete, action_out_of_window or recording_too_long.")
+                               "challenge_incomplete, action_out_of_window, recording_too_long or "
+                               "recording_too_short.")
 
 
 class Liveness(BaseModel):

@@ -117,3 +117,34 @@ def mouth_openness(points: np.ndarray) -> np.ndarray:
     gap = np.linalg.norm(points[:, UPPER_LIP] - points[:, LOWER_LIP], axis=2).mean(1)
     width = np.linalg.norm(points[:, MOUTH_CORNERS[1]] - points[:, MOUTH_CORNERS[0]], axis=1)
     return gap / np.maximum(width, 1e-6)
+
+
+# The nose tip, and the points the action pose measures it against: the cheek outlines at
+# the nose's height, the top of the forehead, the outer eye corners.
+NOSE_TIP = 1
+OUTER_EYE_CORNERS = (33, 263)
+
+
+def action_pose(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """[N,468,3] FaceMesh points in the level face crop and the YuNet rows [N,15] they were
+    cut from -> [N,3] (yaw, pitch, roll) in degrees, for reading head movements.
+
+    Only the points' 2-D places are used: FaceMesh's depth is flattened (a 30-degree turn reads
+    about 18 degrees from it) and mixes yaw into pitch, which showed a look up in the middle of
+    a left turn. Yaw is where the nose tip sits between the two cheek outlines, as a person
+    judges a turn (asin of its offset from the middle, half-widths as units; positive toward
+    the subject's own left in an unmirrored recording). Pitch compares the nose tip's drop
+    below the outer eye corners with the forehead's height above them, both vertical, so a
+    turn leaves it alone (positive looking up; an angle of the face's 2-D proportions that
+    grows with head pitch, not the head's pitch in degrees). Roll is the slope of YuNet's eye
+    line in the frame (positive when the head tilts toward the subject's own left shoulder,
+    unmirrored)."""
+    right, left, nose = points[:, CHEEK_RIGHT, 0], points[:, CHEEK_LEFT, 0], points[:, NOSE_TIP, 0]
+    offset = (nose - right) / np.maximum(left - right, 1e-6)
+    yaw = np.degrees(np.arcsin(np.clip(2.0 * offset - 1.0, -1.0, 1.0)))
+    eyes = points[:, OUTER_EYE_CORNERS, 1].mean(1)
+    drop = points[:, NOSE_TIP, 1] - eyes
+    rise = np.maximum(eyes - points[:, FOREHEAD, 1], 1e-6)
+    pitch = -np.degrees(np.arctan2(drop, rise) - np.pi / 4)
+    roll = np.degrees(np.arctan2(faces[:, 7] - faces[:, 5], faces[:, 6] - faces[:, 4]))
+    return np.stack([yaw, pitch, roll], axis=1)

@@ -1,31 +1,35 @@
 """Active liveness: blinks, head movements and mouth openings read from per-frame eye
-openness, head angles and lip gap, and whether they answer the challenge exactly.
+openness, head pose and lip gap as a person would name them, and whether they answer the
+challenge exactly; and what a fixed recording can answer.
 
-Thresholds are relative to the clip's own open-eye level and neutral pitch, so a squint
-or a camera held low does not count as an action; each action must also come back
-(eyes reopen, head returns, mouth closes), which a photo swung in front of the camera
-rarely does.
+Head moves are measured from the pose the clip holds most, blinks from the clip's own
+open-eye level, so a squint or a camera held to one side does not count as an action. Each
+kind of action is one event per excursion from rest, with separate enter and exit
+thresholds: a turn that wobbles back across the entry threshold is still one turn, and it
+starts where the head began to move. Pitch is not judged where the head is turned far.
 
 A challenge is answered when the actions seen are the actions asked, in order, each
 beginning within its window after its prompt, and nothing else: a head move or mouth
 opening that was not asked for fails it. Natural blinks are tolerated anywhere (people
-blink every few seconds); a requested blink must fall in its window. One action held, or
-split into two segments by a wobble across the threshold, counts once.
+blink every few seconds); a requested blink (client-named challenges only) must fall in its
+window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 
-from portrait.challenge import ACTIONS, BLINK, MAX_RECORD_S, OVERRUN_S, WINDOW_S, ChallengeSpec, record_after, sequences
+from portrait.challenge import (
+    BLINK, OVERRUN_S, TAIL_S, WINDOW_S, ChallengeSpec, all_schedules, record_after, sequences,
+)
 
 # Why a challenge was not answered, in the order they are looked for.
-UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG = (
-    "unrequested_action", "challenge_incomplete", "action_out_of_window", "recording_too_long")
-REASONS = (UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG)
+UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG, TOO_SHORT = (
+    "unrequested_action", "challenge_incomplete", "action_out_of_window", "recording_too_long",
+    "recording_too_short")
+REASONS = (UNREQUESTED, INCOMPLETE, OUT_OF_WINDOW, TOO_LONG, TOO_SHORT)
 PASSED = -1
 
 
@@ -34,23 +38,41 @@ class ActionEvent:
     action: str
     start_s: float
     end_s: float
-    peak: float  # closed-eye ratio for blinks, degrees for head moves, lip gap ratio for the mouth
+    peak: float  # closed-eye ratio for blinks, the pose signal from rest for head moves, lip gap ratio for the mouth
+
+
+@dataclass(frozen=True)
+class Hysteresis:
+    """One kind of movement away from rest, in the signal's units: it begins when the signal
+    leaves rest (passes `exit`) and counts when it is past `enter` over at least `min_s`;
+    it ends when the signal falls back under `exit`. Between the two thresholds nothing
+    changes, so a turn that wobbles is still one turn."""
+
+    enter: float
+    exit: float
+    min_s: float
 
 
 @dataclass(frozen=True)
 class LivenessThresholds:
-    closed_ratio: float = 0.5  # openness below this fraction of the open level is closed
-    reopened_ratio: float = 0.75
-    max_blink_s: float = 0.6  # longer closures are eyes shut, not a blink
-    reopen_within_s: float = 0.6
-    max_pitch_shift_deg: float = 12.0  # a glance down lowers the lids and the head
-    turn_deg: float = 12.0
-    look_deg: float = 10.0
-    min_action_s: float = 0.1
-    # Lip gap over mouth width: speech in the dev clips peaks at 0.44, mouths opened wide
-    # reach 0.53-0.63 (see README, "Active liveness").
-    mouth_open_ratio: float = 0.48
-    merge_gap_s: float = 0.5  # segments of one action closer than this are one action
+    """Every threshold of the action stage. The shipped values come from `portrait calibrate
+    --actions` on annotated clips (`pipeline.shipped_liveness`); tests name their own."""
+
+    turn: Hysteresis  # degrees of yaw from the clip's rest pose
+    tilt: Hysteresis  # degrees of roll from rest
+    look: Hysteresis  # pitch units from rest (`landmarks.action_pose`: grows with head pitch, not degrees)
+    mouth: Hysteresis  # lip gap over mouth width (closed is about 0 on any face)
+    look_max_yaw: float  # pitch is judged only where the yaw from rest is under this
+    rest_band: float  # the rest pose is the pose most frames hold, within this many degrees
+    closed_ratio: float  # eyes below this share of the clip's open level are closed
+    reopened_ratio: float  # ... until they are back over this share
+    max_blink_s: float  # longer closures are eyes shut, not a blink
+    max_pitch_shift: float  # a glance down lowers the lids and the head: not a blink
+
+    @classmethod
+    def from_record(cls, record: dict) -> LivenessThresholds:
+        bands = {k: Hysteresis(**record[k]) for k in ("turn", "tilt", "look", "mouth")}
+        return cls(**{**record, **bands})
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -59,98 +81,119 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1))
 
 
+def rest_level(values: np.ndarray, band: float) -> float:
+    """The level a signal holds most of the time: the value with the most samples within
+    `band` of it, refined to the median of those samples. Unlike the median it stays at rest
+    when movements in one direction fill half the clip (a head bowed for seconds)."""
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return 0.0
+    near = np.abs(values[:, None] - values[None, :]) <= band
+    centre = values[int(np.argmax(near.sum(0)))]
+    return float(np.median(values[np.abs(values - centre) <= band]))
+
+
+def excursions(signal: np.ndarray, times: np.ndarray, band: Hysteresis,
+               rest: float | None = None) -> list[tuple[int, int]]:
+    """[first, last] indices of each movement away from rest: a run above `band.exit` that is
+    above `band.enter` over at least `band.min_s` (first to last frame above it), widened to
+    where the signal began to rise from `rest` (by default half the exit threshold) and where
+    it came back to it: a slow turn starts when the head starts moving, not when it crosses a
+    threshold. NaN (not measurable) keeps the state of the frame before, so a gap neither
+    starts nor ends a movement."""
+    if len(signal) == 0:
+        return []
+    known = np.isfinite(signal)
+    value = np.where(known, signal, 0.0)
+    above = value > band.exit
+    last_known = np.maximum.accumulate(np.where(known, np.arange(len(signal)), 0))
+    above = np.where(known, above, above[last_known] & known[last_known])
+    frame = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    found: list[tuple[int, int]] = []
+    for start, end in _runs(above):
+        entered = np.flatnonzero(known[start : end + 1] & (value[start : end + 1] > band.enter))
+        if not len(entered) or times[start + entered[-1]] - times[start + entered[0]] + frame < band.min_s:
+            continue
+        first = found[-1][1] + 1 if found else 0
+        rest = band.exit / 2 if rest is None else rest
+        while start - 1 >= first and rest < value[start - 1] < value[start]:
+            start -= 1
+        while end + 1 < len(value) and rest < value[end + 1] < value[end]:
+            end += 1
+        found.append((int(start), int(end)))
+    return found
+
+
+def _events(action: str, signal: np.ndarray, times: np.ndarray, band: Hysteresis,
+            rest: float | None = None) -> list[ActionEvent]:
+    return [ActionEvent(action, float(times[a]), float(times[b]), round(float(np.nanmax(signal[a : b + 1])), 3))
+            for a, b in excursions(signal, times, band, rest)]
+
+
 def blinks(openness: np.ndarray, pitch: np.ndarray, times: np.ndarray,
-           limits: LivenessThresholds = LivenessThresholds()) -> list[ActionEvent]:
-    """Both eyes close (relative to this clip's open level) and reopen quickly, with the
-    head level. openness [N,2], pitch [N] degrees, times [N] seconds."""
+           limits: LivenessThresholds) -> list[ActionEvent]:
+    """Both eyes close (the more open one under `closed_ratio` of the clip's open level) and
+    open again (back over `reopened_ratio`) within `max_blink_s`, with the head level.
+    Between the two levels the eyes count as still closed, so a blink that half-opens on
+    the way is one blink. openness [N,2], pitch [N] from rest, times [N] seconds."""
     if len(times) < 3:
         return []
-    level = np.percentile(openness.mean(1), 75)
-    closed = openness.max(1) < limits.closed_ratio * level
-    reopened = openness.mean(1) > limits.reopened_ratio * level
-    neutral_pitch = np.median(pitch)
+    level = max(float(np.percentile(openness.mean(1), 75)), 1e-6)
+    shut = -openness.max(1) / level
+    band = Hysteresis(-limits.closed_ratio, -limits.reopened_ratio, 0.0)
     events = []
-    for start, end in _runs(closed):
-        if times[end] - times[start] > limits.max_blink_s:
-            continue
-        before = np.flatnonzero(reopened[:start] & (times[:start] >= times[start] - limits.reopen_within_s))
-        after = np.flatnonzero(reopened[end + 1 :] & (times[end + 1 :] <= times[end] + limits.reopen_within_s))
-        if len(before) == 0 or len(after) == 0:
-            continue
-        if np.abs(pitch[start : end + 1] - neutral_pitch).max() > limits.max_pitch_shift_deg:
+    for start, end in excursions(shut, times, band):
+        if start == 0 or end == len(times) - 1 or times[end] - times[start] > limits.max_blink_s:
+            continue  # closed at the clip's edge, or for too long
+        if np.abs(np.nan_to_num(pitch[start : end + 1])).max() > limits.max_pitch_shift:
             continue
         depth = float(openness[start : end + 1].mean(1).min() / level)
         events.append(ActionEvent("blink", float(times[start]), float(times[end]), round(depth, 3)))
     return events
 
 
-def _timed_runs(action: str, signal: np.ndarray, threshold: float, times: np.ndarray,
-                limits: LivenessThresholds) -> list[ActionEvent]:
-    """Runs of `signal` above `threshold` lasting at least min_action_s (a lone noisy frame
-    is not an action); peak is the run's largest value."""
-    frame = np.median(np.diff(times)) if len(times) > 1 else 0.0
-    events = []
-    for start, end in _runs(signal > threshold):
-        if times[end] - times[start] + frame < limits.min_action_s:
-            continue
-        peak = float(signal[start : end + 1].max())
-        events.append(ActionEvent(action, float(times[start]), float(times[end]), round(peak, 3)))
-    return events
+def relative_pose(pose: np.ndarray, limits: LivenessThresholds) -> np.ndarray:
+    """[N,3] yaw, pitch, roll -> the same measured from the clip's rest pose, pitch NaN
+    where the head is turned too far for it to mean anything."""
+    yaw = pose[:, 0] - rest_level(pose[:, 0], limits.rest_band)
+    level = np.abs(yaw) < limits.look_max_yaw
+    pitch = pose[:, 1] - rest_level(pose[level, 1], limits.rest_band)
+    roll = pose[:, 2] - rest_level(pose[:, 2], limits.rest_band)
+    return np.stack([yaw, np.where(level, pitch, np.nan), roll], axis=1)
 
 
-def head_moves(yaw: np.ndarray, pitch: np.ndarray, times: np.ndarray, mirrored: bool = False,
-               limits: LivenessThresholds = LivenessThresholds()) -> list[ActionEvent]:
-    """Turns from absolute yaw (0 faces the camera), looks from pitch relative to the
-    clip's median (the camera is often below the face). Yaw is positive toward the
-    subject's left in an unmirrored recording; a mirrored one swaps left and right."""
-    neutral_pitch = np.median(pitch)
+def head_moves(pose: np.ndarray, times: np.ndarray, limits: LivenessThresholds,
+               mirrored: bool = False) -> list[ActionEvent]:
+    """Turns, tilts and looks, each one event per excursion from the clip's rest pose.
+    pose [N,3] (yaw, pitch, roll) as `landmarks.action_pose` gives it; yaw and roll are
+    positive toward the subject's left in an unmirrored recording, so a mirrored one swaps
+    left and right."""
+    yaw, pitch, roll = relative_pose(pose, limits).T
+    side = -1.0 if mirrored else 1.0
     signals = {
-        "turn_left": yaw if not mirrored else -yaw,
-        "turn_right": -yaw if not mirrored else yaw,
-        "look_up": pitch - neutral_pitch,
-        "look_down": neutral_pitch - pitch,
+        "turn_left": (side * yaw, limits.turn), "turn_right": (-side * yaw, limits.turn),
+        "tilt_left": (side * roll, limits.tilt), "tilt_right": (-side * roll, limits.tilt),
+        "look_up": (pitch, limits.look), "look_down": (-pitch, limits.look),
     }
-    events = []
-    for action, signal in signals.items():
-        threshold = limits.look_deg if action.startswith("look") else limits.turn_deg
-        events += _timed_runs(action, signal, threshold, times, limits)
+    # A move starts where the head leaves its rest level (0 here), however slowly.
+    events = [e for action, (signal, band) in signals.items() for e in _events(action, signal, times, band, 0.0)]
     return sorted(events, key=lambda e: e.start_s)
 
 
-def mouth_openings(mouth: np.ndarray, times: np.ndarray,
-                   limits: LivenessThresholds = LivenessThresholds()) -> list[ActionEvent]:
-    """The mouth opened wide (lip gap over width above mouth_open_ratio) and closed again.
-    An absolute ratio: a closed mouth is near 0 whatever the face, and speech stays below."""
-    return _timed_runs("open_mouth", mouth, limits.mouth_open_ratio, times, limits)
+def mouth_openings(mouth: np.ndarray, times: np.ndarray, limits: LivenessThresholds) -> list[ActionEvent]:
+    """The mouth opened wide (lip gap over width) and held open, then closed: speech opens
+    it as wide for a moment, which the minimum duration leaves out."""
+    return _events("open_mouth", mouth, times, limits.mouth)
 
 
-def merge_segments(events: list[ActionEvent], gap_s: float) -> list[ActionEvent]:
-    """One action held or split by a wobble counts once: consecutive non-blink segments of
-    the same action less than `gap_s` apart become one event."""
-    merged: list[ActionEvent] = []
-    last = -1  # index in `merged` of the latest non-blink event
-    for event in sorted(events, key=lambda e: e.start_s):
-        if event.action == BLINK:
-            merged.append(event)
-            continue
-        previous = merged[last] if last >= 0 else None
-        if previous is not None and previous.action == event.action and event.start_s - previous.end_s <= gap_s:
-            merged[last] = ActionEvent(event.action, previous.start_s, max(previous.end_s, event.end_s),
-                                       max(previous.peak, event.peak))
-        else:
-            merged.append(event)
-            last = len(merged) - 1
-    return merged
-
-
-def observe(openness: np.ndarray, angles: np.ndarray, mouth: np.ndarray, times: np.ndarray,
-            mirrored: bool = False, limits: LivenessThresholds = LivenessThresholds()) -> list[ActionEvent]:
-    """Every action seen in the clip, in order of start. openness [N,2], angles [N,2]
-    (yaw, pitch), mouth [N], times [N] seconds after the start of recording."""
-    found = [*blinks(openness, angles[:, 1], times, limits),
-             *head_moves(angles[:, 0], angles[:, 1], times, mirrored, limits),
+def observe(openness: np.ndarray, pose: np.ndarray, mouth: np.ndarray, times: np.ndarray,
+            limits: LivenessThresholds, mirrored: bool = False) -> list[ActionEvent]:
+    """Every action seen in the clip, in order of start. openness [N,2], pose [N,3] (yaw,
+    pitch, roll), mouth [N], times [N] seconds after the start of recording."""
+    pitch = relative_pose(pose, limits)[:, 1]
+    found = [*blinks(openness, pitch, times, limits), *head_moves(pose, times, limits, mirrored),
              *mouth_openings(mouth, times, limits)]
-    return merge_segments(found, limits.merge_gap_s)
+    return sorted(found, key=lambda e: e.start_s)
 
 
 def outcomes(events: list[ActionEvent], actions: tuple[str, ...], schedules: np.ndarray | None,
@@ -194,6 +237,7 @@ def outcomes(events: list[ActionEvent], actions: tuple[str, ...], schedules: np.
     result = np.where(ok, PASSED, REASONS.index(INCOMPLETE if schedules is None else OUT_OF_WINDOW))
     if record_s is not None:
         result = np.where(ok & (duration_s > record_s + OVERRUN_S), REASONS.index(TOO_LONG), result)
+        result = np.where(ok & (duration_s < record_s - OVERRUN_S), REASONS.index(TOO_SHORT), result)
     return result
 
 
@@ -236,33 +280,62 @@ def count_answered(events: list[ActionEvent], duration_s: float, index: np.ndarr
     order = np.argsort(index, kind="stable")
     which, starts = np.unique(index[order], return_index=True)
     for sequence, rows in zip(which, np.split(order, starts[1:])):
-        actions = table[sequence]
-        timed = schedules[rows, : len(actions)]
-        result = outcomes(events, actions, timed, WINDOW_S, record_after(timed.T), duration_s)
+        timed = schedules[rows]
+        result = outcomes(events, table[sequence], timed, WINDOW_S, record_after(timed.T), duration_s)
         answered += int((result == PASSED).sum())
     return answered
 
 
-def best_crafted_rate(index: np.ndarray, schedules: np.ndarray) -> dict:
-    """The largest share of drawn challenges one recording answers, searched over
-    recordings made for it: k head moves (k = 1..4) at chosen seconds on a grid, and a
-    blink every 0.3 s throughout, since blinks are tolerated anywhere. The actions are
-    interchangeable in the draw, so which moves does not matter, only how many and when."""
-    table = sequences()
-    moves_of = [tuple(a for a in s if a != BLINK) for s in table]
-    blinks_everywhere = [ActionEvent(BLINK, t, t + 0.1, 0.2) for t in np.arange(0.3, MAX_RECORD_S, 0.3)]
-    best = {"rate": 0.0, "moves": 0, "at_s": []}
-    for k in range(1, 5):
-        moves = tuple(a for a in ACTIONS if a != BLINK)[:k]
-        wanted = np.array([m == moves for m in moves_of])[index]
-        step = 0.25 if k <= 2 else 0.5
-        for times in combinations(np.arange(1.0 + WINDOW_S[0], MAX_RECORD_S - 1.0, step), k):
-            gaps = np.diff(times)
-            if np.any(gaps < 0.6) or (k > 2 and np.any(gaps > 4.5)):
-                continue
-            events = sorted(blinks_everywhere + [ActionEvent(m, float(t), float(t) + 0.4, 20.0)
-                                                 for m, t in zip(moves, times)], key=lambda e: e.start_s)
-            rate = count_answered(events, times[-1] + 0.6, index[wanted], schedules[wanted]) / len(index)
-            if rate > best["rate"]:
-                best = {"rate": rate, "moves": k, "at_s": [round(float(t), 2) for t in times]}
-    return best
+def answer_rate(events: list[ActionEvent], duration_s: float) -> float:
+    """The exact chance that a server challenge is answered by these events: a fixed
+    recording replayed into the camera. Only the challenge whose sequence is the recording's
+    own moves can pass (every other fails as unrequested or incomplete), so the chance is
+    1 / (number of sequences) times the share of the equally likely schedules it fits."""
+    moves = tuple(e.action for e in events if e.action != BLINK)
+    if moves not in set(sequences()):
+        return 0.0
+    timed = all_schedules()
+    passed = outcomes(events, moves, timed, WINDOW_S, record_after(timed.T), duration_s) == PASSED
+    return float(passed.mean()) / len(sequences())
+
+
+def _fits(starts: np.ndarray, duration_s: float, timed: np.ndarray) -> np.ndarray:
+    """[K] whether moves starting at `starts` (one per prompt) in a recording of this length
+    answer each schedule: every start in its window, the length within the overrun."""
+    ok = np.all((starts >= timed + WINDOW_S[0] - 1e-9) & (starts <= timed + WINDOW_S[1] + 1e-9), axis=1)
+    record_s = record_after(timed.T)
+    return ok & (np.abs(duration_s - record_s) <= OVERRUN_S + 1e-9)
+
+
+def best_crafted_rate(step_s: float = 0.05) -> dict:
+    """The largest chance of answering a server challenge that one recording made for the
+    purpose has: one sequence of moves (any: they are equally likely), each starting at a
+    chosen second, blinks anywhere (they are tolerated and never asked), and a chosen length.
+    Starts and length are searched by coordinate ascent on a `step_s` grid from starts at
+    every offset after the mean prompt times, against every schedule the server draws."""
+    timed = all_schedules()
+    mean = timed.mean(0)
+    lengths = np.round(np.arange(WINDOW_S[0], WINDOW_S[1] + 1e-9, step_s), 3)
+    best = (0.0, None, None)
+    for offset in lengths:
+        starts = np.round(mean + offset, 3)
+        duration = float(np.round(mean[-1] + WINDOW_S[1] + TAIL_S, 3))
+        share = float(_fits(starts, duration, timed).mean())
+        improved = True
+        while improved:
+            improved = False
+            for i in range(len(starts) + 1):
+                for delta in (-step_s, step_s):
+                    trial_starts, trial_duration = starts.copy(), duration
+                    if i < len(starts):
+                        trial_starts[i] = round(trial_starts[i] + delta, 3)
+                    else:
+                        trial_duration = round(trial_duration + delta, 3)
+                    trial = float(_fits(trial_starts, trial_duration, timed).mean())
+                    if trial > share:
+                        share, starts, duration, improved = trial, trial_starts, trial_duration, True
+        if share > best[0]:
+            best = (share, starts, duration)
+    share, starts, duration = best
+    return {"rate": share / len(sequences()), "schedules_fitted": share, "sequences": len(sequences()),
+            "starts_s": [round(float(t), 2) for t in starts], "duration_s": round(duration, 2)}

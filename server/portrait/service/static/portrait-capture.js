@@ -13,6 +13,8 @@ export const ACTION_TEXT = {
   blink: "Blink",
   turn_left: "Turn your head to your left",
   turn_right: "Turn your head to your right",
+  tilt_left: "Tilt your head toward your left shoulder",
+  tilt_right: "Tilt your head toward your right shoulder",
   look_up: "Look up",
   look_down: "Look down",
   open_mouth: "Open your mouth",
@@ -20,7 +22,7 @@ export const ACTION_TEXT = {
 
 // Glyphs as seen in the preview, which is always shown as a mirror.
 const ACTION_ICON = {
-  blink: "\u{1F441}", turn_left: "\u2B05", turn_right: "\u27A1",
+  blink: "\u{1F441}", turn_left: "\u2B05", turn_right: "\u27A1", tilt_left: "\u2196", tilt_right: "\u2197",
   look_up: "\u2B06", look_down: "\u2B07", open_mouth: "\u{1F62E}",
 };
 
