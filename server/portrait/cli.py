@@ -252,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="model repository").add_subparsers(dest="action", required=True)
     build = models.add_parser("build", help="fetch, convert, validate and write the model repository")
     build.add_argument("--json", action="store_true", help="one-line JSON summary")
-    build.add_argument("--int8", action="store_true", help="also write int8 copies of the models that are faster "
-                       "in int8 on CPUs with VNNI or AMX (needs the `quantize` extra and the calibration media)")
+    build.add_argument("--int8", action="store_true", help="also write the iris model's int8 copy (faster on CPUs "
+                       "with VNNI or AMX; needs the `quantize` extra and the calibration media)")
     build.add_argument("--calibration-root", type=Path, default=None,
                        help="folder holding the int8 calibration media (default: the test data, as the tests find it)")
     build.set_defaults(func=_models_build)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -16,9 +14,7 @@ from portrait.modelrepo.specs import BY_NAME
 __all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend", "model_runtimes",
            "runtime_table"]
 
-log = logging.getLogger(__name__)
-
-# openvino_int8: OpenVINO on the model's int8 copy (`portrait.modelrepo.int8`).
+# openvino_int8: OpenVINO on the model's int8 copy (`portrait.modelrepo.int8`), by override only.
 RUNTIMES = ("onnxruntime", "openvino", "openvino_int8")
 # The faster embedded runtime per model on fp32 files, batch 8, one thread, measured on an
 # AVX-512 x86 server by `benchmarks/bench_runtimes.py` (outputs equal within 2e-4): OpenVINO
@@ -33,23 +29,21 @@ def openvino_installed() -> bool:
 
 @lru_cache(maxsize=1)
 def cpu_int8() -> str | None:
-    """This CPU's int8 dot product (a cpuinfo flag), read once."""
+    """This CPU's int8 dot product (a cpuinfo flag), read once: where it has none, an int8
+    copy is slower than the fp32 file (the start log says which)."""
     return int8.int8_dot_product()
 
 
-def runtime_table(choice: str, repository: Path | None = None) -> dict[str, str]:
+def runtime_table(choice: str) -> dict[str, str]:
     """`PORTRAIT_RUNTIME` -> the runtime of every model. `auto` is the measured table (every
-    model on ONNX Runtime where OpenVINO, a dependency, could not be installed), with the
-    int8 copies `repository` holds where this CPU has an int8 dot product (VNNI, AMX); one
-    runtime name puts every model there; `auto,sface=onnxruntime` overrides single models."""
+    model on ONNX Runtime where OpenVINO, a dependency, could not be installed; never an int8
+    copy, see `portrait.modelrepo.int8`); one runtime name puts every model there;
+    `auto,sface=onnxruntime` or `auto,iris_landmark=openvino_int8` overrides single models."""
     first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
     if first == "auto":
         table = dict.fromkeys(BY_NAME, "onnxruntime")  # a model not measured yet stays on ONNX Runtime
         if openvino_installed():
             table.update({model: runtime for model, runtime in MEASURED.items() if model in BY_NAME})
-            if repository is not None and cpu_int8():
-                table.update({model: "openvino_int8" for model in int8.INT8_MODELS
-                              if model in BY_NAME and int8.available(repository, model)})
     elif first in RUNTIMES:
         table = dict.fromkeys(BY_NAME, first)
     else:
@@ -110,7 +104,7 @@ class EmbeddedBackend:
 def create_backend(kind: str, **options) -> InferenceBackend:
     """`embedded` (in process: ONNX Runtime and OpenVINO per model, the default) or `triton`."""
     if kind == "embedded":
-        runtimes = runtime_table(options.pop("runtime", "auto"), Path(options["repository"]))
+        runtimes = runtime_table(options.pop("runtime", "auto"))
         return EmbeddedBackend(runtimes=runtimes, **options)
     if kind == "triton":
         from portrait.backends.triton import TritonBackend
