@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from portrait import backends
 from portrait.backends import MEASURED, create_backend, runtime_table
 from portrait.backends.onnxruntime import OnnxRuntimeBackend
 from portrait.backends.openvino import OpenVinoBackend
