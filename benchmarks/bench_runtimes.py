@@ -4,8 +4,9 @@ the ratio and the largest output difference; this is where `portrait.backends.ru
 default table comes from.
 
 `--int8` adds OpenVINO on each model quantized by NNCF (post-training, calibrated on the
-random batch: enough to time it, not to judge its accuracy; `pip install nncf`). An int8
-model would have to be faster before its accuracy on the dev data is worth measuring.
+random batch: enough to time it, not to judge its accuracy; the `quantize` extra). An int8
+model would have to be faster before its accuracy on the dev data is worth measuring; the
+copies the service runs are calibrated on real inputs (`portrait.modelrepo.int8`).
 
     python benchmarks/bench_runtimes.py [--batch 8] [--threads 1] [--repeats 20] [--int8]
 """

@@ -3,12 +3,18 @@ the runtime table picks runtimes per model as configured."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from portrait.backends import MEASURED, create_backend, runtime_table
 from portrait.backends.onnxruntime import OnnxRuntimeBackend
 from portrait.backends.openvino import OpenVinoBackend
+from portrait.modelrepo import int8
+from portrait.modelrepo.repository import ModelRepositoryError
 from portrait.modelrepo.specs import BY_NAME
 from portrait.pipeline import Pipeline
 
@@ -88,3 +94,52 @@ def test_released_memory_goes_back_and_the_next_call_answers_the_same(model_repo
     again = backend.infer("facemesh", small)
     for name in first:
         np.testing.assert_allclose(again[name], first[name], rtol=1e-5, atol=1e-5)
+
+
+def test_int8_dot_product_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\nprocessor\t: 1\n")
+    assert int8.int8_dot_product(cpuinfo) == "avx512_vnni"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert int8.int8_dot_product(cpuinfo) is None  # AVX2 alone: int8 was slower there
+    assert int8.int8_dot_product(tmp_path / "missing") is None
+
+
+def _repository_with_int8_record(source: Path, target: Path, model: str) -> Path:
+    """A repository sharing `source`'s manifest, with an int8 record of `model` (its file's
+    contents do not matter to the choice of runtime)."""
+    target.mkdir()
+    shutil.copy(source / "manifest.json", target / "manifest.json")
+    copy = int8.int8_path(target, model)
+    copy.parent.mkdir(parents=True)
+    copy.write_text("<net/>")
+    copy.with_suffix(".bin").write_bytes(b"\0")
+    sha = {r["name"]: r["sha256"] for r in json.loads((source / "manifest.json").read_text())["models"]}[model]
+    (target / int8.RECORD).write_text(json.dumps({"format": int8.INT8_FORMAT, "models": {
+        model: {"source_sha256": sha, "sha256": int8._files_sha256(copy), "fingerprint": "-"}}}))
+    return target
+
+
+def test_an_int8_copy_runs_only_when_asked_for_and_answers_name_it(model_repository, tmp_path):
+    repository = _repository_with_int8_record(model_repository, tmp_path / "repo", "iris_landmark")
+    assert runtime_table("auto")["iris_landmark"] == "openvino"  # it moves blinks (int8.py): never by default
+    table = runtime_table("auto,iris_landmark=openvino_int8")
+    assert table["iris_landmark"] == "openvino_int8"
+    assert {m: r for m, r in table.items() if m != "iris_landmark"} == {m: r for m, r in runtime_table("auto").items()
+                                                                       if m != "iris_landmark"}
+    assert int8.verified_int8(repository, "iris_landmark") == int8.int8_path(repository, "iris_landmark")
+    models = int8.served([{"name": "iris_landmark", "version": "v", "sha256": "fp32"}], table, repository)
+    assert models[0]["version"] == "v-int8" and models[0]["sha256"] != "fp32"  # answers name the file that ran
+
+
+def test_an_int8_copy_of_another_fp32_file_or_altered_is_not_loaded(model_repository, tmp_path):
+    repository = _repository_with_int8_record(model_repository, tmp_path / "repo", "iris_landmark")
+    int8.int8_path(repository, "iris_landmark").with_suffix(".bin").write_bytes(b"\1")
+    with pytest.raises(ModelRepositoryError, match="corrupt"):
+        int8.verified_int8(repository, "iris_landmark")
+    record = json.loads((repository / int8.RECORD).read_text())
+    record["models"]["iris_landmark"]["source_sha256"] = "0" * 64  # quantized from an earlier fp32 file
+    (repository / int8.RECORD).write_text(json.dumps(record))
+    assert not int8.available(repository, "iris_landmark")
+    with pytest.raises(ModelRepositoryError, match="no current int8 copy"):
+        int8.verified_int8(repository, "iris_landmark")

@@ -19,8 +19,16 @@ def _models_build(args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
         summary = build_repository(settings.model_repository, settings.cache_dir, settings.model_mirror)
-    except SourceError as exc:
+        if args.int8:
+            from portrait.bench import default_testdata
+            from portrait.modelrepo.int8 import build_int8
+
+            summary.update(build_int8(settings, args.calibration_root or default_testdata()))
+    except (SourceError, FileNotFoundError) as exc:
         print(f"portrait models build: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"portrait models build --int8 needs the `quantize` extra ({exc})", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2 if not args.json else None))
     return 0
@@ -264,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="model repository").add_subparsers(dest="action", required=True)
     build = models.add_parser("build", help="fetch, convert, validate and write the model repository")
     build.add_argument("--json", action="store_true", help="one-line JSON summary")
+    build.add_argument("--int8", action="store_true", help="also write the iris model's int8 copy (faster on CPUs "
+                       "with VNNI or AMX; needs the `quantize` extra and the calibration media)")
+    build.add_argument("--calibration-root", type=Path, default=None,
+                       help="folder holding the int8 calibration media (default: the test data, as the tests find it)")
     build.set_defaults(func=_models_build)
 
     triton = commands.add_parser("triton", help="serve the model repository from the bundled Triton server")

@@ -62,7 +62,9 @@ class HostFrames:
     def model_input(self, crops: np.ndarray, fmt: InputFormat) -> np.ndarray:
         ordered = crops[..., ::-1] if fmt.rgb else crops
         batch = np.ascontiguousarray(ordered.transpose(0, 3, 1, 2), dtype=np.float32)
-        return batch * np.float32(fmt.scale) if fmt.scale != 1.0 else batch
+        if fmt.scale != 1.0:
+            np.multiply(batch, np.float32(fmt.scale), out=batch)  # in place: no second batch
+        return batch
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return array

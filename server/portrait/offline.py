@@ -14,9 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from portrait import action_calibration, action_scoring, challenge, evaluation, genuine
-from portrait.backends import InferenceBackend, backend_from_settings
+from portrait.backends import InferenceBackend, backend_from_settings, model_runtimes
 from portrait.media import MediaError, decoder
 from portrait.media.trim import leading
+from portrait.modelrepo import int8
 from portrait.modelrepo.repository import served_models
 from portrait.pipeline import CALIBRATION, Pipeline, PipelineConfig, Timings, config_from_record, shipped_match
 from portrait.settings import Settings
@@ -55,7 +56,8 @@ class Offline:
         self.backend = backend or backend_from_settings(settings)
         self.pipeline = Pipeline(self.backend, config or config_from_record(self.record, detect_every=settings.video_detect_every))
         self.decode = decoder(settings.decoder)
-        self.models = served_models(settings.model_repository)
+        self.models = int8.served(served_models(settings.model_repository), model_runtimes(self.backend),
+                                  settings.model_repository)
 
     def image(self, path: Path) -> np.ndarray:
         return self.decode.image(path.read_bytes(), max_pixels=self.settings.max_image_pixels)

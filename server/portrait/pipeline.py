@@ -219,10 +219,12 @@ class Pipeline:
     def embed(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
         return self.embed_crops(self.aligned_crops(images, faces))
 
-    def embed_second(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
-        """dlib's embeddings [K,128] of 150x150 chips aligned from the same 5 points."""
+    def embed_second(self, images: Sequence[np.ndarray], faces: np.ndarray,
+                     index: Sequence[int] | None = None) -> np.ndarray:
+        """dlib's embeddings [K,128] of 150x150 chips aligned from the same 5 points (face k
+        in images[index[k]], images[k] by default)."""
         matrices = align.similarity_transforms(align.landmarks5(faces), align.TEMPLATE_DLIB_150)
-        chips = self.ops.crops(images, range(len(faces)), matrices, embed.DLIB_CHIP)
+        chips = self.ops.crops(images, _each(faces, index), matrices, embed.DLIB_CHIP)
         return self.run("dlib_resnet", self.ops.model_input(chips, embed.DLIB_INPUT))["embedding"]
 
     def match_scores(self, first: tuple[np.ndarray, np.ndarray | None],
@@ -235,14 +237,15 @@ class Pipeline:
             scores["fused"] = float(self.config.fusion(scores["sface"], scores["dlib"]))
         return {**scores, "score": scores["fused" if self.config.fusion is not None else "sface"]}
 
-    def passive_scores(self, frames: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    def passive_scores(self, frames: np.ndarray, faces: np.ndarray, index: Sequence[int] | None = None) -> np.ndarray:
         """Live probability per (frame, YuNet face), both MiniFASNet models, on crops made
-        from the box mapped to the geometry the models were trained on."""
+        from the box mapped to the geometry the models were trained on (face k in
+        frames[index[k]], frames[k] by default)."""
         boxes = self.config.pad_box_map.apply(faces)
         logits = {}
         for model, scale in pad.SCALES.items():
             matrices = pad.crop_transforms(boxes, tuple(frames.shape[1:3]), scale)
-            crops = self.ops.crops(frames, range(len(faces)), matrices, pad.SIZE)
+            crops = self.ops.crops(frames, _each(faces, index), matrices, pad.SIZE)
             logits[model] = self.run(model, self.ops.model_input(crops, pad.INPUT))["logits"]
         return pad.live_scores(logits)
 
@@ -274,7 +277,7 @@ class Pipeline:
         count, size = len(frames), cfg.video_detector_size
         keys = keyframes.key_indices(count, cfg.detect_every)
         with timings.stage("detect"):
-            key_detections = self.detect(frames[keys], size)
+            key_detections = self.detect(_take(frames, keys), size)
         with timings.stage("track"):
             sharpness = [self.face_sharpness(frames, k, faces) for k, faces in zip(keys, key_detections)]
             key_track = track_primary(key_detections, frames.shape[1:3], sharpness=sharpness)
@@ -285,7 +288,7 @@ class Pipeline:
             detected = np.zeros(count, bool)
             detected[keys[key_track.present]] = True
             kept = np.flatnonzero(present)
-            matrices, points, presence = self.face_mesh(frames[kept], faces[kept])
+            matrices, points, presence = self.face_mesh(_take(frames, kept), faces[kept])
             follow = ~detected[kept]
             lost = kept[(presence < keyframes.PRESENT) & follow]
         if follow.any():  # with the detector on every frame (the default) nothing is followed
@@ -326,7 +329,7 @@ class Pipeline:
         kept = np.flatnonzero(track.present)
         # Seconds after the start of recording, as the challenge's schedule counts them.
         times = video.timestamps[kept] - (video.timestamps[0] if len(video.timestamps) else 0.0)
-        frames, faces = frames[kept], track.faces[kept]
+        frames, faces = _take(frames, kept), track.faces[kept]
         with timings.stage("landmarks"):
             openness, angles, mouth = self.face_geometry(frames, faces, mesh)
         with timings.stage("active_liveness"):
@@ -344,7 +347,7 @@ class Pipeline:
             best = np.argsort(-score, kind="stable")[: cfg.match_frames]
         with timings.stage("passive_liveness"):
             chosen = quality.spread(len(kept), cfg.pad_frames)
-            per_frame = self.passive_scores(frames[chosen], faces[chosen])
+            per_frame = self.passive_scores(frames, faces[chosen], chosen)
             passive = float(np.median(per_frame))
         embeddings, kept_together, second, sample, context = None, None, None, None, None
         if need_embeddings:
@@ -355,19 +358,21 @@ class Pipeline:
                 vectors = self.embed_crops(aligned[picked])
                 embeddings = vectors[np.searchsorted(picked, best)]
                 if cfg.fusion is not None:
-                    second = self.embed_second(frames[best], faces[best])
+                    second = self.embed_second(frames, faces[best], best)
             with timings.stage("continuity"):
                 sample = continuity.Sample(vectors, angles[picked], times[picked])
                 kept_together = continuity.continuity(sample)
             with timings.stage("synthetic"):
-                context = self.context_crops(frames[picked], faces[picked])
+                context = self.context_crops(frames, faces[picked], picked)
         return VideoAnalysis(track, times, openness, angles, mouth, events, passive,
                              None if kept_together is None else kept_together.score, embeddings, second, per_frame,
                              sample, context=context, pose=pose, light=response)
 
-    def context_crops(self, images: Sequence[np.ndarray], faces: np.ndarray) -> np.ndarray:
-        """Luma context crops [N,S,S] of one face per image, as the generated-face check compares them."""
-        crops = self.ops.crops(images, range(len(faces)), synthetic.crop_transforms(faces), synthetic.SIZE)
+    def context_crops(self, images: Sequence[np.ndarray], faces: np.ndarray,
+                      index: Sequence[int] | None = None) -> np.ndarray:
+        """Luma context crops [N,S,S] of one face per image (face k in images[index[k]],
+        images[k] by default), as the generated-face check compares them."""
+        crops = self.ops.crops(images, _each(faces, index), synthetic.crop_transforms(faces), synthetic.SIZE)
         return synthetic.grey(self.ops.to_host(crops))
 
     def derived_score(self, image: np.ndarray, face: np.ndarray, analysis: VideoAnalysis) -> float | None:
@@ -506,6 +511,20 @@ class Pipeline:
             "method": "fused" if self.config.fusion is not None else "sface",
             "scores": None if scores is None else {k: _round(v) for k, v in scores.items() if k != "score"},
         }
+
+
+def _take(frames, index: np.ndarray):
+    """frames[index], without copying the clip when the index is every frame in order (the
+    detector on every frame, the face in all of them): a copy of a clip's frames is 46 MB at
+    the default 56 frames of 640 x 427."""
+    if len(index) == len(frames) and np.array_equal(index, np.arange(len(frames))):
+        return frames
+    return frames[index]
+
+
+def _each(faces: np.ndarray, index: Sequence[int] | None) -> Sequence[int]:
+    """The frame of each face: `index`, or face k in frame k."""
+    return range(len(faces)) if index is None else [int(i) for i in index]
 
 
 def _round(value: float | None) -> float | None:

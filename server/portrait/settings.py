@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     )
     runtime: str = Field(default="auto", description="Embedded runtime per model: `auto` (the measured "
                          "table in portrait.backends), `onnxruntime`, `openvino`, or overrides such as "
-                         "`auto,sface=onnxruntime`.")
+                         "`auto,sface=onnxruntime` or `auto,iris_landmark=openvino_int8` (the int8 copy "
+                         "`models build --int8` writes; faster with VNNI or AMX, README Performance).")
     inference_threads: int = Field(default=1, ge=0, description="Intra-op threads of each embedded model call; "
                                    "0 lets the runtime choose (all cores). One thread per call, with the "
                                    "models' batchers and the pipeline workers running side by side, cost the "

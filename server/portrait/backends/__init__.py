@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 
 import numpy as np
 
 from portrait.backends.base import BackendError, InferenceBackend
+from portrait.modelrepo import int8
 from portrait.modelrepo.specs import BY_NAME
 
 __all__ = ["BackendError", "InferenceBackend", "backend_from_settings", "create_backend", "model_runtimes",
            "runtime_table"]
 
-RUNTIMES = ("onnxruntime", "openvino")
+# openvino_int8: OpenVINO on the model's int8 copy (`portrait.modelrepo.int8`), by override only.
+RUNTIMES = ("onnxruntime", "openvino", "openvino_int8")
 # The faster embedded runtime per model on fp32 files, batch 8, one thread, measured on an
 # AVX-512 x86 server by `benchmarks/bench_runtimes.py` (outputs equal within 2e-4): OpenVINO
 # ran FaceMesh, the iris model, both MiniFASNets and SFace 2.0-2.5x faster; YuNet was even.
@@ -24,10 +27,18 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+@lru_cache(maxsize=1)
+def cpu_int8() -> str | None:
+    """This CPU's int8 dot product (a cpuinfo flag), read once: where it has none, an int8
+    copy is slower than the fp32 file (the start log says which)."""
+    return int8.int8_dot_product()
+
+
 def runtime_table(choice: str) -> dict[str, str]:
     """`PORTRAIT_RUNTIME` -> the runtime of every model. `auto` is the measured table (every
-    model on ONNX Runtime where OpenVINO, a dependency, could not be installed); one runtime
-    name puts every model there; `auto,sface=onnxruntime` overrides single models."""
+    model on ONNX Runtime where OpenVINO, a dependency, could not be installed; never an int8
+    copy, see `portrait.modelrepo.int8`); one runtime name puts every model there;
+    `auto,sface=onnxruntime` or `auto,iris_landmark=openvino_int8` overrides single models."""
     first, *overrides = [part.strip() for part in choice.split(",") if part.strip()] or ["auto"]
     if first == "auto":
         table = dict.fromkeys(BY_NAME, "onnxruntime")  # a model not measured yet stays on ONNX Runtime
@@ -43,7 +54,7 @@ def runtime_table(choice: str) -> dict[str, str]:
             raise ValueError(f"runtime override {override!r}: expected <model>=<runtime>, models "
                              f"{', '.join(BY_NAME)}, runtimes {', '.join(RUNTIMES)}")
         table[model] = runtime
-    if "openvino" in table.values() and not openvino_installed():
+    if {"openvino", "openvino_int8"} & set(table.values()) and not openvino_installed():
         raise ValueError("runtime openvino needs the openvino package, which is not installed")
     return table
 
@@ -61,10 +72,11 @@ class EmbeddedBackend:
             by_runtime.setdefault(runtime, []).append(model)
         self._backends: dict[str, InferenceBackend] = {}
         for runtime, models in by_runtime.items():
-            if runtime == "openvino":
+            if runtime in ("openvino", "openvino_int8"):
                 from portrait.backends.openvino import OpenVinoBackend
 
-                backend: InferenceBackend = OpenVinoBackend(repository, models, threads, streams)
+                backend: InferenceBackend = OpenVinoBackend(repository, models, threads, streams,
+                                                            int8=runtime == "openvino_int8")
             else:
                 from portrait.backends.onnxruntime import OnnxRuntimeBackend
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from portrait.modelrepo.int8 import verified_int8
 from portrait.modelrepo.repository import ModelRecord, model_path, verified_models
 from portrait.modelrepo.specs import BY_NAME
 
@@ -59,11 +60,15 @@ def _output_names(compiled: ov.CompiledModel, wanted) -> list[str]:
 class OpenVinoBackend:
     name = "openvino"
 
-    def __init__(self, repository: Path, models: list[str] | None = None, threads: int = 0, streams: int = 1) -> None:
+    def __init__(self, repository: Path, models: list[str] | None = None, threads: int = 0, streams: int = 1,
+                 int8: bool = False) -> None:
+        """`int8`: run the models' int8 copies (`portrait.modelrepo.int8`) instead of the fp32 files."""
         names = models or list(BY_NAME)
         self.records: dict[str, ModelRecord] = verified_models(Path(repository), names)
+        self.name = "openvino_int8" if int8 else "openvino"
+        locate = verified_int8 if int8 else model_path
         core = ov.Core()
-        self._compiled = {name: compile_model(core, model_path(Path(repository), name), threads, streams)
+        self._compiled = {name: compile_model(core, locate(Path(repository), name), threads, streams)
                           for name in names}
         self._outputs = {name: _output_names(c, BY_NAME[name].outputs) for name, c in self._compiled.items()}
         self._requests: dict[str, queue.SimpleQueue[ov.InferRequest]] = {n: queue.SimpleQueue() for n in names}

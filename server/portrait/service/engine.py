@@ -42,8 +42,9 @@ from starlette.responses import JSONResponse
 
 from portrait.backends.base import BackendError
 from portrait.batching import Cancelled, DeadlineExceeded, QueueFull
-from portrait.backends import InferenceBackend, model_runtimes
+from portrait.backends import InferenceBackend, cpu_int8, model_runtimes
 from portrait.media import MediaError
+from portrait.modelrepo import int8
 from portrait.modelrepo.repository import served_models
 from portrait.pipeline import Pipeline, Timings
 from portrait.security.tokens import Challenge
@@ -162,9 +163,9 @@ class Engine:
         self.guard = Guard(settings)
         self.sessions = Sessions(settings, self.guard, self.metrics)
         self.inference = Inference(settings, self.metrics, backend)
-        self.models = served_models(settings.model_repository)
         runtimes = model_runtimes(self.inference.inner)
-        log.info("model runtimes", extra={"backend": settings.backend, "runtimes": runtimes})
+        self.models = int8.served(served_models(settings.model_repository), runtimes, settings.model_repository)
+        log.info("model runtimes", extra={"backend": settings.backend, "runtimes": runtimes, "cpu_int8": cpu_int8()})
         for model in self.models:
             self.metrics.models.labels(model["name"]).info({"version": model["version"], "sha256": model["sha256"],
                                                             "runtime": runtimes.get(model["name"], "-")})
