@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -55,6 +56,14 @@ def test_an_animated_still_is_refused_as_synthetic_face(pipeline, testdata):
     flipped = Video(np.ascontiguousarray(video.frames[:, :, ::-1]), video.timestamps, video.fps, video.codec,
                     video.duration_s, video.rotation)
     assert "synthetic_face" in pipeline.verify(still, flipped)["reasons"]
+    # Noise, a colour grade and a hard JPEG re-encode on the way to the virtual camera change little.
+    rng = np.random.default_rng(0)
+    edited = np.stack([cv2.imdecode(cv2.imencode(".jpg", np.clip(255 * (f / 255.0) ** 0.7 + rng.normal(0, 8, f.shape),
+                                                                   0, 255).astype(np.uint8),
+                                                 [cv2.IMWRITE_JPEG_QUALITY, 40])[1], cv2.IMREAD_COLOR)
+                       for f in video.frames])
+    regraded = Video(edited, video.timestamps, video.fps, video.codec, video.duration_s, video.rotation)
+    assert "synthetic_face" in pipeline.verify(still, regraded)["reasons"]
     # The same clip and still with the threshold above the score: the check's is the only reason.
     relaxed = Pipeline(pipeline.backend, replace(pipeline.config, synthetic_threshold=2.0))
     assert "synthetic_face" not in relaxed.verify(still, video)["reasons"]
