@@ -15,7 +15,15 @@ pipeline's own tracking and FaceMesh, then one number per signal:
   bends where a skull cannot);
 - flicker: over the first 4 s at the clip's own frame rate, the face patch's mean absolute
   second difference over its first (frame-by-frame generation flickers, motion is smooth);
-- embedding_norm: the median norm of SFace's embedding before normalisation.
+- embedding_norm: the median norm of SFace's embedding before normalisation;
+- shading_per_degree: the skin's shading pattern (log luma, blurred to the face's scale, at
+  40 FaceMesh points of forehead, cheeks and nose, less each frame's median) regressed on yaw
+  and pitch; the yaw slope, root mean square over the points, in per cent per degree (under a
+  light fixed in the room, shading follows the head; a warped still carries its shading with
+  the texture, a generator repaints it);
+- shading_at_pose: the same pattern's root mean square difference between frames of alike
+  pose (yaw and pitch within 2 degrees together, at least 3 frames apart), median over pairs,
+  in per cent (at one pose a live face's skin holds still; generated texture may boil).
 
 It prints each clip's values and, per signal, the area under the ROC curve of live against
 generated clips (0.5: no separation; either direction counts) and how many generated clips
@@ -43,6 +51,8 @@ REGIONS = {"forehead": [10, 151, 9, 108, 337, 67, 297, 109, 338, 69, 299, 104, 3
            "left_cheek": [280, 330, 347, 346, 352, 411, 425, 266, 371, 348, 329, 277, 355, 429]}
 RIGID = [33, 133, 362, 263, 168, 6, 197, 195, 5, 4, 1, 127, 356, 234, 454, 10, 151, 9, 8, 93, 323, 132, 361,
          58, 288, 172, 397]
+SHADING = [*REGIONS["forehead"], *REGIONS["right_cheek"], *REGIONS["left_cheek"], 4, 5, 195, 197, 6, 1, 19, 94, 2,
+           98, 327, 168]
 PULSE_HZ = 10.0
 MIN_PULSE_S = 3.2  # two POS windows; shorter clips get no pulse figures
 OFFSETS = np.stack(np.meshgrid(np.arange(-2, 3), np.arange(-2, 3)), -1).reshape(-1, 2)
@@ -118,6 +128,26 @@ def pulse_figures(frames: np.ndarray, points: np.ndarray, faces: np.ndarray, tim
                                               for i, j in ((0, 1), (0, 2), (1, 2))]))}
 
 
+def shading(frames: np.ndarray, points: np.ndarray, faces: np.ndarray, angles: np.ndarray) -> dict[str, float]:
+    """How the skin's shading pattern moves with head pose, and how much it moves at one pose."""
+    import cv2
+
+    sigma = max(1.0, float(np.median(faces[:, 2])) / 40)
+    grey = np.stack([cv2.GaussianBlur(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32), (0, 0), sigma)
+                     for f in frames])
+    at = points[:, SHADING]
+    x = np.clip(np.round(at[..., 0]).astype(int), 0, grey.shape[2] - 1)
+    y = np.clip(np.round(at[..., 1]).astype(int), 0, grey.shape[1] - 1)
+    pattern = np.log(grey[np.arange(len(grey))[:, None], y, x] + 1.0)
+    pattern -= np.median(pattern, axis=1, keepdims=True)
+    design = np.column_stack([np.ones(len(angles)), angles - angles.mean(0)])
+    slopes = np.linalg.lstsq(design, pattern, rcond=None)[0]
+    apart = np.abs(angles[:, None] - angles[None]).sum(-1)
+    i, j = np.nonzero(np.triu(apart < 2.0, 3))
+    at_pose = float(np.sqrt(np.median(((pattern[i] - pattern[j]) ** 2).mean(1))) * 100) if len(i) else float("nan")
+    return {"shading_per_degree": float(np.sqrt((slopes[1] ** 2).mean()) * 100), "shading_at_pose": at_pose}
+
+
 def signals(offline: Offline, path: Path) -> dict[str, float] | None:
     pipeline = offline.pipeline
     video = offline.labelled_clip(path)
@@ -149,6 +179,7 @@ def signals(offline: Offline, path: Path) -> dict[str, float] | None:
     raw = pipeline.run("sface", pipeline.ops.model_input(pipeline.aligned_crops(frames[kept][chosen], faces[chosen]),
                                                          embed.INPUT))["fc1"]
     found["embedding_norm"] = float(np.median(np.linalg.norm(raw, axis=1)))
+    found.update(shading(frames[kept], at, faces, angles))
     return found
 
 
