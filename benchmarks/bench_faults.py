@@ -117,7 +117,7 @@ def _raw_request(service: Service, tenant: str, token: str, id_image: bytes, vid
                             data={"challenge": token}, files={"id_image": ("id.jpg", id_image, "image/jpeg"),
                                                               "video": ("v.mp4", video, "video/mp4")})
     body = request.read()
-    lines = [f"POST /v1/verifications HTTP/1.1", f"Host: 127.0.0.1:{service.port}",
+    lines = ["POST /v1/verifications HTTP/1.1", f"Host: 127.0.0.1:{service.port}",
              f"Authorization: Bearer {KEYS[tenant]}", f"Content-Type: {request.headers['content-type']}",
              f"Content-Length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode(), body

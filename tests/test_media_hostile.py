@@ -17,7 +17,6 @@ import hostile
 from portrait.media import MediaError, VideoLimits, decode_image, decode_video
 from portrait.media import image as image_module
 from portrait.media import jpeg
-from portrait.media import video as video_module
 from portrait.media.video import decode_peak_bytes
 
 LIMITS = VideoLimits()
