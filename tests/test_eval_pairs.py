@@ -53,6 +53,16 @@ def test_wilson_interval_holds_at_zero_and_small_counts():
     assert evaluation.wilson_interval(0, 0) is None
 
 
+def test_pad_error_rates_carry_intervals_from_the_counts():
+    is_attack = np.array([True] * 4 + [False] * 10)
+    accepted_live = np.array([True, False, False, False] + [True] * 10)
+    kinds = np.array(["print"] * 4 + ["unspecified"] * 10)
+    rates = evaluation.pad_error_rates(is_attack, accepted_live, kinds)
+    assert rates["apcer"] == 0.25 and rates["apcer_ci95"] == evaluation.wilson_interval(1, 4)
+    assert rates["bpcer"] == 0.0 and rates["bpcer_ci95"] == evaluation.wilson_interval(0, 10)
+    assert rates["bpcer_ci95"][1] > 0.27  # no live sample rejected of ten still allows a rate over a quarter
+
+
 def test_error_rates_and_differentials():
     scores = np.array([0.9, 0.8, 0.2, 0.7, 0.1, -np.inf])
     same = np.array([True, True, True, False, False, True])

@@ -51,7 +51,8 @@ def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> d
 
 def pad_error_rates(is_attack: np.ndarray, accepted_live: np.ndarray, attack_types: np.ndarray) -> dict:
     """APCER: attacks accepted as live (overall and per attack type, the standard reports
-    the worst type); BPCER: bona fide samples rejected."""
+    the worst type); BPCER: bona fide samples rejected. With 95% intervals: dev lists hold
+    tens of samples, where a rate alone says little."""
     attacks, bona_fide = is_attack, ~is_attack
     per_type = {
         str(kind): round(float(np.mean(accepted_live[attacks & (attack_types == kind)])), 4)
@@ -59,9 +60,11 @@ def pad_error_rates(is_attack: np.ndarray, accepted_live: np.ndarray, attack_typ
     }
     return {
         "apcer": round(float(np.mean(accepted_live[attacks])), 4) if attacks.any() else None,
+        "apcer_ci95": wilson_interval(int(accepted_live[attacks].sum()), int(attacks.sum())),
         "apcer_per_type": per_type,
         "apcer_worst_type": max(per_type.values()) if per_type else None,
         "bpcer": round(float(np.mean(~accepted_live[bona_fide])), 4) if bona_fide.any() else None,
+        "bpcer_ci95": wilson_interval(int((~accepted_live[bona_fide]).sum()), int(bona_fide.sum())),
         "attacks": int(attacks.sum()),
         "bona_fide": int(bona_fide.sum()),
     }

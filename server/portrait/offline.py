@@ -649,6 +649,7 @@ def _liveness_rates(rows: list[dict[str, str]], outcomes: list[dict], synthetic_
     return {
         **evaluation.pad_error_rates(is_attack, live, kinds),
         "apcer_generated": round(float(live[generated].mean()), 4) if generated.any() else None,
+        "apcer_generated_ci95": evaluation.wilson_interval(int(live[generated].sum()), int(generated.sum())),
         "generated_attacks": int(generated.sum()),
         "failures_to_acquire": len(rows) - len(judged),
     }
@@ -692,7 +693,9 @@ def _pooled(rows: list[dict[str, str]], outcomes: list[dict], groups: dict, colu
     live = np.array([_live_at(o, groups[r[column]]["left_out"]["synthetic_threshold"]) for r, o in judged])
     generated = is_attack & np.isin(kinds, GENERATED)
     return {"left_out_pooled": {**evaluation.pad_error_rates(is_attack, live, kinds),
-                                "apcer_generated": round(float(live[generated].mean()), 4) if generated.any() else None}}
+                                "apcer_generated": round(float(live[generated].mean()), 4) if generated.any() else None,
+                                "apcer_generated_ci95": evaluation.wilson_interval(int(live[generated].sum()),
+                                                                                   int(generated.sum()))}}
 
 
 def _is_photo(path: str) -> bool:
