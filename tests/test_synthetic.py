@@ -94,6 +94,18 @@ def test_registration_recovers_a_moved_copy_and_not_another_face(pipeline, face_
     assert synthetic.derived_score(reference, crops[:0]) is None
 
 
+def test_a_light_tilted_across_the_face_keeps_the_layout(pipeline, face_images):
+    side = synthetic.SIZE - 2 * synthetic.MARGIN
+    layout = np.random.default_rng(0).normal(size=(side, side)).astype(np.float32)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+    assert np.allclose(synthetic.without_plane(layout + 0.5 * x - 0.2 * y + 9), synthetic.without_plane(layout),
+                       atol=1e-3)
+    face = pipeline.image_faces(face_images[:1])[0].face
+    reference = pipeline.context_crops(face_images[:1], face[None])[0]
+    ramp = np.linspace(0.5, 1.5, synthetic.SIZE, dtype=np.float32)[None, :]  # a lamp to one side
+    assert synthetic.similarity(reference, np.clip(reference * ramp, 0, 255)[None])[0] > 0.92  # 0.896 with the plane in
+
+
 def test_eval_liveness_by_family_leaves_each_family_out(model_repository, testdata, tmp_path):
     from portrait.offline import Offline
 

@@ -8,9 +8,11 @@ day shares their identity with the photo (which the match measures) and little o
 rest. So each sampled frame's face is registered onto the ID face (a similarity from the
 five landmarks, refined by an affine ECC fit, since landmarks alone leave the fine detail
 a pixel or two apart) and compared twice: in fine detail (high-pass) and in layout
-(low-pass, the shading and the silhouette of the hair). A frame's similarity is the mean
-of the two normalised correlations; the clip's score is its best frame's, against the
-photo or its mirror image.
+(low-pass, the shading and the silhouette of the hair, less the plane of brightness that
+fits it best: a lamp to one side, or an animation re-lit that way, tilts the brightness
+across the face without changing its layout). A frame's similarity is the mean of the two
+normalised correlations; the clip's score is its best frame's, against the photo or its
+mirror image.
 
 What it does not see: a face swapped onto the attacker's own recording (the photo's
 pixels are not kept), or an animation re-lit and re-textured before it is played. The
@@ -44,6 +46,22 @@ def grey(crops: np.ndarray) -> np.ndarray:
     return crops.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
 
 
+def _plane_basis(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The constant, x and y images of a side x side square, and their pseudo-inverse."""
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    basis = np.stack([np.ones_like(x), x, y]).reshape(3, -1).T
+    return basis, np.linalg.pinv(basis)
+
+
+PLANE = _plane_basis(SIZE - 2 * MARGIN)
+
+
+def without_plane(image: np.ndarray) -> np.ndarray:
+    """A square image less the plane of brightness that fits it best (least squares)."""
+    basis, inverse = PLANE
+    return image - (basis @ (inverse @ image.ravel())).reshape(image.shape)
+
+
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
@@ -63,15 +81,16 @@ def _register(reference: np.ndarray, crop: np.ndarray) -> np.ndarray:
 
 def similarity(reference: np.ndarray, crops: np.ndarray) -> np.ndarray:
     """Luma context crops: the ID face [S,S] against frames [N,S,S] -> [N] mean of the
-    fine-detail and layout correlations after registration (1: the same picture)."""
+    fine-detail and layout correlations after registration (1: the same picture, or the
+    same picture under a light that tilts its brightness)."""
     inner = (slice(MARGIN, SIZE - MARGIN),) * 2
     fine_ref = (reference - cv2.GaussianBlur(reference, (0, 0), FINE_SIGMA))[inner]
-    layout_ref = cv2.GaussianBlur(reference, (0, 0), LAYOUT_SIGMA)[inner]
+    layout_ref = without_plane(cv2.GaussianBlur(reference, (0, 0), LAYOUT_SIGMA)[inner])
     scores = np.empty(len(crops))
     for i, crop in enumerate(crops):  # at most the continuity sample (about 15 crops of 96x96)
         moved = _register(reference, crop)
         fine = (moved - cv2.GaussianBlur(moved, (0, 0), FINE_SIGMA))[inner]
-        layout = cv2.GaussianBlur(moved, (0, 0), LAYOUT_SIGMA)[inner]
+        layout = without_plane(cv2.GaussianBlur(moved, (0, 0), LAYOUT_SIGMA)[inner])
         scores[i] = (_correlation(fine_ref, fine) + _correlation(layout_ref, layout)) / 2
     return scores
 
