@@ -408,10 +408,10 @@ class Offline:
         highest = max(genuine, key=genuine.get)
         record = {
             "threshold": round(threshold, 4),
-            "score": "best sampled frame's mean of the fine-detail and layout correlations with the ID face or "
-                     f"its mirror image, after registration ({synthetic.SIZE}x{synthetic.SIZE} crops at "
-                     f"{synthetic.CONTEXT}x the embedder's); a genuine pair scored with either photo as the ID, "
-                     "the higher of the two",
+            "score": "best sampled frame's mean of the fine-detail and layout (less its plane of brightness) "
+                     f"correlations with the ID face or its mirror image, after registration ({synthetic.SIZE}x"
+                     f"{synthetic.SIZE} crops at {synthetic.CONTEXT}x the embedder's); a genuine pair scored with "
+                     "either photo as the ID, the higher of the two",
             "rule": "above every genuine pair (BPCER budget: none of the dev genuine pairs flagged, 1 in 100 "
                     "stated), in the middle of the gap to the next derived score",
             "data": f"{pairs_csv.name}: {len(genuine)} genuine pairs of different photographs; {list_csv.name}: "
