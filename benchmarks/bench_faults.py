@@ -36,7 +36,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -47,41 +46,27 @@ import av
 import cv2
 import httpx
 
+from portrait.bench import free_port, start_serve
+
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 KEYS = {"a": "tenant-a-key-0123456789abcdef", "b": "tenant-b-key-0123456789abcdef",
         "c": "tenant-c-key-0123456789abcdef"}
 D18 = {"actions": ["open_mouth", "blink", "open_mouth"], "schedule": [1.8, 2.8, 3.7]}
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Service:
     def __init__(self, extra: dict[str, str] | None = None) -> None:
-        self.port = _port()
         self.log = Path(tempfile.mkstemp(prefix="portrait-faults-", suffix=".log")[1])
-        env = {**os.environ, "PORTRAIT_PORT": str(self.port), "PORTRAIT_CLIENT_ACTIONS_TENANTS": ",".join(KEYS),
+        env = {"PORTRAIT_CLIENT_ACTIONS_TENANTS": ",".join(KEYS),
                "PORTRAIT_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
                "PORTRAIT_CHALLENGE_SECRET": "bench-faults-secret-0123456789abcdef-0123",
                "PORTRAIT_RATE_LIMIT_PER_S": "1000", "PORTRAIT_RATE_LIMIT_BURST": "1000", **(extra or {})}
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(900):
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.process.kill()
-        raise RuntimeError("service did not become ready: " + self.log.read_text()[-2000:])
+                self.process, self.url = start_serve(env, log)
+            except RuntimeError as error:
+                raise RuntimeError(f"{error}: {self.log.read_text()[-2000:]}") from None
+        self.port = int(self.url.rsplit(":", 1)[1])
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -206,7 +191,7 @@ def stalled(media: tuple[bytes, bytes], attack: str, count: int) -> dict:
 
 class Redis:
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _port()
+        self.port = port or free_port()
         self.process = subprocess.Popen(
             [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ from pathlib import Path
 import cv2
 import httpx
 
+from portrait.bench import process_cpu_s, start_serve
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import hostile  # noqa: E402
@@ -36,34 +37,14 @@ KEY_A = "hostile-tenant-a-0123456789"
 KEY_B = "ordinary-tenant-b-0123456789"
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, env: dict[str, str]) -> None:
-        port = _port()
-        self.url = f"http://127.0.0.1:{port}"
-        child = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"a:{KEY_A},b:{KEY_B}",
-                 "PORTRAIT_RATE_LIMIT_PER_S": "1000", "PORTRAIT_RATE_LIMIT_BURST": "1000",
-                 "PORTRAIT_LOG_LEVEL": "WARNING", **env}
-        self.process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=child,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(900):
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.process.kill()
-        raise RuntimeError("service did not become ready")
+        self.process, self.url = start_serve({
+            "PORTRAIT_API_KEYS": f"a:{KEY_A},b:{KEY_B}", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
+            "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING", **env})
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.process.pid)
 
     def status(self, field: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -198,10 +198,49 @@ class InProcess:
 # ---- through the HTTP service ----------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(url: str, process: subprocess.Popen | None = None, timeout_s: float = 180) -> None:
+    """Until `url`/readyz answers 200; an error if `process` (when given) exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"portrait serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"service at {url} did not become ready")
+
+
+def start_serve(env: dict[str, str], log=subprocess.DEVNULL, timeout_s: float = 180) -> tuple[subprocess.Popen, str]:
+    """`portrait serve` on a free port, with `env` over this process's environment, returned
+    once ready (killed if it does not become ready). `log` takes its stdout and stderr."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"],
+                               env={**os.environ, **env, "PORTRAIT_PORT": str(port)}, stdout=log,
+                               stderr=subprocess.STDOUT if log is not subprocess.DEVNULL else subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, timeout_s)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process, url
 
 
 class Service:
@@ -213,37 +252,19 @@ class Service:
         self.process: subprocess.Popen | None = None
         self.api_key = api_key
         if url is None:
-            port = _free_port()
-            child_env = {**os.environ, "PORTRAIT_PORT": str(port), "PORTRAIT_API_KEYS": f"bench:{KEY}",
-                         "PORTRAIT_CLIENT_ACTIONS_TENANTS": "bench", "PORTRAIT_RATE_LIMIT_PER_S": "1000",
-                         "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING",
-                         "PORTRAIT_MAX_WAITING": "64", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "63",
-                         "PORTRAIT_MAX_UPLOADS": "64",
-                         "PORTRAIT_REQUEST_TIMEOUT_S": "600", **(env or {})}
-            self.process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve"], env=child_env,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            url = f"http://127.0.0.1:{port}"
+            self.process, url = start_serve({
+                "PORTRAIT_API_KEYS": f"bench:{KEY}", "PORTRAIT_CLIENT_ACTIONS_TENANTS": "bench",
+                "PORTRAIT_RATE_LIMIT_PER_S": "1000", "PORTRAIT_RATE_LIMIT_BURST": "1000", "PORTRAIT_LOG_LEVEL": "WARNING",
+                "PORTRAIT_MAX_WAITING": "64", "PORTRAIT_MAX_IN_FLIGHT_PER_TENANT": "63", "PORTRAIT_MAX_UPLOADS": "64",
+                "PORTRAIT_REQUEST_TIMEOUT_S": "600", **(env or {})})
         self.url = url
         self.client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=64))
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"portrait serve exited with {self.process.returncode}")
-            try:
-                if self.client.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.close()
-        raise RuntimeError(f"service at {url} did not become ready")
+        if self.process is None:
+            wait_ready(url)
 
     def _cpu_s(self) -> float | None:
         """CPU seconds of the service process so far (only when this bench started it)."""
-        if self.process is None:
-            return None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None if self.process is None else process_cpu_s(self.process.pid)
 
     def verify(self, id_bytes: bytes, video_bytes: bytes) -> tuple[float, int, str | None]:
         headers = {"Authorization": f"Bearer {self.api_key}"}
