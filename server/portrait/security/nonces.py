@@ -152,11 +152,8 @@ class MemoryNonceStore:
 # KEYS: epoch, nonce. ARGV: the token's epoch, this claim's id, seconds to live, a new epoch
 # in case the store has none. Returns {1 claimed | 0 replayed | -1 stale epoch, the store's epoch}.
 _CLAIM = """
+redis.call('SET', KEYS[1], ARGV[4], 'NX')
 local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('SET', KEYS[1], epoch)
-end
 if epoch ~= ARGV[1] then return {-1, epoch} end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3]) then return {1, epoch} end
 return {0, epoch}
@@ -168,12 +165,8 @@ return 0
 """
 # KEYS: epoch. ARGV: a new epoch in case the store has none.
 _EPOCH = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
-end
-return epoch
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
 """
 
 
