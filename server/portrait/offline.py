@@ -651,13 +651,17 @@ def _liveness_rates(rows: list[dict[str, str]], outcomes: list[dict], synthetic_
     is_attack = np.array([r["label"].strip() == "spoof" for r, _ in judged])
     kinds = np.array([(r.get("attack") or "unspecified").strip() for r, _ in judged])
     live = np.array([_live_at(o, synthetic_threshold) for _, o in judged])
+    return {**_rates_with_generated(is_attack, live, kinds), "failures_to_acquire": len(rows) - len(judged)}
+
+
+def _rates_with_generated(is_attack: np.ndarray, live: np.ndarray, kinds: np.ndarray) -> dict:
+    """PAD error rates, and the APCER of generated faces alone with its 95% interval."""
     generated = is_attack & np.isin(kinds, GENERATED)
     return {
         **evaluation.pad_error_rates(is_attack, live, kinds),
         "apcer_generated": round(float(live[generated].mean()), 4) if generated.any() else None,
         "apcer_generated_ci95": evaluation.wilson_interval(int(live[generated].sum()), int(generated.sum())),
         "generated_attacks": int(generated.sum()),
-        "failures_to_acquire": len(rows) - len(judged),
     }
 
 
@@ -697,11 +701,7 @@ def _pooled(rows: list[dict[str, str]], outcomes: list[dict], groups: dict, colu
     is_attack = np.array([r["label"].strip() == "spoof" for r, _ in judged])
     kinds = np.array([(r.get("attack") or "unspecified").strip() for r, _ in judged])
     live = np.array([_live_at(o, groups[r[column]]["left_out"]["synthetic_threshold"]) for r, o in judged])
-    generated = is_attack & np.isin(kinds, GENERATED)
-    return {"left_out_pooled": {**evaluation.pad_error_rates(is_attack, live, kinds),
-                                "apcer_generated": round(float(live[generated].mean()), 4) if generated.any() else None,
-                                "apcer_generated_ci95": evaluation.wilson_interval(int(live[generated].sum()),
-                                                                                   int(generated.sum()))}}
+    return {"left_out_pooled": _rates_with_generated(is_attack, live, kinds)}
 
 
 def _is_photo(path: str) -> bool:
