@@ -31,11 +31,6 @@ from portrait.stages.track import MIN_COVERAGE, MIN_IOU, Track, iou, track_prima
 CALIBRATION = Path(__file__).with_name("calibration.json")
 
 
-def shipped_match_threshold() -> float:
-    """SFace's cosine threshold (the FAR 1e-3 point of the ID-vs-photo pairs)."""
-    return float(json.loads(CALIBRATION.read_text())["match_threshold"])
-
-
 def shipped_match(path: Path = CALIBRATION) -> dict:
     """The calibration record's `match` object: which score decides a match, its threshold and
     the fusion parameters; SFace alone at `match_threshold` where the record has none."""
