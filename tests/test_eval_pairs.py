@@ -175,3 +175,14 @@ def test_calibrate_writes_each_score_and_keeps_other_records(offline, testdata, 
     assert "optimistic" in match["optimism"] and {e["name"] for e in match["embedders"]} == {"sface", "dlib_resnet"}
     assert written["match_threshold"] == match["thresholds"]["sface"] == result["match_threshold"]
     assert {k for k in kept if k not in written} == set()  # other decisions' records survive
+
+
+def test_a_recorded_far_threshold_refuses_the_impostor_it_sits_just_above():
+    """The FAR point sits a hair over an impostor's score; kept to the record's 4 decimals by
+    plain rounding (3.5722), this shipped threshold accepted that impostor."""
+    impostor = np.array([3.572215, 1.0, 0.5])
+    threshold = evaluation.threshold_at_far(impostor, 1e-4)
+    kept = evaluation.recorded(threshold)
+    assert round(threshold, 4) < impostor.max()  # what plain rounding would have kept
+    assert kept == round(kept, 4) and kept >= threshold and not (impostor >= kept).any()
+    assert evaluation.recorded(0.25) == 0.25 and evaluation.recorded(-0.53734) == -0.5373

@@ -17,6 +17,14 @@ def threshold_at_far(impostor: np.ndarray, far: float) -> float:
     return float(np.nextafter(ranked[allowed], np.inf)) if allowed < len(ranked) else float(ranked[-1])
 
 
+def recorded(threshold: float) -> float:
+    """A threshold as the calibration record keeps it, to 4 decimals, rounded up: every
+    decision accepts at >=, and a threshold set a hair above a score it must refuse (the FAR
+    point sits just over an impostor's score) would, rounded down, accept that score."""
+    kept = round(threshold, 4)
+    return kept if kept >= threshold else round(kept + 1e-4, 4)
+
+
 def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> dict[str, float]:
     threshold = threshold_at_far(impostor, far)
     return {

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from portrait import challenge, reflection
+from portrait.evaluation import recorded
 from portrait.media.errors import MediaError
 from portrait.media.limits import VideoLimits
 from portrait.pipeline import CALIBRATION, Timings
@@ -248,7 +249,7 @@ def calibrate(offline, root: Path, live_list: Path, output: Path | None = None, 
     """`portrait calibrate --light`: the threshold from simulated material, written to the
     calibration record with the data it came from and how optimistic it is."""
     material = build(offline, root, live_list, seed, per_clip, draws, log=lambda line: print(line, file=sys.stderr))
-    threshold = threshold_for(material)
+    threshold = recorded(threshold_for(material))
     measured = figures(material, threshold)
     record = {
         "threshold": measured["threshold"],

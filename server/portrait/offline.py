@@ -19,9 +19,9 @@ from portrait.media import MediaError, decoder
 from portrait.media.trim import leading
 from portrait.modelrepo import int8
 from portrait.modelrepo.repository import served_models
+from portrait.modelrepo.sources import sha256_of
 from portrait.pipeline import CALIBRATION, Pipeline, PipelineConfig, Timings, config_from_record, shipped_match
 from portrait.settings import Settings
-from portrait.modelrepo.sources import sha256_of
 from portrait.stages import continuity, embed, liveness, pad, quality, synthetic
 from portrait.stages.fusion import Fusion, learn
 
@@ -211,7 +211,7 @@ class Offline:
         detected = scores.detected
         fusion = _learn_fusion(scores, same)
         columns = _score_columns(scores, fusion)
-        thresholds = {name: round(evaluation.threshold_at_far(v[detected & ~same], far), 4)
+        thresholds = {name: evaluation.recorded(evaluation.threshold_at_far(v[detected & ~same], far))
                       for name, v in columns.items()}
         folds, fold_source = _folds(rows)
         cv = _fused_cross_validated(scores, same, folds, far)
@@ -314,16 +314,16 @@ class Offline:
         for name, candidate in (("yunet", pad.BoxMap()), ("mapped", fitted)):
             scorer = Pipeline(self.backend, replace(cfg, pad_box_map=candidate), self.pipeline.ops)
             values = np.array([float(np.median(scorer.passive_scores(f, b))) for _, f, b in scored])
-            threshold = evaluation.threshold_rejecting_all(values[is_live], values[~is_live])
+            threshold = evaluation.recorded(evaluation.threshold_rejecting_all(values[is_live], values[~is_live]))
             trials[name] = {"map": candidate, "scores": values, "threshold": threshold,
                             "bpcer": float(np.mean(values[is_live] < threshold)),
                             "margin": threshold - float(values[~is_live].max())}
         chosen = min(trials, key=lambda n: (trials[n]["bpcer"], -trials[n]["margin"]))
         box_map, per_sample, pad_threshold = (trials[chosen][k] for k in ("map", "scores", "threshold"))
         pad_record = {
-            "threshold": round(pad_threshold, 4),
+            "threshold": pad_threshold,
             "box_map": {k: round(v, 4) for k, v in vars(box_map).items()},
-            "box_map_choice": {"chosen": chosen, **{n: {"bpcer": round(t["bpcer"], 4), "threshold": round(t["threshold"], 4),
+            "box_map_choice": {"chosen": chosen, **{n: {"bpcer": round(t["bpcer"], 4), "threshold": t["threshold"],
                                                        "margin_over_highest_attack": round(t["margin"], 4)}
                                                    for n, t in trials.items()},
                                "fitted_map": {k: round(v, 4) for k, v in vars(fitted).items()}},
@@ -350,11 +350,11 @@ class Offline:
         splices = {f"{a} > {b}": continuity.continuity(continuity.splice(clips[a], clips[b])).score
                    for a in names for b in names if a != b}
         cross = _cross_identity_pairs(clips)
-        continuity_threshold = evaluation.separating_threshold(np.array(list(genuine.values())),
-                                                               np.array(list(splices.values())))
+        continuity_threshold = evaluation.recorded(evaluation.separating_threshold(
+            np.array(list(genuine.values())), np.array(list(splices.values()))))
         hardest = max(splices, key=splices.get)
         continuity_record = {
-            "threshold": round(continuity_threshold, 4),
+            "threshold": continuity_threshold,
             "statistic": "lowest over cuts between sampled frames of the median similarity of pose-matched frame "
                          f"pairs across the cut (windows {list(continuity.WINDOWS)} frames, pose within "
                          f"{continuity.POSE_TOLERANCE} degrees), over up to {cfg.continuity_frames} frames spread in time",
@@ -404,10 +404,10 @@ class Offline:
                 derived[row["path"]] = {"score": round(score, 4), "family": row["family"]}
         genuine_scores = np.array(list(genuine.values()))
         derived_scores = np.array([d["score"] for d in derived.values()])
-        threshold = evaluation.threshold_rejecting_all(derived_scores, genuine_scores)
+        threshold = evaluation.recorded(evaluation.threshold_rejecting_all(derived_scores, genuine_scores))
         highest = max(genuine, key=genuine.get)
         record = {
-            "threshold": round(threshold, 4),
+            "threshold": threshold,
             "score": "best sampled frame's mean of the fine-detail and layout (less its plane of brightness) "
                      f"correlations with the ID face or its mirror image, after registration ({synthetic.SIZE}x"
                      f"{synthetic.SIZE} crops at {synthetic.CONTEXT}x the embedder's); a genuine pair scored with "
@@ -686,12 +686,12 @@ def _leave_one_out(column: str, rows: list[dict[str, str]], outcomes: list[dict]
         inside = [r[column] == group for r in rows]
         derived = fixed + [o["synthetic_score"] for r, o, i in zip(rows, outcomes, inside)
                            if not i and r["label"].strip() == "spoof" and o.get("synthetic_score") is not None]
-        threshold = evaluation.threshold_rejecting_all(np.array(derived), genuine)
+        threshold = evaluation.recorded(evaluation.threshold_rejecting_all(np.array(derived), genuine))
         members = ([r for r, i in zip(rows, inside) if i], [o for o, i in zip(outcomes, inside) if i])
         groups[group] = {"samples": len(members[0]),
                          "attack_types": sorted({(r.get("attack") or "").strip() for r in members[0]} - {""}),
                          "in_sample": _liveness_rates(*members, shipped),
-                         "left_out": {"synthetic_threshold": round(threshold, 4), **_liveness_rates(*members, threshold)}}
+                         "left_out": {"synthetic_threshold": threshold, **_liveness_rates(*members, threshold)}}
     return {"column": column, "groups": groups, **_pooled(rows, outcomes, groups, column)}
 
 
@@ -805,7 +805,7 @@ def _thresholds(match: dict, columns: dict[str, np.ndarray], same: np.ndarray) -
     for, the FAR 1e-3 point of this file (optimistic: learned where it is measured)."""
     recorded = match.get("thresholds", {"sface": match["threshold"]} if match["score"] == "sface" else {})
     return {name: float(recorded[name]) if name in recorded
-            else round(evaluation.threshold_at_far(values[np.isfinite(values) & ~same], 1e-3), 4)
+            else evaluation.recorded(evaluation.threshold_at_far(values[np.isfinite(values) & ~same], 1e-3))
             for name, values in columns.items()}
 
 
