@@ -790,8 +790,10 @@ def _fusion_from(match: dict) -> Fusion | None:
 
 
 def _learn_fusion(scores: PairScores, same: np.ndarray) -> Fusion:
+    """Learned on these pairs and rounded as the record keeps it, so that the thresholds
+    calibrated on its scores are those of the fusion that ships."""
     detected = scores.detected
-    return learn(scores.sface[detected], scores.dlib[detected], same[detected])
+    return Fusion.from_record(learn(scores.sface[detected], scores.dlib[detected], same[detected]).to_record())
 
 
 def _score_columns(scores: PairScores, fusion: Fusion) -> dict[str, np.ndarray]:
