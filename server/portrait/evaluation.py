@@ -29,7 +29,7 @@ def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> dict[st
     threshold = threshold_at_far(impostor, far)
     return {
         "far_target": far,
-        "threshold": round(threshold, 4),
+        "threshold": recorded(threshold),
         "tar": round(float(np.mean(np.asarray(genuine) >= threshold)), 4),
         "far_measured": round(float(np.mean(np.asarray(impostor) >= threshold)), 6),
         "far_resolution": round(1.0 / max(len(impostor), 1), 6),
