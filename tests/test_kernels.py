@@ -79,7 +79,7 @@ def _opencv_letterbox(frames: list[np.ndarray], size: int) -> np.ndarray:
 def test_letterbox_is_opencvs_when_shrinking(real_frames):
     """The CPU path's detector input, bit for bit: a photo to 48 (39x down: the general area
     weights), 4x, exactly 2x on both axes (OpenCV's half-up path), 3x, and a 3:2 clip frame
-    as the service keeps it (640 x 427 -> 320 x 214 on a 224 x 320 canvas)."""
+    as the service keeps it (640 x 427, whose first 426 rows go to 320 x 213 on a 224 x 320 canvas)."""
     generator = np.random.default_rng(3)
     cases = [([real_frames[0]], 48), ([real_frames[1][::2, ::2].copy()], 64),
              ([generator.integers(0, 256, (96, 64, 3), np.uint8)], 48),

@@ -17,7 +17,7 @@ from portrait.media import decode_image, decode_video
 from portrait.media.video import Video
 from portrait.pipeline import Pipeline, Timings
 from portrait.settings import Settings
-from portrait.stages import liveness
+from portrait.stages import detect, liveness
 
 SETTINGS = Settings()
 
@@ -66,6 +66,18 @@ def _events(pipeline, video, mirrored=False):
 
 def _actions(events, action):
     return [e for e in events if e.action == action]
+
+
+def test_a_clip_frame_halved_for_the_detector_is_its_two_by_two_means_at_half_scale():
+    """640 x 427, the service's kept frame, to the video detector's 320: each detector pixel is
+    the mean of one 2 x 2 block (the 427th row has no pair and is left out), so a box found
+    on it maps back by exactly the scale `rescale` divides by."""
+    frames = np.random.default_rng(7).integers(0, 256, (2, 427, 640, 3), np.uint8)
+    batch, scale = detect.letterbox(frames, 320)
+    blocks = frames[:, :426].reshape(2, 213, 2, 320, 2, 3).astype(np.float32).mean((2, 4))
+    assert scale == 0.5 and batch.shape == (2, 3, 224, 320)
+    assert np.abs(batch[:, :, :213].transpose(0, 2, 3, 1) - blocks).max() <= 0.5
+    assert not batch[:, :, 213:].any()
 
 
 @pytest.mark.parametrize("clip", ["liveportrait/d0.mp4", "retalking/4.mp4"])

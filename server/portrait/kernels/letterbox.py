@@ -12,8 +12,9 @@ four-tap bilinear sampling; YuNet's features over padding are not zero (biases),
 canvas moves its boxes, and bilinear sampling skips source pixels when shrinking by more than
 2x: on the standard workload the two shifted continuity by 0.027 and the match score by 0.02.
 
-OpenCV's rule, per axis (`axis_table`): shrinking on both axes, an output pixel is the mean
-of the source span it covers, the pixels at the span's ends weighted by the part covered
+OpenCV's rule, per axis (`axis_table`), over the part of the frame the output covers
+(`detect.covered`: all of it, but where a whole factor leaves a remainder): shrinking on both
+axes, an output pixel is the mean of the source span it covers, the pixels at the span's ends weighted by the part covered
 (its `computeResizeAreaTab`); otherwise (a frame smaller than the detector) its area rule for
 enlarging, the nearest source pixel blended with the next only where an output pixel
 straddles their boundary. The weights are OpenCV's float32 ones, summed in its order (each
@@ -34,7 +35,7 @@ import triton
 import triton.language as tl
 
 from portrait.kernels import Frames, PackedFrames, pack_frames, to_device
-from portrait.stages.detect import canvas, scaled
+from portrait.stages.detect import canvas, covered, scaled
 
 BLOCK = 1024  # output pixels per program; each handles all three channels
 
@@ -84,17 +85,19 @@ class Plan:
         self.canvas = canvas(max(t[0] for t in self.targets), max(t[1] for t in self.targets))
         sizes = dict(zip(packed.shapes, self.targets))  # each distinct size, in first-seen order
         rows, cols = {}, {}
+        spans = {shape: covered(*shape, size) for shape in sizes}  # the source each output covers
         for (height, width), (target_h, target_w, _) in sizes.items():
-            shrink = height >= target_h and width >= target_w
-            rows[height, width] = axis_table(height, target_h, shrink)
-            cols[height, width] = axis_table(width, target_w, shrink)
+            span_h, span_w = spans[height, width]
+            shrink = span_h >= target_h and span_w >= target_w
+            rows[height, width] = axis_table(span_h, target_h, shrink)
+            cols[height, width] = axis_table(span_w, target_w, shrink)
         self.taps = max(table[0].shape[1] for table in [*rows.values(), *cols.values()])
         self.rows, row_starts = self._stack(rows)
         self.cols, col_starts = self._stack(cols)
         self.row_starts = [row_starts[shape] for shape in packed.shapes]
         self.col_starts = [col_starts[shape] for shape in packed.shapes]
         # OpenCV rounds half up at exactly 2x on both axes (its SIMD path), else half to even.
-        self.halves = [h == 2 * t[0] and w == 2 * t[1] for (h, w), t in zip(packed.shapes, self.targets)]
+        self.halves = [spans[shape] == (2 * t[0], 2 * t[1]) for shape, t in zip(packed.shapes, self.targets)]
 
     def _stack(self, tables: dict) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
         padded = {shape: [np.pad(a, ((0, 0), (0, self.taps - a.shape[1]))) for a in table]

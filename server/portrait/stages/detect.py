@@ -62,10 +62,36 @@ def canvas(height: int, width: int) -> tuple[int, int]:
     return -(-height // coarse) * coarse, -(-width // coarse) * coarse
 
 
+def whole_factor(height: int, width: int, size: int) -> int:
+    """k where scaling the longer side to `size` shrinks the image by a whole factor k > 1;
+    else 1."""
+    longest = max(height, width)
+    return longest // size if longest > size and longest % size == 0 else 1
+
+
 def scaled(height: int, width: int, size: int) -> tuple[int, int, float]:
-    """(height, width, scale) of an image scaled so its longer side is `size`."""
+    """(height, width, scale) of an image scaled so its longer side is `size`.
+
+    Shrunk by a whole factor k (a 640-wide clip frame to the video detector's 320), each side
+    is its floor over k and covers the image's first k x that many pixels (`covered`): every
+    output pixel is the mean of a whole k x k block, OpenCV's area rule for whole factors,
+    four times cheaper than its general weights, and the scale is exactly 1/k on both axes
+    (rounding 427 rows to 214 would stretch the vertical axis by 0.2 %, which `rescale`
+    does not undo)."""
+    factor = whole_factor(height, width, size)
+    if factor > 1:
+        return max(1, height // factor), max(1, width // factor), 1 / factor
     scale = size / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale)), scale
+
+
+def covered(height: int, width: int, size: int) -> tuple[int, int]:
+    """The rows and columns of the image that `scaled` maps onto the detector's input."""
+    factor = whole_factor(height, width, size)
+    target_h, target_w, _ = scaled(height, width, size)
+    if factor > 1:
+        return min(height, target_h * factor), min(width, target_w * factor)
+    return height, width
 
 
 def letterbox(frames_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
@@ -75,9 +101,10 @@ def letterbox(frames_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """
     n, h, w, _ = frames_bgr.shape
     nh, nw, scale = scaled(h, w, size)
+    ch, cw = covered(h, w, size)
     batch = np.zeros((n, *canvas(nh, nw), 3), np.uint8)
     for i in range(n):
-        batch[i, :nh, :nw] = cv2.resize(frames_bgr[i], (nw, nh), interpolation=cv2.INTER_AREA)
+        batch[i, :nh, :nw] = cv2.resize(frames_bgr[i, :ch, :cw], (nw, nh), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32), scale
 
 
