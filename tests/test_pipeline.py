@@ -15,7 +15,7 @@ from portrait.backends.onnxruntime import OnnxRuntimeBackend
 from portrait.challenge import ChallengeSpec
 from portrait.media import decode_image, decode_video
 from portrait.media.video import Video
-from portrait.pipeline import Pipeline, Timings
+from portrait.pipeline import CALIBRATION, Pipeline, Timings
 from portrait.settings import Settings
 from portrait.stages import detect, liveness
 
@@ -290,6 +290,8 @@ def test_cli_eval_pairs_reports_accuracy_and_tar(model_repository, testdata, mir
         assert [t["far_target"] for t in score["tar_at_far"]] == [1e-3, 1e-4]
         assert score["tar_at_far"][0]["tar"] > 0.95
     shipped = report["shipped"]["score"]
+    # The record's threshold holds its FAR target on the pairs it was calibrated on.
+    assert report["scores"][shipped]["far_at_threshold"] <= json.loads(CALIBRATION.read_text())["match"]["target_far"]
     cv = report["fused_cross_validated"]
     if shipped == "fused":  # fusion ships only where it wins under cross-validation
         assert cv["accuracy_10fold"]["fused"]["mean"] > cv["accuracy_10fold"]["sface"]["mean"]

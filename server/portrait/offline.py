@@ -170,6 +170,7 @@ class Offline:
                 name: {
                     "threshold": thresholds[name],
                     "accuracy_at_threshold": round(evaluation.accuracy_at(values, same, thresholds[name]), 4),
+                    "far_at_threshold": round(float(np.mean(values[~same] >= thresholds[name])), 6),
                     "tar_at_far": [evaluation.tar_at_far(values[same], values[~same], far) for far in (1e-3, 1e-4)],
                     "accuracy_10fold": evaluation.kfold_accuracy(values, same, folds),
                 }
