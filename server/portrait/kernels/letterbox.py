@@ -14,10 +14,10 @@ canvas moves its boxes, and bilinear sampling skips source pixels when shrinking
 
 OpenCV's rule, per axis (`axis_table`), over the part of the frame the output covers
 (`detect.covered`: all of it, but where a whole factor leaves a remainder): shrinking on both
-axes, an output pixel is the mean of the source span it covers, the pixels at the span's ends weighted by the part covered
-(its `computeResizeAreaTab`); otherwise (a frame smaller than the detector) its area rule for
-enlarging, the nearest source pixel blended with the next only where an output pixel
-straddles their boundary. The weights are OpenCV's float32 ones, summed in its order (each
+axes, an output pixel is the mean of the source span it covers, the pixels at the span's
+ends weighted by the part covered (its `computeResizeAreaTab`); otherwise (a frame smaller
+than the detector) its area rule for enlarging, the nearest source pixel blended with the
+next only where an output pixel straddles their boundary. The weights are OpenCV's float32 ones, summed in its order (each
 source row across, then the rows down) and rounded as it rounds: half to even, and half up
 at exactly 2x on both axes (its SIMD path). On the CPU (NumPy, or the interpreter) that is
 OpenCV's result bit for bit when shrinking; enlarging, OpenCV works in fixed point and may

@@ -62,7 +62,7 @@ def canvas(height: int, width: int) -> tuple[int, int]:
     return -(-height // coarse) * coarse, -(-width // coarse) * coarse
 
 
-def whole_factor(height: int, width: int, size: int) -> int:
+def _whole_factor(height: int, width: int, size: int) -> int:
     """k where scaling the longer side to `size` shrinks the image by a whole factor k > 1;
     else 1."""
     longest = max(height, width)
@@ -78,7 +78,7 @@ def scaled(height: int, width: int, size: int) -> tuple[int, int, float]:
     four times cheaper than its general weights, and the scale is exactly 1/k on both axes
     (rounding 427 rows to 214 would stretch the vertical axis by 0.2 %, which `rescale`
     does not undo)."""
-    factor = whole_factor(height, width, size)
+    factor = _whole_factor(height, width, size)
     if factor > 1:
         return max(1, height // factor), max(1, width // factor), 1 / factor
     scale = size / max(height, width)
@@ -87,7 +87,7 @@ def scaled(height: int, width: int, size: int) -> tuple[int, int, float]:
 
 def covered(height: int, width: int, size: int) -> tuple[int, int]:
     """The rows and columns of the image that `scaled` maps onto the detector's input."""
-    factor = whole_factor(height, width, size)
+    factor = _whole_factor(height, width, size)
     target_h, target_w, _ = scaled(height, width, size)
     if factor > 1:
         return min(height, target_h * factor), min(width, target_w * factor)
