@@ -34,7 +34,7 @@ REFUSALS = ("no_face", "multiple_faces")  # the service answers these with `retr
 # model mirror. Only `calibrate --liveness` runs it, to fit the YuNet -> PAD box map.
 PAD_DETECTOR = {"RetinaFace_PAD.prototxt": "9fe2f141b4baee039ed9442da2833e216af40a6ff3e639e7b39258812bcda808",
                 "RetinaFace_PAD.caffemodel": "d08338a2c207df16a9c566f767fea67fb43ba6fff76ce11e938fe3fabefb9402"}
-CALIBRATION_MAX_SECONDS = 30.0  # dev clips up to this long count in calibration (frames stay capped)
+CALIBRATION_MAX_SECONDS = 30.0  # annotated clips up to this long count in action calibration (frames stay capped)
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,6 @@ class Offline:
         live clips against splices of every two of them; write both to the calibration record."""
         rows = _read_csv(list_csv, ["path", "label"])
         net = _pad_detector(self.settings.model_mirror)
-        limits = self.settings.video_limits
-        limits = replace(limits, max_duration_s=max(limits.max_duration_s, CALIBRATION_MAX_SECONDS))
         cfg = self.pipeline.config
         scored, clips, skipped = [], {}, {}
         boxes, reference, kinds = [], [], []
@@ -278,7 +276,7 @@ class Offline:
             path = root / row["path"]
             try:
                 if path.suffix.lower() in VIDEO_SUFFIXES:
-                    video = self.decode.video(path.read_bytes(), limits)
+                    video = self.labelled_clip(path)  # as the service would judge it
                     analysis = self.pipeline.analyse_video(video, Timings())
                     if analysis.track.reason:
                         skipped[row["path"]] = analysis.track.reason
