@@ -154,3 +154,35 @@ def test_per_frame_summary():
     from portrait.offline import _summary
 
     assert _summary(np.array([0.2, 0.9, 0.8])) == {"count": 3, "min": 0.2, "median": 0.8, "max": 0.9}
+
+
+def test_liveness_calibration_scores_a_long_clip_as_the_service_judges_it(model_repository, mirror, testdata,
+                                                                          tmp_path):
+    """d9 runs 19.6 s, past VIDEO_MAX_SECONDS: the service judges its first part. The PAD score
+    the calibration fits its threshold on is the one `eval liveness` then reports for it, under
+    the record the calibration wrote (the same box map, the same frames)."""
+    import csv as csv_module
+    import json
+    import shutil
+
+    from portrait.offline import Offline
+    from portrait.pipeline import CALIBRATION
+
+    samples = [("videos/liveportrait/d9.mp4", "live", ""), ("videos/liveportrait/d0.mp4", "live", ""),
+               ("images/deepface/img1.jpg", "live", ""), ("videos/replay_pair/fake.mp4", "spoof", "replay"),
+               ("images/silent_face/image_F1.jpg", "spoof", "print")]
+    listed = tmp_path / "list.csv"
+    with listed.open("w", newline="") as out:
+        writer = csv_module.writer(out)
+        writer.writerow(["path", "label", "attack"])
+        writer.writerows(samples)
+    record = tmp_path / "calibration.json"
+    shutil.copyfile(CALIBRATION, record)
+    settings = Settings(model_repository=model_repository, model_mirror=mirror)
+    calibrated = Offline(settings).calibrate_liveness(listed, testdata, record)["pad"]["samples"]
+    judged = Offline(Settings(model_repository=model_repository, calibration=record)).eval_liveness(
+        listed, testdata, required=[])
+    reported = {s["path"]: s["passive_score"] for s in judged["samples"]}
+    assert json.loads(record.read_text())["pad"]["threshold"] == judged["passive_threshold"]
+    for path, score in calibrated.items():
+        assert reported[path] == pytest.approx(score, abs=1e-4), path
