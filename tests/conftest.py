@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from portrait.bench import free_port  # noqa: F401  (the tests import it from here)
 from portrait.modelrepo.build import build_repository
 from portrait.settings import Settings
 
@@ -69,7 +69,3 @@ def frame_id_record(folder: Path) -> Path:
     return record(folder)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from portrait.backends import runtime_table
+from portrait.bench import wait_ready
 from portrait.challenge import DRAWN_ACTIONS, TAIL_S, WINDOW_S, ChallengeSpec
 from portrait.security.receipts import ReceiptSigner, generate_key, verify_receipt
 from portrait.security.tokens import ChallengeSigner
@@ -63,18 +64,11 @@ def start_service(tmp: Path, repository: Path, extra_env: dict[str, str] | None 
     process = subprocess.Popen([sys.executable, "-m", "portrait.cli", "serve", *args], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()[-2000:]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    else:
+    try:
+        wait_ready(url, process, timeout_s=120)
+    except RuntimeError as error:
         process.kill()
-        raise AssertionError("service not ready: " + log_path.read_text()[-2000:])
+        raise AssertionError(f"{error}: " + log_path.read_text()[-2000:]) from None
     # ONNX Runtime leaves a session-id file (.ses) in the temp folder at import; what must
     # not appear is anything created while serving requests.
     at_start = sorted(p.name for p in tmpdir.iterdir())
