@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from portrait.media.clip import Video
-from portrait.offline import VIDEO_SUFFIXES, Offline, _read_csv
+from portrait.offline import VIDEO_SUFFIXES, Offline
 from portrait.pipeline import Timings
 from portrait.settings import Settings
 from portrait.stages import synthetic
@@ -83,26 +83,23 @@ def id_edits(offline: Offline) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
 
 def genuine_under_id_edits(offline: Offline, pairs: Path, same_capture: Path | None, root: Path) -> None:
     """The genuine pairs' highest score, and how many reach the threshold, under each ID edit."""
-    pipeline, edits_ = offline.pipeline, id_edits(offline)
     one_photo = set() if same_capture is None else {frozenset((r["img_a"], r["img_b"]))
-                                                    for r in _read_csv(same_capture, ["img_a", "img_b"])}
+                                                    for r in csv.DictReader(same_capture.open())}
+    edits_ = id_edits(offline)
     scores: dict[str, list[float]] = {name: [] for name in edits_}
-    for row in _read_csv(pairs, ["img_a", "img_b", "same_person"]):
+    for row in csv.DictReader(pairs.open()):
         if row["same_person"].strip() not in ("1", "true", "True") or frozenset((row["img_a"], row["img_b"])) in one_photo:
             continue
         photos = [offline.image(root / row["img_a"]), offline.image(root / row["img_b"])]
+        selfies = [offline.photo_crop(photo) for photo in photos]
         for name, edit in edits_.items():
-            best = None
-            for id_photo, selfie in ((edit(photos[0]), photos[1]), (edit(photos[1]), photos[0])):
-                faces = [pipeline.image_faces([image])[0].face for image in (id_photo, selfie)]
-                if any(face is None for face in faces):
-                    continue
-                crops = pipeline.context_crops([id_photo, selfie], np.stack(faces))
-                score = synthetic.derived_score(crops[0], crops[1:])
-                best = score if best is None else max(best, score)
-            if best is not None:
-                scores[name].append(best)
-    threshold = pipeline.config.synthetic_threshold
+            found = [synthetic.derived_score(id_crop, selfie[None])
+                     for id_crop, selfie in ((offline.photo_crop(edit(photos[0])), selfies[1]),
+                                             (offline.photo_crop(edit(photos[1])), selfies[0]))
+                     if id_crop is not None and selfie is not None]
+            if found:
+                scores[name].append(max(found))
+    threshold = offline.pipeline.config.synthetic_threshold
     print("\ngenuine pairs, the ID photo edited | " + " | ".join(scores))
     print("pairs | " + " | ".join(str(len(v)) for v in scores.values()))
     print("highest | " + " | ".join(f"{max(v):.3f}" for v in scores.values()))
@@ -121,7 +118,8 @@ def main() -> None:
     pipeline, rng = offline.pipeline, np.random.default_rng(0)
     rows = [r for r in csv.DictReader(args.list.open()) if r.get("source_image") and r["label"].strip() == "spoof"
             and Path(r["path"]).suffix.lower() in VIDEO_SUFFIXES]
-    names = list(edits(rng) if args.on == "clip" else id_edits(offline))
+    edits_ = edits(rng) if args.on == "clip" else id_edits(offline)
+    names = list(edits_)
     print(f"threshold {pipeline.config.synthetic_threshold} (flagged at or above)\n")
     print("clip | " + " | ".join(names))
     for row in rows:
@@ -130,14 +128,14 @@ def main() -> None:
         scores = []
         if args.on == "id":
             analysis = pipeline.analyse_video(video, Timings())
-            for edit in id_edits(offline).values():
+            for edit in edits_.values():
                 edited = edit(image)
                 found = pipeline.image_faces([edited])[0].face
                 score = None if analysis.track.reason or found is None else pipeline.derived_score(edited, found, analysis)
                 scores.append("-" if score is None else f"{score:.3f}")
             print(f"{row['path']} | " + " | ".join(scores), flush=True)
             continue
-        for edit in edits(rng).values():
+        for edit in edits_.values():
             frames = np.stack([edit(frame) for frame in video.frames])
             edited = Video(frames, video.timestamps, video.fps, video.codec, video.duration_s, video.rotation)
             analysis = pipeline.analyse_video(edited, Timings())

@@ -81,16 +81,21 @@ class Offline:
         image = self.image(path)
         return image, self.pipeline.image_faces([image])[0].face
 
+    def photo_crop(self, image: np.ndarray) -> np.ndarray | None:
+        """The generated-face check's context crop of a photo's subject (None where it has no
+        clear subject)."""
+        face = self.pipeline.image_faces([image])[0].face
+        return None if face is None else self.pipeline.context_crops([image], face[None])[0]
+
     def photo_similarity(self, first: Path, second: Path) -> float | None:
         """The generated-face check's score of two photos' subjects as the service would
         give it with either photo as the ID and the other as the selfie's one frame (its
         mirror image included): the higher of the two, since a customer's pair comes in
         either order."""
-        (a, face_a), (b, face_b) = self.photo_face(first), self.photo_face(second)
-        if face_a is None or face_b is None:
+        a, b = self.photo_crop(self.image(first)), self.photo_crop(self.image(second))
+        if a is None or b is None:
             return None
-        crops = self.pipeline.context_crops([a, b], np.stack([face_a, face_b]))
-        return max(synthetic.derived_score(crops[0], crops[1:]), synthetic.derived_score(crops[1], crops[:1]))
+        return max(synthetic.derived_score(a, b[None]), synthetic.derived_score(b, a[None]))
 
     def clip_derived_score(self, clip: Path, still: Path) -> float | None:
         """How closely a clip reproduces a still's face (the check's score with the still as
