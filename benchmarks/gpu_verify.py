@@ -32,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,10 @@ class CountingDecoder:
         self.paths: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
 
-    def video(self, data: bytes, limits: VideoLimits):
+    def video(self, data: bytes, limits: VideoLimits, checkpoint: Callable[[], None], threads: int):
         from portrait.media.dali_gpu import decode_with_overflow
 
-        decoded = decode_with_overflow(data, self.pool, limits)
+        decoded = decode_with_overflow(data, self.pool, limits, checkpoint, threads)
         with self.lock:
             self.paths[decoded.path if decoded.path == "gpu" else f"cpu ({decoded.reason})"] += 1
         return decoded.video

@@ -63,6 +63,7 @@ def test_fair_workers_cancelled_waiter_leaves_the_line() -> None:
     async def scenario() -> None:
         workers = FairWorkers(1)
         await workers.acquire("a")
+        assert workers.running() == 1
         leaving = asyncio.create_task(workers.acquire("b"))
         staying = asyncio.create_task(workers.acquire("c"))
         await asyncio.sleep(0)
@@ -72,7 +73,7 @@ def test_fair_workers_cancelled_waiter_leaves_the_line() -> None:
         workers.release()
         await staying
         workers.release()
-        assert workers.free == 1 and workers.waiting() == 0
+        assert workers.free == 1 and workers.waiting() == 0 and workers.running() == 0
 
     asyncio.run(scenario())
 

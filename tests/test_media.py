@@ -267,6 +267,30 @@ def test_skipping_unused_non_reference_frames_changes_nothing(testdata, monkeypa
     assert frames_seen[0] < frames_seen[1] == 112, frames_seen
 
 
+def test_a_decode_on_one_thread_gives_the_frames_of_four(testdata, monkeypatch):
+    """The decode's threads reach FFmpeg, and the frames do not depend on them."""
+    data = (testdata / "videos/replay_pair/real.mp4").read_bytes()
+    threads_seen = []
+    original = video_module._frames
+
+    def spied(container, stream, *rest):
+        threads_seen.append(stream.codec_context.thread_count)
+        return original(container, stream, *rest)
+
+    monkeypatch.setattr(video_module, "_frames", spied)
+    one, four = decode_video(data, LIMITS, threads=1), decode_video(data, LIMITS, threads=4)
+    assert threads_seen == [1, 4]
+    np.testing.assert_array_equal(one.frames, four.frames)
+    np.testing.assert_array_equal(one.timestamps, four.timestamps)
+
+
+def test_a_decode_alone_takes_its_threads_and_decodes_side_by_side_share_the_cores():
+    threads = video_module.decoder_threads
+    assert threads(1, 2) == threads(0, 2) == video_module.DECODER_THREADS
+    assert [threads(running, 2) for running in (2, 3, 8)] == [1, 1, 1]
+    assert [threads(running, 16) for running in (2, 4, 8, 32)] == [4, 4, 2, 1]
+
+
 def test_frames_are_scaled_while_decoding_to_max_side(testdata):
     data = (testdata / "videos/replay_pair/real.mp4").read_bytes()  # 1080x720
     coded = decode_video(data, limits(max_side=0))

@@ -33,8 +33,9 @@ def __getattr__(name: str):
 
 
 class Decoder(NamedTuple):
-    """`video(data, limits, checkpoint)`: the checkpoint runs between packets and raises to
-    stop the decode."""
+    """`video(data, limits, checkpoint, threads)`: the checkpoint runs between packets and
+    raises to stop the decode; `threads` is how many CPU threads FFmpeg may decode on (DALI
+    keeps its own pool)."""
 
     name: str
     image: Callable[..., np.ndarray]
@@ -53,14 +54,22 @@ def decoder(name: str = "pyav") -> Decoder:
         except ImportError as error:
             message = f"the dali decoder needs NVIDIA DALI (nvidia-dali-cuda120): {error}"
             raise ImportError(message) from error
-        return Decoder(name, decode_image_dali, decode_video_dali)
+
+        def dali_video(data: bytes, limits: VideoLimits, checkpoint: Callable[[], None] = lambda: None,
+                       threads: int = 1) -> Video:
+            """DALI decodes on its own pool: `threads` does not apply."""
+            return decode_video_dali(data, limits, checkpoint)
+
+        return Decoder(name, decode_image_dali, dali_video)
     if name == "gpu":
         from portrait.media.dali_gpu import GpuVideoDecoder, decode_with_overflow
+        from portrait.media.video import DECODER_THREADS
 
         pool = GpuVideoDecoder()  # raises a clear RuntimeError without CUDA, DALI or NVDEC
 
-        def video(data: bytes, limits: VideoLimits, checkpoint: Callable[[], None] = lambda: None) -> Video:
-            return decode_with_overflow(data, pool, limits, checkpoint).video
+        def video(data: bytes, limits: VideoLimits, checkpoint: Callable[[], None] = lambda: None,
+                  threads: int = DECODER_THREADS) -> Video:
+            return decode_with_overflow(data, pool, limits, checkpoint, threads).video
 
         return Decoder(name, decode_image, video)
     raise ValueError(f"unknown media decoder {name!r}; choose one of {', '.join(DECODERS)}")

@@ -46,6 +46,7 @@ import numpy as np
 from portrait.media.errors import MediaError
 from portrait.media.limits import VideoLimits
 from portrait.media.video import (
+    DECODER_THREADS,
     Checkpoint,
     EvenSampler,
     Video,
@@ -374,8 +375,9 @@ class GpuVideoDecoder:
 
 
 def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: VideoLimits,
-                         checkpoint: Checkpoint = no_checkpoint) -> Decoded:
-    """Decode on the GPU pool if a pipeline is free right now, else with PyAV on the CPU.
+                         checkpoint: Checkpoint = no_checkpoint, threads: int = DECODER_THREADS) -> Decoded:
+    """Decode on the GPU pool if a pipeline is free right now, else with PyAV on the CPU
+    (on `threads` FFmpeg threads).
 
     Never waits for the GPU. The CPU also takes codecs the pool does not decode and clips
     DALI fails on (a corrupt clip then gets decode_video's own error). Media errors found
@@ -384,7 +386,7 @@ def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: Vide
     """
     checkpoint()
     if pool is None:
-        return Decoded(decode_video(data, limits, checkpoint), "cpu", "no_gpu_pool")
+        return Decoded(decode_video(data, limits, checkpoint, threads), "cpu", "no_gpu_pool")
     try:
         return Decoded(pool.decode(data, limits, wait=False), "gpu", "")
     except GpuBusy:
@@ -393,4 +395,4 @@ def decode_with_overflow(data: bytes, pool: GpuVideoDecoder | None, limits: Vide
         reason = "codec"
     except GpuDecodeError:
         reason = "gpu_decode_failed"
-    return Decoded(decode_video(data, limits, checkpoint), "cpu", reason)
+    return Decoded(decode_video(data, limits, checkpoint, threads), "cpu", reason)

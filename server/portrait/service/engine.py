@@ -97,8 +97,9 @@ class Run:
 
     def video(self, data: bytes) -> Any:
         settings = self._engine.settings
-        return self._decode("video", lambda: self._engine.inference.decode.video(data, settings.video_limits,
-                                                                                  self.checkpoint))
+        inference = self._engine.inference
+        return self._decode("video", lambda: inference.decode.video(data, settings.video_limits, self.checkpoint,
+                                                                     inference.decode_threads()))
 
     def _decode(self, kind: str, decode: Callable[[], Any]) -> Any:
         with self.timings.stage("decode"):

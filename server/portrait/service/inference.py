@@ -24,11 +24,12 @@ from portrait.backends import InferenceBackend, backend_from_settings
 from portrait.batching import BatchingBackend, BatchPolicy
 from portrait.frames import frame_ops
 from portrait.media import decoder
+from portrait.media.video import decoder_threads
 from portrait.modelrepo.specs import BY_NAME
 from portrait.pipeline import CALIBRATION, Pipeline, config_from_record
 from portrait.service.idle import release_memory
 from portrait.service.metrics import Metrics
-from portrait.settings import Settings
+from portrait.settings import Settings, usable_cores
 
 T = TypeVar("T")
 
@@ -73,6 +74,10 @@ class FairWorkers:
 
     def waiting(self) -> int:
         return sum(len(queue) for queue in self._waiting.values())
+
+    def running(self) -> int:
+        """Places in use. Read from worker threads too: a plain int, at worst a moment old."""
+        return self.size - self.free
 
     def idle(self) -> bool:
         return self.free == self.size and not self._waiting
@@ -129,8 +134,14 @@ class Inference:
         self.frames = frame_ops(settings.frames, keep_on_device=settings.frames == "gpu" and settings.backend == "triton")
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="pipeline")
         self.workers = FairWorkers(settings.workers)
+        self.cores = usable_cores()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closed = False
+
+    def decode_threads(self) -> int:
+        """FFmpeg threads for a video decode starting now: the cores shared among the
+        requests running."""
+        return decoder_threads(self.workers.running(), self.cores)
 
     def pipeline(self, deadline: float, cancelled: threading.Event) -> Pipeline:
         return Pipeline(RequestBackend(self.batcher, deadline, cancelled), self.config, self.frames)
