@@ -111,7 +111,7 @@ def decoder_threads(running: int, cores: int) -> int:
     Alone, a decode takes DECODER_THREADS frame threads and finishes sooner. Beside other
     requests it takes its share of the cores: each request's own thread already keeps a core
     busy, and frame threads past that share only add hand-offs between threads (on 2 cores at
-    concurrency 4, one thread a decode instead of four: p95 0.1-0.5 s lower, README, Throughput).
+    concurrency 4, one thread a decode instead of four: p95 0.13-0.27 s lower, README: lever 6).
     Frames come out the same on any number of threads."""
     if running <= 1:
         return DECODER_THREADS
