@@ -155,8 +155,9 @@ class InProcess:
         from portrait.batching import BatchingBackend
         from portrait.media import decoder
         from portrait.pipeline import CALIBRATION, Pipeline, config_from_record
-        from portrait.service.inference import batch_policies
+        from portrait.service.inference import batch_policies, one_opencv_thread
 
+        one_opencv_thread()
         self.settings = settings
         self.mode = mode
         self.observer = _Rows()
