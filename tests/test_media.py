@@ -267,8 +267,9 @@ def test_skipping_unused_non_reference_frames_changes_nothing(testdata, monkeypa
     assert frames_seen[0] < frames_seen[1] == 112, frames_seen
 
 
-def test_a_decode_on_one_thread_gives_the_frames_of_four(testdata, monkeypatch):
-    """The decode's threads reach FFmpeg, and the frames do not depend on them."""
+def test_frames_depend_on_neither_the_decoders_nor_the_scalers_threads(testdata, monkeypatch):
+    """The decode's threads reach FFmpeg, and the frames depend neither on them nor on the
+    scaler's (one thread against PyAV's default of one per core)."""
     data = (testdata / "videos/replay_pair/real.mp4").read_bytes()
     threads_seen = []
     original = video_module._frames
@@ -278,7 +279,9 @@ def test_a_decode_on_one_thread_gives_the_frames_of_four(testdata, monkeypatch):
         return original(container, stream, *rest)
 
     monkeypatch.setattr(video_module, "_frames", spied)
-    one, four = decode_video(data, LIMITS, threads=1), decode_video(data, LIMITS, threads=4)
+    one = decode_video(data, LIMITS, threads=1)
+    monkeypatch.setattr(video_module, "SCALER_THREADS", 0)
+    four = decode_video(data, LIMITS, threads=4)
     assert threads_seen == [1, 4]
     np.testing.assert_array_equal(one.frames, four.frames)
     np.testing.assert_array_equal(one.timestamps, four.timestamps)
