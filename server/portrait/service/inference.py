@@ -38,7 +38,7 @@ T = TypeVar("T")
 def one_opencv_thread() -> None:
     """Run OpenCV on the calling thread. Requests already run side by side on the workers,
     and OpenCV's own pool on top of them only hands rows between threads: with one thread,
-    1-3 % more verifications a second at concurrency 4 on 2 cores, p95 60-125 ms lower, a
+    about 2 % more verifications a second at concurrency 4 on 2 cores (seven paired runs), a
     request alone no slower, every dev answer the same bit for bit (README: lever 7).
     Process-wide, as OpenCV's pool is."""
     cv2.setNumThreads(1)
