@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from portrait.settings import Settings
+from portrait.settings import Settings, usable_cores
 
 if TYPE_CHECKING:
     from portrait.backends.base import InferenceBackend
@@ -159,6 +159,7 @@ class InProcess:
 
         one_opencv_thread()
         self.settings = settings
+        self.cores = usable_cores()
         self.mode = mode
         self.observer = _Rows()
         inner = backend or backend_from_settings(settings)
@@ -172,14 +173,13 @@ class InProcess:
         from portrait.challenge import ChallengeSpec
         from portrait.media.video import decoder_threads, no_checkpoint
         from portrait.pipeline import Timings
-        from portrait.settings import usable_cores
 
         timings = Timings()
         start = time.perf_counter()
         with timings.stage("decode"):
             image = self.decode.image(id_bytes, max_pixels=self.settings.max_image_pixels)
             video = self.decode.video(video_bytes, self.settings.video_limits, no_checkpoint,
-                                      decoder_threads(running, usable_cores()))
+                                      decoder_threads(running, self.cores))
         answer = self.pipeline.verify(image, video, ChallengeSpec(tuple(REQUIRED)), timings=timings)
         return time.perf_counter() - start, answer
 
@@ -580,8 +580,9 @@ def _warm_level(target: InProcess | Service, concurrency: int, per_level: int, i
                 video_bytes: bytes) -> Level:
     """A level measured after one unmeasured round at its concurrency, as the plain job's
     processes are warmed: the first calls compile and allocate, and the first batches merged
-    across that many requests allocate for their size (the first four requests at
-    concurrency 4 took 3.0-3.2 s against at most 2.8 s warm)."""
+    across that many requests allocate for their size (at concurrency 4 the first four
+    requests took 2.81-3.19 s, three of them the slowest of 24; a level run right after on
+    the same service had none over 2.83 s)."""
     target.level(concurrency, concurrency, id_bytes, video_bytes)
     return target.level(concurrency, max(concurrency, per_level * concurrency), id_bytes, video_bytes)
 

@@ -17,11 +17,11 @@ OpenCV's rule, per axis (`axis_table`), over the part of the frame the output co
 axes, an output pixel is the mean of the source span it covers, the pixels at the span's
 ends weighted by the part covered (its `computeResizeAreaTab`); otherwise (a frame smaller
 than the detector) its area rule for enlarging, the nearest source pixel blended with the
-next only where an output pixel straddles their boundary. The weights are OpenCV's float32 ones, summed in its order (each
-source row across, then the rows down) and rounded as it rounds: half to even, and half up
-at exactly 2x on both axes (its SIMD path). On the CPU (NumPy, or the interpreter) that is
-OpenCV's result bit for bit when shrinking; enlarging, OpenCV works in fixed point and may
-differ by a level. A GPU may fuse a multiply and an add, which can move a value that sits
+next only where an output pixel straddles their boundary. The weights are OpenCV's float32
+ones, summed in its order (each source row across, then the rows down) and rounded as it
+rounds: half to even, and half up at exactly 2x on both axes (its SIMD path). On the CPU
+(NumPy, or the interpreter) that is OpenCV's result bit for bit when shrinking; enlarging,
+OpenCV works in fixed point and may differ by a level. A GPU may fuse a multiply and an add, which can move a value that sits
 on a half by one level.
 """
 

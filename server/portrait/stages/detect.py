@@ -86,12 +86,10 @@ def scaled(height: int, width: int, size: int) -> tuple[int, int, float]:
 
 
 def covered(height: int, width: int, size: int) -> tuple[int, int]:
-    """The rows and columns of the image that `scaled` maps onto the detector's input."""
+    """The rows and columns of the image that `scaled` maps onto the detector's input: each
+    side's whole blocks of k (all of it when k is 1)."""
     factor = _whole_factor(height, width, size)
-    target_h, target_w, _ = scaled(height, width, size)
-    if factor > 1:
-        return min(height, target_h * factor), min(width, target_w * factor)
-    return height, width
+    return min(height, max(1, height // factor) * factor), min(width, max(1, width // factor) * factor)
 
 
 def letterbox(frames_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
